@@ -1,0 +1,299 @@
+//! Hyper-parameters of the loss, validated once when they are made.
+
+use crate::error::{Error, Result};
+use crate::state::EmaState;
+
+/// How the target logit of each row is modified.
+///
+/// Every policy is the same formula with different per-row constants: the
+/// target logit is `s * (cos(clip(m1 * theta + a_i, eps, pi - eps)) - b_i)`
+/// with `theta = acos(c_iy)`. AdaFace takes `a_i = -m z_i`, `b_i = m + m z_i`
+/// from the per-row margin scaler `z_i`; the fixed margins are constants.
+/// One formula means one code path in every backend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MarginPolicy {
+    /// AdaFace: the margin adapts to the feature norm. `m` is the margin,
+    /// `h` the concentration of the scaler (0.333 in the paper).
+    AdaFace {
+        /// Margin.
+        m: f64,
+        /// Scaler concentration.
+        h: f64,
+    },
+    /// ArcFace: additive angular margin, `cos(theta + m)`.
+    ArcFace {
+        /// Angular margin.
+        m: f64,
+    },
+    /// CosFace: additive cosine margin, `cos(theta) - m`.
+    CosFace {
+        /// Cosine margin.
+        m: f64,
+    },
+    /// insightface's combined margin, `cos(m1 * theta + m2) - m3`.
+    Combined {
+        /// Multiplicative angular margin.
+        m1: f64,
+        /// Additive angular margin.
+        m2: f64,
+        /// Additive cosine margin.
+        m3: f64,
+    },
+}
+
+impl MarginPolicy {
+    /// `m1`, the factor on the angle (1 for all but [`MarginPolicy::Combined`]).
+    pub fn angle_scale(&self) -> f64 {
+        match *self {
+            MarginPolicy::Combined { m1, .. } => m1,
+            _ => 1.0,
+        }
+    }
+
+    /// The per-row `(a, b)`: angular offset and additive offset of the target
+    /// logit, for a row whose margin scaler is `z`.
+    pub fn row_offsets(&self, z: f64) -> (f64, f64) {
+        match *self {
+            MarginPolicy::AdaFace { m, .. } => (-m * z, m + m * z),
+            MarginPolicy::ArcFace { m } => (m, 0.0),
+            MarginPolicy::CosFace { m } => (0.0, m),
+            MarginPolicy::Combined { m2, m3, .. } => (m2, m3),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let check = |parameter, value: f64, ok: bool, requirement| {
+            if value.is_finite() && ok {
+                Ok(())
+            } else {
+                Err(Error::InvalidConfig {
+                    parameter,
+                    value,
+                    requirement,
+                })
+            }
+        };
+        match *self {
+            MarginPolicy::AdaFace { m, h } => {
+                check("m", m, m >= 0.0, "finite and >= 0")?;
+                check("h", h, h >= 0.0, "finite and >= 0")
+            }
+            MarginPolicy::ArcFace { m } | MarginPolicy::CosFace { m } => {
+                check("m", m, m >= 0.0, "finite and >= 0")
+            }
+            MarginPolicy::Combined { m1, m2, m3 } => {
+                check("m1", m1, m1 > 0.0, "finite and > 0")?;
+                check("m2", m2, m2 >= 0.0, "finite and >= 0")?;
+                check("m3", m3, m3 >= 0.0, "finite and >= 0")
+            }
+        }
+    }
+}
+
+/// Validated hyper-parameters of the loss.
+///
+/// Made with [`AdaFaceConfig::builder`] (or [`Default`], the official
+/// training defaults); fields are read through accessors so that a config,
+/// once made, is always valid.
+///
+/// ```
+/// let cfg = adaface::AdaFaceConfig::builder().m(0.4).s(64.0).t_alpha(0.01).build()?;
+/// assert_eq!(cfg.s(), 64.0);
+/// assert!(adaface::AdaFaceConfig::builder().s(-1.0).build().is_err());
+/// # Ok::<(), adaface::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaFaceConfig {
+    margin: MarginPolicy,
+    s: f64,
+    t_alpha: f64,
+    eps: f64,
+    norm_clip_min: f64,
+    norm_clip_max: f64,
+    initial_state: EmaState,
+}
+
+impl Default for AdaFaceConfig {
+    /// m = 0.4, h = 0.333, s = 64, t_alpha = 0.01 (the official training
+    /// default), eps = 1e-3, norm clip [0.001, 100], EMA state (20, 100).
+    fn default() -> Self {
+        AdaFaceConfig {
+            margin: MarginPolicy::AdaFace { m: 0.4, h: 0.333 },
+            s: 64.0,
+            t_alpha: 0.01,
+            eps: 1e-3,
+            norm_clip_min: 1e-3,
+            norm_clip_max: 100.0,
+            initial_state: EmaState {
+                batch_mean: 20.0,
+                batch_std: 100.0,
+            },
+        }
+    }
+}
+
+impl AdaFaceConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> AdaFaceConfigBuilder {
+        AdaFaceConfigBuilder {
+            cfg: AdaFaceConfig::default(),
+        }
+    }
+
+    /// A builder starting from this config.
+    pub fn to_builder(&self) -> AdaFaceConfigBuilder {
+        AdaFaceConfigBuilder { cfg: *self }
+    }
+
+    /// The margin policy.
+    pub fn margin(&self) -> MarginPolicy {
+        self.margin
+    }
+    /// Logit scale `s`.
+    pub fn s(&self) -> f64 {
+        self.s
+    }
+    /// EMA weight of the new batch statistics.
+    pub fn t_alpha(&self) -> f64 {
+        self.t_alpha
+    }
+    /// Cosine clamp and angle clip margin, and the std offset in the scaler.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+    /// Lower bound of the detached norm clip.
+    pub fn norm_clip_min(&self) -> f64 {
+        self.norm_clip_min
+    }
+    /// Upper bound of the detached norm clip.
+    pub fn norm_clip_max(&self) -> f64 {
+        self.norm_clip_max
+    }
+    /// EMA state before the first step.
+    pub fn initial_state(&self) -> EmaState {
+        self.initial_state
+    }
+    /// Scaler concentration `h` (0 for the fixed margins, which ignore it).
+    pub fn h(&self) -> f64 {
+        match self.margin {
+            MarginPolicy::AdaFace { h, .. } => h,
+            _ => 0.0,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.margin.validate()?;
+        let check = |parameter, value: f64, ok: bool, requirement| {
+            if value.is_finite() && ok {
+                Ok(())
+            } else {
+                Err(Error::InvalidConfig {
+                    parameter,
+                    value,
+                    requirement,
+                })
+            }
+        };
+        check("s", self.s, self.s > 0.0, "finite and > 0")?;
+        check(
+            "t_alpha",
+            self.t_alpha,
+            self.t_alpha > 0.0 && self.t_alpha <= 1.0,
+            "in (0, 1]",
+        )?;
+        check("eps", self.eps, self.eps > 0.0 && self.eps < 0.5, "in (0, 0.5)")?;
+        check(
+            "norm_clip_min",
+            self.norm_clip_min,
+            self.norm_clip_min > 0.0,
+            "finite and > 0",
+        )?;
+        check(
+            "norm_clip_max",
+            self.norm_clip_max,
+            self.norm_clip_max >= self.norm_clip_min,
+            "finite and >= norm_clip_min",
+        )?;
+        self.initial_state.validate().map_err(|_| Error::InvalidConfig {
+            parameter: "initial_state",
+            value: if self.initial_state.batch_mean.is_finite() {
+                self.initial_state.batch_std
+            } else {
+                self.initial_state.batch_mean
+            },
+            requirement: "finite with batch_std >= 0",
+        })
+    }
+}
+
+/// Builds an [`AdaFaceConfig`]; [`build`](Self::build) validates.
+#[derive(Debug, Clone, Copy)]
+pub struct AdaFaceConfigBuilder {
+    cfg: AdaFaceConfig,
+}
+
+impl AdaFaceConfigBuilder {
+    /// Sets the margin policy.
+    pub fn margin(mut self, margin: MarginPolicy) -> Self {
+        self.cfg.margin = margin;
+        self
+    }
+    /// Sets AdaFace's margin `m` (switches the policy to AdaFace, keeping `h`).
+    pub fn m(mut self, m: f64) -> Self {
+        let h = self.cfg.h_or_default();
+        self.cfg.margin = MarginPolicy::AdaFace { m, h };
+        self
+    }
+    /// Sets AdaFace's scaler concentration `h` (switches the policy to AdaFace, keeping `m`).
+    pub fn h(mut self, h: f64) -> Self {
+        let m = self.cfg.m_or_default();
+        self.cfg.margin = MarginPolicy::AdaFace { m, h };
+        self
+    }
+    /// Sets the logit scale `s`.
+    pub fn s(mut self, s: f64) -> Self {
+        self.cfg.s = s;
+        self
+    }
+    /// Sets the EMA weight of the new batch statistics (1.0: no history).
+    pub fn t_alpha(mut self, t_alpha: f64) -> Self {
+        self.cfg.t_alpha = t_alpha;
+        self
+    }
+    /// Sets `eps`.
+    pub fn eps(mut self, eps: f64) -> Self {
+        self.cfg.eps = eps;
+        self
+    }
+    /// Sets the detached norm clip `[min, max]`.
+    pub fn norm_clip(mut self, min: f64, max: f64) -> Self {
+        self.cfg.norm_clip_min = min;
+        self.cfg.norm_clip_max = max;
+        self
+    }
+    /// Sets the EMA state before the first step.
+    pub fn initial_state(mut self, state: EmaState) -> Self {
+        self.cfg.initial_state = state;
+        self
+    }
+    /// Validates and returns the config.
+    pub fn build(self) -> Result<AdaFaceConfig> {
+        self.cfg.validate()?;
+        Ok(self.cfg)
+    }
+}
+
+impl AdaFaceConfig {
+    fn h_or_default(&self) -> f64 {
+        match self.margin {
+            MarginPolicy::AdaFace { h, .. } => h,
+            _ => 0.333,
+        }
+    }
+    fn m_or_default(&self) -> f64 {
+        match self.margin {
+            MarginPolicy::AdaFace { m, .. } => m,
+            _ => 0.4,
+        }
+    }
+}

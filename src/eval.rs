@@ -1,0 +1,98 @@
+//! Drives a backend through a case file's steps: the engine of the
+//! `adaface_eval` example and of the golden tests.
+
+use crate::element::Dtype;
+use crate::error::{Error, Result};
+use crate::golden::{Case, EvalStep};
+use crate::real::Real;
+use crate::reference;
+use crate::state::EmaState;
+
+/// A backend the eval tool can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Device {
+    /// The CPU reference ([`crate::reference`]), `f32` or `f64`.
+    Reference,
+}
+
+impl Device {
+    /// Parses the `--device` flag.
+    pub fn parse(name: &str) -> Option<Device> {
+        match name {
+            "reference" => Some(Device::Reference),
+            _ => None,
+        }
+    }
+
+    /// The flag's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Reference => "reference",
+        }
+    }
+
+    /// The dtype used when none is asked for.
+    pub fn default_dtype(self) -> Dtype {
+        match self {
+            Device::Reference => Dtype::F64,
+        }
+    }
+}
+
+/// Runs every step of `case` in order on `device`, starting from the
+/// config's initial EMA state and carrying it from step to step.
+pub fn run_case(case: &Case, device: Device, dtype: Dtype) -> Result<Vec<EvalStep>> {
+    match (device, dtype) {
+        (Device::Reference, Dtype::F64) => run_reference::<f64>(case),
+        (Device::Reference, Dtype::F32) => run_reference::<f32>(case),
+        (Device::Reference, other) => Err(Error::DeviceUnavailable {
+            reason: format!("the reference computes in f32 or f64, not {other}"),
+        }),
+    }
+}
+
+fn run_reference<T: Real>(case: &Case) -> Result<Vec<EvalStep>> {
+    let weight: Vec<T> = cast(&case.weight);
+    let mut state: EmaState = case.config.initial_state();
+    let mut out = Vec::with_capacity(case.steps.len());
+    for step in &case.steps {
+        let features: Vec<T> = cast(&step.features);
+        let fwd = reference::forward(
+            &case.config,
+            &state,
+            case.shape,
+            &features,
+            &weight,
+            &step.labels,
+        )?;
+        let s = reference::forward_backward(
+            &case.config,
+            &state,
+            case.shape,
+            &features,
+            &weight,
+            &step.labels,
+        )?;
+        state = s.state_after();
+        out.push(EvalStep {
+            loss: s.loss.to_f64(),
+            norms: widen(&s.diagnostics.norms),
+            margin_scaler: widen(&s.diagnostics.margin_scaler),
+            grad_features: widen(&s.grad_features),
+            grad_weight: widen(&s.grad_weight),
+            state_after: state,
+            logits: Some(widen(&fwd.logits)),
+        });
+    }
+    Ok(out)
+}
+
+/// Rounds `f64` values to `T`.
+pub fn cast<T: Real>(v: &[f64]) -> Vec<T> {
+    v.iter().map(|&x| T::from_f64(x)).collect()
+}
+
+/// Widens `T` values to `f64`.
+pub fn widen<T: Real>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|&x| x.to_f64()).collect()
+}

@@ -1,0 +1,32 @@
+//! # adaface
+//!
+//! The AdaFace loss (Kim, Jain and Liu, CVPR 2022) as fused kernels that
+//! never write the `B x C` logits, with an exact CPU reference they are
+//! checked against.
+//!
+//! * [`reference`]: the official head, written out plainly, in `f32` or `f64`.
+//! * [`AdaFaceConfig`], [`EmaState`], [`Error`]: shared by every backend.
+//!
+//! See `README.md` for the semantics, including where this crate defines
+//! behaviour the official code leaves broken (batches of one row, zero norms).
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod element;
+pub mod error;
+pub mod eval;
+pub mod golden;
+pub mod math;
+pub mod output;
+pub mod real;
+pub mod reference;
+pub mod shape;
+pub mod state;
+
+pub use config::{AdaFaceConfig, AdaFaceConfigBuilder, MarginPolicy};
+pub use element::{Dtype, Element, Label};
+pub use error::{Error, Result, Tensor};
+pub use output::{Diagnostics, ForwardOutput, StepOutput};
+pub use real::Real;
+pub use shape::Shape;
+pub use state::{BatchStats, EmaState};

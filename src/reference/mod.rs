@@ -1,0 +1,239 @@
+//! The CPU reference: the official AdaFace head, written out plainly.
+//!
+//! This is the oracle every other backend is checked against, so clarity
+//! comes first: it materialises the `B x C` cosines, logits and softmax
+//! gradient, follows `shared/REFERENCE.md` line by line, and is generic over
+//! `f32` (which reproduces the official float32 run) and `f64`. Rayon splits
+//! the matrix products over rows; nothing else is clever.
+//!
+//! Both entry points are pure: they read an [`EmaState`] and return the
+//! state after the step, so callers decide whether to keep it.
+
+use rayon::prelude::*;
+
+use crate::config::AdaFaceConfig;
+use crate::element::Label;
+use crate::error::Result;
+use crate::math::{clamp_cosine, margin_scaler, target_logit, MarginConsts};
+use crate::output::{Diagnostics, ForwardOutput, StepOutput};
+use crate::real::Real;
+use crate::shape::{validate_inputs, Shape};
+use crate::state::{BatchStats, EmaState};
+
+/// The official forward: mean loss, the `B x C` logits, per-row values and
+/// the EMA state after this batch (the official head updates it on every
+/// forward, train or eval).
+pub fn forward<T: Real, L: Label>(
+    cfg: &AdaFaceConfig,
+    state: &EmaState,
+    shape: Shape,
+    features: &[T],
+    weight: &[T],
+    labels: &[L],
+) -> Result<ForwardOutput<T>> {
+    let p = Pass::run(cfg, state, shape, features, weight, labels)?;
+    Ok(ForwardOutput {
+        loss: p.loss,
+        logits: p.logits,
+        diagnostics: p.diagnostics,
+        stats: p.stats,
+    })
+}
+
+/// A training step: the forward and the gradients with respect to the raw
+/// features (`B x D`) and the raw class weights (`C x D`).
+pub fn forward_backward<T: Real, L: Label>(
+    cfg: &AdaFaceConfig,
+    state: &EmaState,
+    shape: Shape,
+    features: &[T],
+    weight: &[T],
+    labels: &[L],
+) -> Result<StepOutput<T>> {
+    let p = Pass::run(cfg, state, shape, features, weight, labels)?;
+    let (grad_features, grad_weight) = p.backward();
+    Ok(StepOutput {
+        loss: p.loss,
+        grad_features,
+        grad_weight,
+        diagnostics: p.diagnostics,
+        stats: p.stats,
+    })
+}
+
+/// Everything the forward computes that the backward reuses.
+struct Pass<T> {
+    shape: Shape,
+    labels: Vec<usize>,
+    /// `||x_i||` and `x_i / ||x_i||`.
+    x_norm: Vec<T>,
+    x_hat: Vec<T>,
+    /// `||w_j||` and `w_j / ||w_j||`.
+    w_norm: Vec<T>,
+    w_hat: Vec<T>,
+    /// `d logit / d (clamped cosine)` including `s`, times the clamp
+    /// indicator, `B x C`.
+    dlogit: Vec<T>,
+    logits: Vec<T>,
+    lse: Vec<T>,
+    loss: T,
+    diagnostics: Diagnostics<T>,
+    stats: BatchStats<T>,
+}
+
+impl<T: Real> Pass<T> {
+    fn run<L: Label>(
+        cfg: &AdaFaceConfig,
+        state: &EmaState,
+        shape: Shape,
+        features: &[T],
+        weight: &[T],
+        labels: &[L],
+    ) -> Result<Self> {
+        validate_inputs(&shape, features, weight, labels)?;
+        state.validate()?;
+        let Shape {
+            batch: b,
+            dim: d,
+            classes: c,
+        } = shape;
+        let k = MarginConsts::<T>::new(cfg);
+        let policy = cfg.margin();
+        let labels: Vec<usize> = labels.iter().map(|l| l.to_i64() as usize).collect();
+
+        let (x_norm, x_hat) = normalize_rows(features, d);
+        let (w_norm, w_hat) = normalize_rows(weight, d);
+
+        // Detached, clipped norms drive the EMA, which is updated before use.
+        let clipped: Vec<T> = x_norm.iter().map(|&n| n.clip(k.clip_min, k.clip_max)).collect();
+        let stats = state.update(&clipped, cfg.t_alpha());
+        let z: Vec<T> = clipped
+            .iter()
+            .map(|&sn| margin_scaler(sn, &stats.state_after, &k))
+            .collect();
+
+        let mut logits = vec![T::ZERO; b * c];
+        let mut dlogit = vec![T::ZERO; b * c];
+        let mut target_cosine = vec![T::ZERO; b];
+        logits
+            .par_chunks_mut(c)
+            .zip(dlogit.par_chunks_mut(c))
+            .zip(target_cosine.par_iter_mut())
+            .enumerate()
+            .for_each(|(i, ((logit_row, dlogit_row), tc))| {
+                let xi = &x_hat[i * d..(i + 1) * d];
+                let (a, bb) = policy.row_offsets(z[i].to_f64());
+                for j in 0..c {
+                    let dot = dot(xi, &w_hat[j * d..(j + 1) * d]);
+                    let (cos, passes) = clamp_cosine(dot, k.eps);
+                    let gate = if passes { T::ONE } else { T::ZERO };
+                    if j == labels[i] {
+                        let (l, dl) = target_logit(cos, T::from_f64(a), T::from_f64(bb), &k);
+                        logit_row[j] = l;
+                        dlogit_row[j] = dl * gate;
+                        *tc = cos;
+                    } else {
+                        logit_row[j] = k.s * cos;
+                        dlogit_row[j] = k.s * gate;
+                    }
+                }
+            });
+
+        let lse: Vec<T> = logits.par_chunks(c).map(logsumexp).collect();
+        let sample_loss: Vec<T> = (0..b).map(|i| lse[i] - logits[i * c + labels[i]]).collect();
+        let loss = sample_loss.iter().copied().sum::<T>() / T::from_f64(b as f64);
+
+        Ok(Pass {
+            shape,
+            labels,
+            diagnostics: Diagnostics {
+                norms: x_norm.clone(),
+                margin_scaler: z,
+                target_cosine,
+                sample_loss,
+            },
+            x_norm,
+            x_hat,
+            w_norm,
+            w_hat,
+            dlogit,
+            logits,
+            lse,
+            loss,
+            stats,
+        })
+    }
+
+    /// `(dL/dx, dL/dW)` through the softmax, the margin, the clamp and both
+    /// normalisations.
+    fn backward(&self) -> (Vec<T>, Vec<T>) {
+        let Shape {
+            batch: b,
+            dim: d,
+            classes: c,
+        } = self.shape;
+        let inv_b = T::ONE / T::from_f64(b as f64);
+
+        // A_ij = dL/dc_ij = (softmax_ij - [j = y_i]) / B * dlogit_ij.
+        let mut a = vec![T::ZERO; b * c];
+        a.par_chunks_mut(c).enumerate().for_each(|(i, row)| {
+            for (j, v) in row.iter_mut().enumerate() {
+                let p = (self.logits[i * c + j] - self.lse[i]).exp();
+                let onehot = if j == self.labels[i] { T::ONE } else { T::ZERO };
+                *v = (p - onehot) * inv_b * self.dlogit[i * c + j];
+            }
+        });
+
+        let mut grad_x = vec![T::ZERO; b * d];
+        grad_x.par_chunks_mut(d).enumerate().for_each(|(i, out)| {
+            for j in 0..c {
+                axpy(a[i * c + j], &self.w_hat[j * d..(j + 1) * d], out);
+            }
+            project_out(out, &self.x_hat[i * d..(i + 1) * d], self.x_norm[i]);
+        });
+
+        let mut grad_w = vec![T::ZERO; c * d];
+        grad_w.par_chunks_mut(d).enumerate().for_each(|(j, out)| {
+            for i in 0..b {
+                axpy(a[i * c + j], &self.x_hat[i * d..(i + 1) * d], out);
+            }
+            project_out(out, &self.w_hat[j * d..(j + 1) * d], self.w_norm[j]);
+        });
+        (grad_x, grad_w)
+    }
+}
+
+/// Row norms and the rows divided by them.
+fn normalize_rows<T: Real>(m: &[T], d: usize) -> (Vec<T>, Vec<T>) {
+    let norms: Vec<T> = m.chunks_exact(d).map(|r| dot(r, r).sqrt()).collect();
+    let hat = m
+        .chunks_exact(d)
+        .zip(&norms)
+        .flat_map(|(r, &n)| r.iter().map(move |&v| v / n))
+        .collect();
+    (norms, hat)
+}
+
+fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    a.iter().zip(b).map(|(&x, &y)| x * y).sum()
+}
+
+fn axpy<T: Real>(alpha: T, x: &[T], y: &mut [T]) {
+    for (yv, &xv) in y.iter_mut().zip(x) {
+        *yv += alpha * xv;
+    }
+}
+
+/// The Jacobian of `v -> v / ||v||` applied to `g`: `(g - u (u . g)) / n`.
+fn project_out<T: Real>(g: &mut [T], u: &[T], n: T) {
+    let along = dot(u, g);
+    for (gv, &uv) in g.iter_mut().zip(u) {
+        *gv = (*gv - uv * along) / n;
+    }
+}
+
+fn logsumexp<T: Real>(row: &[T]) -> T {
+    let max = row.iter().copied().fold(row[0], T::max);
+    let sum: T = row.iter().map(|&v| (v - max).exp()).sum();
+    max + sum.ln()
+}
