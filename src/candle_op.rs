@@ -80,7 +80,12 @@ impl AdaFaceCandle {
     /// One training step: the mean loss as a scalar `f32` tensor; its
     /// backward gives `dL/d features` and `dL/d weight`. The EMA state
     /// advances (as the official head's does on every forward).
-    pub fn forward(&mut self, features: &Tensor, weight: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &mut self,
+        features: &Tensor,
+        weight: &Tensor,
+        labels: &Tensor,
+    ) -> Result<Tensor> {
         match features.device() {
             Device::Cpu => {}
             // CUDA BACKEND: a CUDA tensor goes to the fused kernels here
@@ -88,7 +93,8 @@ impl AdaFaceCandle {
             // the device). Until that lands it is a typed error, not a copy.
             Device::Cuda(_) => {
                 return Err(Error::DeviceUnavailable {
-                    reason: "the candle op has no CUDA path yet: move the tensors to the CPU".into(),
+                    reason: "the candle op has no CUDA path yet: move the tensors to the CPU"
+                        .into(),
                 })
             }
             Device::Metal(_) => {
@@ -97,7 +103,9 @@ impl AdaFaceCandle {
                 })
             }
         }
-        if !weight.device().same_device(features.device()) || !labels.device().same_device(features.device()) {
+        if !weight.device().same_device(features.device())
+            || !labels.device().same_device(features.device())
+        {
             return Err(Error::DeviceUnavailable {
                 reason: "features, weight and labels must be on the same device".into(),
             });
@@ -152,7 +160,10 @@ impl CustomOp2 for CachedStep {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, candle_core::Shape)> {
-        Ok((CpuStorage::F32(vec![self.loss]), candle_core::Shape::from(())))
+        Ok((
+            CpuStorage::F32(vec![self.loss]),
+            candle_core::Shape::from(()),
+        ))
     }
 
     fn bwd(
@@ -168,8 +179,10 @@ impl CustomOp2 for CachedStep {
             classes,
         } = self.shape;
         let dev = features.device();
-        let gx = Tensor::from_slice(&self.grad_features, (batch, dim), dev)?.broadcast_mul(grad_loss)?;
-        let gw = Tensor::from_slice(&self.grad_weight, (classes, dim), dev)?.broadcast_mul(grad_loss)?;
+        let gx =
+            Tensor::from_slice(&self.grad_features, (batch, dim), dev)?.broadcast_mul(grad_loss)?;
+        let gw =
+            Tensor::from_slice(&self.grad_weight, (classes, dim), dev)?.broadcast_mul(grad_loss)?;
         Ok((Some(gx), Some(gw)))
     }
 }
@@ -195,7 +208,9 @@ fn matrix_dims(t: &Tensor, which: Which) -> Result<(usize, usize)> {
 /// convert, and candle converts their gradients back).
 fn as_f32(t: &Tensor) -> Result<Tensor> {
     match t.dtype() {
-        DType::F32 | DType::F64 | DType::BF16 | DType::F16 => t.to_dtype(DType::F32).map_err(backend),
+        DType::F32 | DType::F64 | DType::BF16 | DType::F16 => {
+            t.to_dtype(DType::F32).map_err(backend)
+        }
         other => Err(Error::DtypeMismatch {
             expected: "f32, f64, bf16 or f16",
             actual: other.as_str(),
@@ -204,7 +219,9 @@ fn as_f32(t: &Tensor) -> Result<Tensor> {
 }
 
 fn host_values(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all().and_then(|f| f.to_vec1::<f32>()).map_err(backend)
+    t.flatten_all()
+        .and_then(|f| f.to_vec1::<f32>())
+        .map_err(backend)
 }
 
 fn host_labels(t: &Tensor) -> Result<Vec<i64>> {

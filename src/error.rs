@@ -144,15 +144,15 @@ impl fmt::Display for Error {
                 row,
                 label,
                 classes,
-            } => write!(
-                f,
-                "label {label} at row {row} is outside 0..{classes}"
-            ),
+            } => write!(f, "label {label} at row {row} is outside 0..{classes}"),
             Error::NonFinite { tensor, index } => {
                 write!(f, "non-finite value in {tensor} at flat index {index}")
             }
             Error::ZeroNorm { tensor, row } => {
-                write!(f, "{tensor} row {row} has zero norm and cannot be normalised")
+                write!(
+                    f,
+                    "{tensor} row {row} has zero norm and cannot be normalised"
+                )
             }
             Error::NormOverflow { tensor, row } => {
                 write!(f, "{tensor} row {row} has a norm too large to square")
@@ -177,10 +177,7 @@ impl fmt::Display for Error {
                 tensor,
                 expected,
                 actual,
-            } => write!(
-                f,
-                "{tensor} must have {expected} dimensions, got {actual}"
-            ),
+            } => write!(f, "{tensor} must have {expected} dimensions, got {actual}"),
             Error::Backend { message } => write!(f, "backend error: {message}"),
         }
     }

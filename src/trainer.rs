@@ -100,7 +100,9 @@ mod tests {
         let err = loss.step(Shape::new(3, 2, 2), &x, &w, &[0u32, 1, 2]);
         assert!(matches!(err, Err(Error::LabelOutOfRange { row: 2, .. })));
         assert_eq!(loss.state(), start);
-        let out = loss.step(Shape::new(3, 2, 2), &x, &w, &[0u32, 1, 1]).unwrap();
+        let out = loss
+            .step(Shape::new(3, 2, 2), &x, &w, &[0u32, 1, 1])
+            .unwrap();
         assert_ne!(loss.state(), start);
         assert_eq!(loss.state(), out.state_after());
         assert!(loss

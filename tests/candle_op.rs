@@ -120,22 +120,32 @@ fn sgd_steps_match_the_crate() {
         let mut own_losses = vec![];
         for _ in 0..steps {
             let features = matmul(&inputs, &pj, b, p, d);
-            let out = own.step(Shape::new(b, d, c), &features, &w, &labels).unwrap();
+            let out = own
+                .step(Shape::new(b, d, c), &features, &w, &labels)
+                .unwrap();
             own_losses.push(out.loss);
             let dproj = matmul_tn(&inputs, &out.grad_features, b, p, d);
             pj.iter_mut().zip(&dproj).for_each(|(v, g)| *v -= lr * g);
-            w.iter_mut().zip(&out.grad_weight).for_each(|(v, g)| *v -= lr * g);
+            w.iter_mut()
+                .zip(&out.grad_weight)
+                .for_each(|(v, g)| *v -= lr * g);
         }
 
         let e_loss = rel_err(&candle_losses, &own_losses);
         let e_proj = rel_err(&flat(proj.as_tensor()), &pj);
         let e_w = rel_err(&flat(weight.as_tensor()), &w);
-        assert!(e_loss < 1e-5, "{policy:?}: losses {candle_losses:?} vs {own_losses:?}");
+        assert!(
+            e_loss < 1e-5,
+            "{policy:?}: losses {candle_losses:?} vs {own_losses:?}"
+        );
         assert!(e_proj < 1e-5, "{policy:?}: projection rel err {e_proj:e}");
         assert!(e_w < 1e-5, "{policy:?}: weight rel err {e_w:e}");
         // The parameters moved: the comparison is not vacuous.
         assert!(rel_err(&pj, &proj0) > 1e-3 && rel_err(&w, &weight0) > 1e-3);
-        assert!(own_losses[steps - 1] < own_losses[0], "{policy:?}: {own_losses:?}");
+        assert!(
+            own_losses[steps - 1] < own_losses[0],
+            "{policy:?}: {own_losses:?}"
+        );
         let (sa, sb) = (head.state(), own.state());
         assert!((sa.batch_mean - sb.batch_mean).abs() < 1e-5 * sb.batch_mean.abs());
         assert!((sa.batch_std - sb.batch_std).abs() < 1e-5 * sb.batch_std.abs());
@@ -156,8 +166,20 @@ fn half_precision_inputs_and_i64_labels() {
     let dev = Device::Cpu;
     let cfg = AdaFaceConfig::default();
     for dtype in [DType::BF16, DType::F16] {
-        let x = Var::from_tensor(&Tensor::from_slice(&xs, (b, d), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
-        let w = Var::from_tensor(&Tensor::from_slice(&ws, (c, d), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+        let x = Var::from_tensor(
+            &Tensor::from_slice(&xs, (b, d), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap(),
+        )
+        .unwrap();
+        let w = Var::from_tensor(
+            &Tensor::from_slice(&ws, (c, d), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap(),
+        )
+        .unwrap();
         let y = Tensor::from_slice(&labels, b, &dev).unwrap();
         let mut head = AdaFaceCandle::new(cfg);
         let loss = head.forward(&x, &w, &y).unwrap();
@@ -170,10 +192,15 @@ fn half_precision_inputs_and_i64_labels() {
 
         let xr = flat(&x.to_dtype(DType::F32).unwrap());
         let wr = flat(&w.to_dtype(DType::F32).unwrap());
-        let want = AdaFaceLoss::new(cfg).step(Shape::new(b, d, c), &xr, &wr, &labels).unwrap();
+        let want = AdaFaceLoss::new(cfg)
+            .step(Shape::new(b, d, c), &xr, &wr, &labels)
+            .unwrap();
         assert!((loss.to_scalar::<f32>().unwrap() - want.loss).abs() < 1e-5 * want.loss.abs());
         let tol = if dtype == DType::BF16 { 1e-2 } else { 2e-3 };
-        let ex = rel_err(&flat(&gx.to_dtype(DType::F32).unwrap()), &want.grad_features);
+        let ex = rel_err(
+            &flat(&gx.to_dtype(DType::F32).unwrap()),
+            &want.grad_features,
+        );
         let ew = rel_err(&flat(&gw.to_dtype(DType::F32).unwrap()), &want.grad_weight);
         assert!(ex < tol && ew < tol, "{dtype:?}: {ex:e} {ew:e}");
     }
@@ -191,15 +218,26 @@ fn bad_inputs_are_typed_errors_and_keep_the_state() {
     let y = Tensor::new(&[0u32, 1, 2, 3, 0], &dev).unwrap();
     assert!(matches!(
         head.forward(&x, &w, &y),
-        Err(Error::LabelOutOfRange { row: 3, label: 3, classes: 3 })
+        Err(Error::LabelOutOfRange {
+            row: 3,
+            label: 3,
+            classes: 3
+        })
     ));
     let y = Tensor::new(&[0i64, 1, -1, 2, 0], &dev).unwrap();
     assert!(matches!(
         head.forward(&x, &w, &y),
-        Err(Error::LabelOutOfRange { row: 2, label: -1, .. })
+        Err(Error::LabelOutOfRange {
+            row: 2,
+            label: -1,
+            ..
+        })
     ));
     let yf = Tensor::new(&[0f32, 1., 2., 0., 1.], &dev).unwrap();
-    assert!(matches!(head.forward(&x, &w, &yf), Err(Error::DtypeMismatch { .. })));
+    assert!(matches!(
+        head.forward(&x, &w, &yf),
+        Err(Error::DtypeMismatch { .. })
+    ));
     let y = Tensor::new(&[0u32, 1, 2, 0, 1], &dev).unwrap();
     let w5 = Tensor::from_vec(rng.normals(3 * 5, 1.0), (3, 5), &dev).unwrap();
     assert!(matches!(
@@ -209,10 +247,17 @@ fn bad_inputs_are_typed_errors_and_keep_the_state() {
     let x3 = x.reshape((5, 2, 2)).unwrap();
     assert!(matches!(
         head.forward(&x3, &w, &y),
-        Err(Error::RankMismatch { expected: 2, actual: 3, .. })
+        Err(Error::RankMismatch {
+            expected: 2,
+            actual: 3,
+            ..
+        })
     ));
     let xi = Tensor::new(&[[1u32, 2, 3, 4]; 5], &dev).unwrap();
-    assert!(matches!(head.forward(&xi, &w, &y), Err(Error::DtypeMismatch { .. })));
+    assert!(matches!(
+        head.forward(&xi, &w, &y),
+        Err(Error::DtypeMismatch { .. })
+    ));
     let short = Tensor::new(&[0u32, 1], &dev).unwrap();
     assert!(matches!(
         head.forward(&x, &w, &short),
@@ -221,7 +266,10 @@ fn bad_inputs_are_typed_errors_and_keep_the_state() {
     let mut xnan = rng.normals(5 * 4, 1.0);
     xnan[6] = f32::NAN;
     let xnan = Tensor::from_vec(xnan, (5, 4), &dev).unwrap();
-    assert!(matches!(head.forward(&xnan, &w, &y), Err(Error::NonFinite { index: 6, .. })));
+    assert!(matches!(
+        head.forward(&xnan, &w, &y),
+        Err(Error::NonFinite { index: 6, .. })
+    ));
     assert_eq!(head.state(), start);
     assert!(head.last_diagnostics().is_none());
 

@@ -126,7 +126,13 @@ fn published_scaler(cfg: &AdaFaceConfig, state: &EmaState, inp: &Inputs) -> Vec<
     let sn: Vec<f64> = inp
         .x
         .chunks(d)
-        .map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt().clamp(1e-3, 100.0))
+        .map(|r| {
+            r.iter()
+                .map(|v| v * v)
+                .sum::<f64>()
+                .sqrt()
+                .clamp(1e-3, 100.0)
+        })
         .collect();
     let n = sn.len() as f64;
     let mean = sn.iter().sum::<f64>() / n;
@@ -159,7 +165,14 @@ fn cosines(x: &[f64], w: &[f64], shape: Shape) -> Vec<f64> {
 
 /// The published logits, with `z` given (held fixed, as the official head
 /// detaches it).
-fn published_logits(policy: MarginPolicy, s: f64, x: &[f64], w: &[f64], inp: &Inputs, z: &[f64]) -> Vec<f64> {
+fn published_logits(
+    policy: MarginPolicy,
+    s: f64,
+    x: &[f64],
+    w: &[f64],
+    inp: &Inputs,
+    z: &[f64],
+) -> Vec<f64> {
     let c = inp.shape.classes;
     let mut logits = cosines(x, w, inp.shape);
     for (i, row) in logits.chunks_mut(c).enumerate() {
@@ -175,7 +188,14 @@ fn published_logits(policy: MarginPolicy, s: f64, x: &[f64], w: &[f64], inp: &In
     logits
 }
 
-fn published_loss(policy: MarginPolicy, s: f64, x: &[f64], w: &[f64], inp: &Inputs, z: &[f64]) -> f64 {
+fn published_loss(
+    policy: MarginPolicy,
+    s: f64,
+    x: &[f64],
+    w: &[f64],
+    inp: &Inputs,
+    z: &[f64],
+) -> f64 {
     let c = inp.shape.classes;
     let logits = published_logits(policy, s, x, w, inp, z);
     let total: f64 = logits
@@ -204,7 +224,10 @@ fn assert_smooth(policy: MarginPolicy, inp: &Inputs, z: &[f64]) {
     let cos = cosines(&inp.x, &inp.w, inp.shape);
     for (i, row) in cos.chunks(c).enumerate() {
         for v in row {
-            assert!(v.abs() < 1.0 - 10.0 * EPS, "cosine {v} too close to the clamp");
+            assert!(
+                v.abs() < 1.0 - 10.0 * EPS,
+                "cosine {v} too close to the clamp"
+            );
         }
         let theta = row[inp.y[i] as usize].acos();
         let (a, _) = policy.row_offsets(z[i]);
@@ -245,7 +268,10 @@ fn logits_and_loss_match_the_published_formulas() {
             }
             let want = published_logits(policy, s, &inp.x, &inp.w, &inp, &z);
             let err = rel_err(&out.logits, &want);
-            assert!(err < 1e-12, "{policy:?} B={b} D={d} C={c}: logits rel err {err:e}");
+            assert!(
+                err < 1e-12,
+                "{policy:?} B={b} D={d} C={c}: logits rel err {err:e}"
+            );
             let loss = published_loss(policy, s, &inp.x, &inp.w, &inp, &z);
             assert!(
                 (out.loss - loss).abs() <= 1e-12 * loss.abs().max(1.0),
@@ -278,13 +304,22 @@ fn target_logit_and_its_derivative_match_the_published_formulas() {
             let (logit, dlogit) = target_logit(c, a, b, &k);
             let want = 30.0 * published_target(policy, theta, z);
             let dwant = 30.0 * published_target_derivative(policy, theta, z);
-            assert!((logit - want).abs() < 1e-12 * want.abs().max(1.0), "{policy:?} c={c}");
-            assert!((dlogit - dwant).abs() < 1e-10 * dwant.abs().max(1.0), "{policy:?} c={c}: {dlogit} vs {dwant}");
+            assert!(
+                (logit - want).abs() < 1e-12 * want.abs().max(1.0),
+                "{policy:?} c={c}"
+            );
+            assert!(
+                (dlogit - dwant).abs() < 1e-10 * dwant.abs().max(1.0),
+                "{policy:?} c={c}: {dlogit} vs {dwant}"
+            );
             // The derivative is also the finite difference of the formula.
             let hstep = 1e-6;
             let fd = (target_logit(c + hstep, a, b, &k).0 - target_logit(c - hstep, a, b, &k).0)
                 / (2.0 * hstep);
-            assert!((dlogit - fd).abs() < 1e-6 * dlogit.abs().max(1.0), "{policy:?} c={c}: fd {fd}");
+            assert!(
+                (dlogit - fd).abs() < 1e-6 * dlogit.abs().max(1.0),
+                "{policy:?} c={c}: fd {fd}"
+            );
         }
     }
 }
@@ -335,9 +370,18 @@ fn finite_differences_of_the_published_loss_match_the_gradients() {
         let gw: Vec<f64> = (0..inp.w.len()).map(|i| fd(1, i)).collect();
         let ex = rel_err(&out.grad_features, &gx);
         let ew = rel_err(&out.grad_weight, &gw);
-        assert!(ex < 1e-6, "{policy:?}: dX vs finite differences, rel err {ex:e}");
-        assert!(ew < 1e-6, "{policy:?}: dW vs finite differences, rel err {ew:e}");
-        assert!(gx.iter().any(|v| v.abs() > 1e-4), "{policy:?}: flat loss, test is vacuous");
+        assert!(
+            ex < 1e-6,
+            "{policy:?}: dX vs finite differences, rel err {ex:e}"
+        );
+        assert!(
+            ew < 1e-6,
+            "{policy:?}: dW vs finite differences, rel err {ew:e}"
+        );
+        assert!(
+            gx.iter().any(|v| v.abs() > 1e-4),
+            "{policy:?}: flat loss, test is vacuous"
+        );
     }
 }
 
@@ -345,7 +389,12 @@ fn assert_same_step(a: &AdaFaceConfig, b: &AdaFaceConfig, inp: &Inputs) -> Vec<f
     let state = EmaState::default();
     let oa = reference::forward_backward(a, &state, inp.shape, &inp.x, &inp.w, &inp.y).unwrap();
     let ob = reference::forward_backward(b, &state, inp.shape, &inp.x, &inp.w, &inp.y).unwrap();
-    assert!((oa.loss - ob.loss).abs() <= 1e-12 * ob.loss.abs(), "loss {} vs {}", oa.loss, ob.loss);
+    assert!(
+        (oa.loss - ob.loss).abs() <= 1e-12 * ob.loss.abs(),
+        "loss {} vs {}",
+        oa.loss,
+        ob.loss
+    );
     assert!(rel_err(&oa.grad_features, &ob.grad_features) < 1e-12);
     assert!(rel_err(&oa.grad_weight, &ob.grad_weight) < 1e-12);
     oa.diagnostics.margin_scaler
@@ -383,7 +432,15 @@ fn adaface_at_z_plus_one_is_a_negative_angular_margin_with_twice_the_additive_on
     let m = 0.4;
     let s = 64.0;
     let ada = cfg(MarginPolicy::AdaFace { m, h: 1e6 }, s);
-    let out = reference::forward(&ada, &EmaState::default(), inp.shape, &inp.x, &inp.w, &inp.y).unwrap();
+    let out = reference::forward(
+        &ada,
+        &EmaState::default(),
+        inp.shape,
+        &inp.x,
+        &inp.w,
+        &inp.y,
+    )
+    .unwrap();
     assert!(out.diagnostics.margin_scaler.iter().all(|&v| v == 1.0));
     let c = inp.shape.classes;
     for (i, &tc) in out.diagnostics.target_cosine.iter().enumerate() {

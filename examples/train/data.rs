@@ -1,9 +1,9 @@
 //! A synthetic identity data set with controlled quality degradation.
 //!
 //! Each identity is a prototype signal in the input space. A sample is its
-//! prototype with identity-independent nuisance (a random gain and a random
-//! mix of a few shared "pose" directions), then degraded by three
-//! corruptions whose strengths follow from the sample's quality `q`:
+//! prototype with identity-independent nuisance (a random mix of a few
+//! shared "pose" directions), then degraded by three corruptions whose
+//! strengths follow from the sample's quality `q`:
 //!
 //! * blur-like: mixing with a low-passed copy (neighbour averaging),
 //! * occlusion-like: a random contiguous block set to zero,
@@ -12,6 +12,9 @@
 //! `q` is split at random between the three: corruption `k` keeps a
 //! fraction `q_k = q^(w_k)` (weights `w` uniform on the simplex) and has
 //! severity `1 - q_k`, so `q` is the product of what each one leaves.
+//! Last, every sample is scaled to a random RMS in [0.9, 1.1], so that its
+//! norm carries no information about its quality: a model whose feature
+//! norm tracks quality has learned it.
 
 /// SplitMix64 with Box-Muller normals: small, seeded, reproducible.
 #[derive(Clone)]
@@ -78,7 +81,7 @@ const OCCLUSION_MAX: f64 = 0.75;
 const BLUR_PASSES: usize = 10;
 /// Shared nuisance ("pose") directions and their coefficient scale.
 const POSE_DIRS: usize = 6;
-const POSE_SCALE: f64 = 0.5;
+const POSE_SCALE: f64 = 0.25;
 
 /// The identities of one data set and the generator of their samples.
 pub struct Identities {
@@ -92,8 +95,19 @@ impl Identities {
     /// data sets made with the same `pose_seed`, so unseen identities vary
     /// in the same ways as the training ones.
     pub fn new(count: usize, dim: usize, rng: &mut Rng, pose_seed: u64) -> Identities {
-        let mut prototypes: Vec<f64> = (0..count * dim).map(|_| rng.normal()).collect();
+        // Identities differ only inside a shared subspace of `dim / 4`
+        // dimensions (as faces fill a small part of pixel space), so a model
+        // can learn which input directions carry identity and which only
+        // carry noise.
+        let mut srng = Rng::new(pose_seed ^ 0xA5A5);
+        let k = (dim / 4).max(2);
+        let basis: Vec<f64> = (0..k * dim).map(|_| srng.normal()).collect();
+        let mut prototypes = vec![0.0; count * dim];
         for p in prototypes.chunks_mut(dim) {
+            for b in basis.chunks(dim) {
+                let c = rng.normal();
+                p.iter_mut().zip(b).for_each(|(v, bv)| *v += c * bv);
+            }
             let rms = (p.iter().map(|v| v * v).sum::<f64>() / dim as f64).sqrt();
             p.iter_mut().for_each(|v| *v /= rms);
         }
@@ -113,8 +127,7 @@ impl Identities {
     /// One sample of identity `id` at quality `q`, written to `out`.
     pub fn sample(&self, id: usize, q: f64, rng: &mut Rng, out: &mut [f32]) -> Corruption {
         let d = self.dim;
-        let gain = 0.8 + 0.4 * rng.uniform();
-        let mut x: Vec<f64> = self.prototypes[id * d..(id + 1) * d].iter().map(|v| gain * v).collect();
+        let mut x: Vec<f64> = self.prototypes[id * d..(id + 1) * d].to_vec();
         for k in 0..POSE_DIRS {
             let a = POSE_SCALE * rng.normal();
             for (v, p) in x.iter_mut().zip(&self.pose[k * d..(k + 1) * d]) {
@@ -127,8 +140,14 @@ impl Identities {
         for v in x.iter_mut() {
             *v += c.noise * NOISE_MAX * rng.normal();
         }
+        // Contrast normalisation (as per-image standardisation does) to a
+        // random gain: the raw input norm says nothing about quality.
+        let gain = 0.9 + 0.2 * rng.uniform();
+        let rms = (x.iter().map(|v| v * v).sum::<f64>() / d as f64)
+            .sqrt()
+            .max(1e-12);
         for (o, v) in out.iter_mut().zip(&x) {
-            *o = *v as f32;
+            *o = (gain * v / rms) as f32;
         }
         c
     }
@@ -190,7 +209,9 @@ mod tests {
         let mut flat = vec![2.0; 16];
         blur(&mut flat, 1.0);
         assert!(flat.iter().all(|v| (v - 2.0).abs() < 1e-12));
-        let mut alt: Vec<f64> = (0..16).map(|i| if i % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let mut alt: Vec<f64> = (0..16)
+            .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
         blur(&mut alt, 1.0);
         assert!(alt[4..12].iter().all(|v| v.abs() < 1e-2), "{alt:?}");
     }
@@ -216,7 +237,11 @@ mod tests {
                 let id = k % 20;
                 ids.sample(id, q, &mut rng, &mut x);
                 let p = &ids.prototypes[id * 96..(id + 1) * 96];
-                total += x.iter().zip(p).map(|(a, b)| (*a as f64 - b).powi(2)).sum::<f64>();
+                total += x
+                    .iter()
+                    .zip(p)
+                    .map(|(a, b)| (*a as f64 - b).powi(2))
+                    .sum::<f64>();
             }
             total
         };

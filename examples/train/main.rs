@@ -41,6 +41,7 @@ usage: cargo run --release --example train -- [options]
   --hidden N     hidden units of the MLP            (default 128)
   --input N      input dimension                    (default 128)
   --lr X         peak learning rate (SGD, momentum) (default 0.1)
+  --wd X         weight decay                       (default 5e-4)
   --out DIR      folder for the plots               (default adaface-train)
   --seed N       seed of data, init and pairs       (default 1)
   --device D     cpu (default) or cuda
@@ -56,6 +57,7 @@ struct Args {
     hidden: usize,
     input: usize,
     lr: f32,
+    wd: f32,
     out: PathBuf,
     seed: u64,
 }
@@ -69,6 +71,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         hidden: 128,
         input: 128,
         lr: 0.1,
+        wd: 5e-4,
         out: PathBuf::from("adaface-train"),
         seed: 1,
     };
@@ -97,6 +100,12 @@ fn parse_args() -> Result<Option<Args>, String> {
                 a.lr = match value.parse::<f32>() {
                     Ok(v) if v > 0.0 && v.is_finite() => v,
                     _ => return Err(format!("--lr {value}: expected a positive number")),
+                }
+            }
+            "--wd" => {
+                a.wd = match value.parse::<f32>() {
+                    Ok(v) if v >= 0.0 && v.is_finite() => v,
+                    _ => return Err(format!("--wd {value}: expected a number >= 0")),
                 }
             }
             "--device" => match value.as_str() {
@@ -140,15 +149,30 @@ struct Run {
     seconds: f64,
 }
 
-fn train(name: &'static str, policy: MarginPolicy, a: &Args, ids: &Identities) -> Result<Run, adaface::Error> {
-    let cfg = AdaFaceConfig::builder().margin(policy).s(64.0).t_alpha(0.01).build()?;
-    let mut loss = AdaFaceLoss::new(cfg);
-    // The same initialisation and the same batches for every loss.
+/// The same initialisation, and then the same batches, for every loss.
+fn initial_model(a: &Args) -> (Mlp, Rng) {
     let mut rng = Rng::new(a.seed.wrapping_mul(31).wrapping_add(7));
-    let mut mlp = Mlp::new(a.input, a.hidden, a.dim, &mut rng);
-    let mut weight: Vec<f32> = (0..a.classes * a.dim).map(|_| rng.normal() as f32).collect();
-    let mut opt_mlp = Sgd::new(mlp.params.len(), 0.9, 5e-4);
-    let mut opt_w = Sgd::new(weight.len(), 0.9, 5e-4);
+    (Mlp::new(a.input, a.hidden, a.dim, &mut rng), rng)
+}
+
+fn train(
+    name: &'static str,
+    policy: MarginPolicy,
+    a: &Args,
+    ids: &Identities,
+) -> Result<Run, adaface::Error> {
+    let cfg = AdaFaceConfig::builder()
+        .margin(policy)
+        .s(64.0)
+        .t_alpha(0.01)
+        .build()?;
+    let mut loss = AdaFaceLoss::new(cfg);
+    let (mut mlp, mut rng) = initial_model(a);
+    let mut weight: Vec<f32> = (0..a.classes * a.dim)
+        .map(|_| rng.normal() as f32)
+        .collect();
+    let mut opt_mlp = Sgd::new(mlp.params.len(), 0.9, a.wd);
+    let mut opt_w = Sgd::new(weight.len(), 0.9, a.wd);
     let shape = Shape::new(a.batch, a.dim, a.classes);
     let mut x = vec![0f32; a.batch * a.input];
     let mut labels = vec![0u32; a.batch];
@@ -163,7 +187,7 @@ fn train(name: &'static str, policy: MarginPolicy, a: &Args, ids: &Identities) -
             let q = rng.uniform();
             ids.sample(id, q, &mut rng, row);
         }
-        let act = mlp.forward(&x, a.batch);
+        let act = mlp.forward_train(&x, a.batch);
         let out = loss.step(shape, &act.out, &weight, &labels)?;
         let grad = mlp.backward(&x, &act, &out.grad_features, a.batch);
         let lr = learning_rate(a.lr, step, a.steps);
@@ -173,8 +197,16 @@ fn train(name: &'static str, policy: MarginPolicy, a: &Args, ids: &Identities) -
         let l = out.loss as f64;
         losses.push(l);
         let phase = step * PHASES / a.steps;
-        let z: Vec<f64> = out.diagnostics.margin_scaler.iter().map(|&v| v as f64).collect();
-        for (h, c) in z_hist[phase].iter_mut().zip(stats::histogram(&z, -1.0, 1.0, Z_BINS)) {
+        let z: Vec<f64> = out
+            .diagnostics
+            .margin_scaler
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        for (h, c) in z_hist[phase]
+            .iter_mut()
+            .zip(stats::histogram(&z, -1.0, 1.0, Z_BINS))
+        {
             *h += c;
         }
         let s = smooth.map_or(l, |p: f64| 0.95 * p + 0.05 * l);
@@ -207,7 +239,7 @@ struct PairSet {
 }
 
 const EVAL_SAMPLES: usize = 2000;
-const EVAL_PAIRS: usize = 1000;
+const EVAL_PAIRS: usize = 3000;
 
 fn make_eval(a: &Args, ids: &Identities) -> Eval {
     let mut rng = Rng::new(a.seed.wrapping_mul(17).wrapping_add(3));
@@ -224,7 +256,11 @@ fn make_eval(a: &Args, ids: &Identities) -> Eval {
         let mut same = Vec::with_capacity(EVAL_PAIRS);
         for (k, pair) in px.chunks_mut(2 * a.input).enumerate() {
             let id = rng.below(n);
-            let other = if k % 2 == 0 { id } else { (id + 1 + rng.below(n - 1)) % n };
+            let other = if k % 2 == 0 {
+                id
+            } else {
+                (id + 1 + rng.below(n - 1)) % n
+            };
             let (first, second) = pair.split_at_mut(a.input);
             let q = lo + (hi - lo) * rng.uniform();
             ids.sample(id, q, rng, first);
@@ -248,15 +284,21 @@ struct Scores {
     norms: Vec<f64>,
 }
 
+fn norm_quality_spearman(mlp: &Mlp, eval: &Eval, a: &Args) -> f64 {
+    let emb = mlp.embed(&eval.x, EVAL_SAMPLES);
+    let norms: Vec<f64> = emb.chunks(a.dim).map(norm).collect();
+    stats::spearman(&norms, &eval.quality)
+}
+
 fn evaluate(run: &Run, eval: &Eval, a: &Args) -> Scores {
-    let emb = run.mlp.forward(&eval.x, EVAL_SAMPLES).out;
+    let emb = run.mlp.embed(&eval.x, EVAL_SAMPLES);
     let norms: Vec<f64> = emb.chunks(a.dim).map(norm).collect();
     let spearman = stats::spearman(&norms, &eval.quality);
     let accuracy = eval
         .pairs
         .iter()
         .map(|set| {
-            let e = run.mlp.forward(&set.x, 2 * EVAL_PAIRS).out;
+            let e = run.mlp.embed(&set.x, 2 * EVAL_PAIRS);
             let scored: Vec<(f64, bool)> = e
                 .chunks(2 * a.dim)
                 .zip(&set.same)
@@ -334,10 +376,20 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     println!("spearman(norm, quality) = {:.3}", scores[0].spearman);
     println!("  (AdaFace: rank correlation of the learned feature norm with the true quality;");
     println!("   positive = the norm is a quality proxy, the observation AdaFace builds on)");
+    let untrained = norm_quality_spearman(&initial_model(a).0, &eval, a);
+    let inputs: Vec<f64> = eval.x.chunks(a.input).map(norm).collect();
+    println!(
+        "  for comparison: untrained model {:.3}, raw input norm {:.3}",
+        untrained,
+        stats::spearman(&inputs, &eval.quality)
+    );
     println!();
-    println!("verification accuracy (10-fold, threshold fitted on 9 folds):");
+    println!("verification accuracy ({EVAL_PAIRS} pairs per set, half genuine; 10-fold, threshold fitted on 9 folds):");
     let headers: Vec<&str> = eval.pairs.iter().map(|p| p.name).collect();
-    println!("  {:<9} {:>24} {:>24} {:>18}", "loss", headers[0], headers[1], "spearman(norm,q)");
+    println!(
+        "  {:<9} {:>24} {:>24} {:>18}",
+        "loss", headers[0], headers[1], "spearman(norm,q)"
+    );
     for (r, s) in runs.iter().zip(&scores) {
         println!(
             "  {:<9} {:>23.1}% {:>23.1}% {:>18.3}",
@@ -347,6 +399,13 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             s.spearman
         );
     }
+
+    let low = scores.iter().map(|s| s.accuracy[1]).sum::<f64>() / scores.len() as f64;
+    println!(
+        "  (sampling noise: at {:.0}% a 95% interval is about +-{:.1} points)",
+        100.0 * low,
+        100.0 * 1.96 * (low * (1.0 - low) / EVAL_PAIRS as f64).sqrt()
+    );
 
     std::fs::create_dir_all(&a.out)?;
     let files = write_plots(&a.out, &runs, &scores, &eval)?;
@@ -366,7 +425,10 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn display_dir(p: &Path) -> String {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+    std::fs::canonicalize(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
 }
 
 fn write_plots(
@@ -379,18 +441,30 @@ fn write_plots(
     let s = &scores[0];
     let max_norm = s.norms.iter().cloned().fold(0.0, f64::max);
     let mut chart = Chart::new(
-        &format!("ADAFACE: FEATURE NORM VS QUALITY (SPEARMAN {:.2})", s.spearman),
+        &format!(
+            "ADAFACE: FEATURE NORM VS QUALITY (SPEARMAN {:.2})",
+            s.spearman
+        ),
         "TRUE QUALITY Q",
         "FEATURE NORM",
         (0.0, 1.0),
         (0.0, max_norm * 1.05),
     );
-    let pts: Vec<(f64, f64)> = eval.quality.iter().cloned().zip(s.norms.iter().cloned()).collect();
+    let pts: Vec<(f64, f64)> = eval
+        .quality
+        .iter()
+        .cloned()
+        .zip(s.norms.iter().cloned())
+        .collect();
     chart.points(&pts, PALETTE[0], 2.5, 0.45);
     let deciles: Vec<(f64, f64)> = (0..10)
         .filter_map(|k| {
             let (lo, hi) = (k as f64 / 10.0, (k + 1) as f64 / 10.0);
-            let v: Vec<f64> = pts.iter().filter(|p| p.0 >= lo && p.0 < hi).map(|p| p.1).collect();
+            let v: Vec<f64> = pts
+                .iter()
+                .filter(|p| p.0 >= lo && p.0 < hi)
+                .map(|p| p.1)
+                .collect();
             (!v.is_empty()).then(|| (lo + 0.05, v.iter().sum::<f64>() / v.len() as f64))
         })
         .collect();
@@ -434,32 +508,53 @@ fn write_plots(
     }
     chart.save(&dir.join("margin_scaler.png"))?;
 
-    // Loss curves, smoothed over windows of 1 % of training.
-    let max_loss = runs.iter().flat_map(|r| r.losses.iter()).cloned().fold(0.0, f64::max);
+    // Loss curves, smoothed over windows of 1 % of training; the y range
+    // fits the curves after the first 5 % (the start is clipped at the top).
     let steps = runs[0].losses.len();
+    let window = (steps / 100).max(1);
+    let curves: Vec<Vec<(f64, f64)>> = runs
+        .iter()
+        .map(|r| {
+            r.losses
+                .chunks(window)
+                .enumerate()
+                .map(|(i, c)| {
+                    (
+                        (i * window) as f64 + c.len() as f64 / 2.0,
+                        c.iter().sum::<f64>() / c.len() as f64,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let settled = curves
+        .iter()
+        .flat_map(|c| c.iter().skip(c.len() / 20).map(|p| p.1))
+        .fold(0.0, f64::max);
+    let top = 1.5 * settled;
     let mut chart = Chart::new(
-        "TRAINING LOSS",
+        "TRAINING LOSS (EACH WITH ITS OWN MARGIN)",
         "STEP",
         "LOSS (MEAN OVER 1% WINDOWS)",
         (0.0, steps as f64),
-        (0.0, max_loss * 1.05),
+        (0.0, top),
     );
-    let window = (steps / 100).max(1);
-    for (k, r) in runs.iter().enumerate() {
-        let curve: Vec<(f64, f64)> = r
-            .losses
-            .chunks(window)
-            .enumerate()
-            .map(|(i, c)| ((i * window) as f64 + c.len() as f64 / 2.0, c.iter().sum::<f64>() / c.len() as f64))
-            .collect();
-        chart.polyline(&curve, PALETTE[k], 2.5);
+    for (k, (r, curve)) in runs.iter().zip(&curves).enumerate() {
+        let clipped: Vec<(f64, f64)> = curve.iter().map(|&(x, y)| (x, y.min(top))).collect();
+        chart.polyline(&clipped, PALETTE[k], 2.5);
         chart.add_legend(&r.name.to_uppercase(), PALETTE[k]);
     }
     chart.save(&dir.join("loss.png"))?;
 
     Ok(vec![
-        ("norm_vs_quality.png", "AdaFace feature norm against true quality, held-out samples"),
-        ("margin_scaler.png", "histogram of AdaFace's margin scaler z, per quarter of training"),
+        (
+            "norm_vs_quality.png",
+            "AdaFace feature norm against true quality, held-out samples",
+        ),
+        (
+            "margin_scaler.png",
+            "histogram of AdaFace's margin scaler z, per quarter of training",
+        ),
         ("loss.png", "training loss of AdaFace, ArcFace and CosFace"),
     ])
 }

@@ -140,7 +140,13 @@ pub struct Chart {
 }
 
 impl Chart {
-    pub fn new(title: &str, x_label: &str, y_label: &str, x_range: (f64, f64), y_range: (f64, f64)) -> Chart {
+    pub fn new(
+        title: &str,
+        x_label: &str,
+        y_label: &str,
+        x_range: (f64, f64),
+        y_range: (f64, f64),
+    ) -> Chart {
         let (w, h) = (800usize, 560usize);
         let mut chart = Chart {
             canvas: Canvas::new(w, h),
@@ -167,7 +173,10 @@ impl Chart {
     }
 
     fn inside(&self, px: f64, py: f64) -> bool {
-        px >= self.left - 0.5 && px <= self.right + 0.5 && py >= self.top - 0.5 && py <= self.bottom + 0.5
+        px >= self.left - 0.5
+            && px <= self.right + 0.5
+            && py >= self.top - 0.5
+            && py <= self.bottom + 0.5
     }
 
     fn frame(&mut self, title: &str, x_label: &str, y_label: &str) {
@@ -178,14 +187,26 @@ impl Chart {
             c.line(px, t, px, b, GREY, 1.0);
             c.line(px, b, px, b + 5.0, BLACK, 1.0);
             let s = fmt_tick(v, self.x_range);
-            c.text(px as i64 - text_width(&s, 2) / 2, b as i64 + 10, &s, 2, BLACK);
+            c.text(
+                px as i64 - text_width(&s, 2) / 2,
+                b as i64 + 10,
+                &s,
+                2,
+                BLACK,
+            );
         }
         for (v, pos) in ticks(self.y_range) {
             let py = b - pos * (b - t);
             c.line(l, py, r, py, GREY, 1.0);
             c.line(l - 5.0, py, l, py, BLACK, 1.0);
             let s = fmt_tick(v, self.y_range);
-            c.text(l as i64 - 9 - text_width(&s, 2), py as i64 - 7, &s, 2, BLACK);
+            c.text(
+                l as i64 - 9 - text_width(&s, 2),
+                py as i64 - 7,
+                &s,
+                2,
+                BLACK,
+            );
         }
         c.line(l, b, r, b, BLACK, 2.0);
         c.line(l, t, l, b, BLACK, 2.0);
@@ -198,7 +219,13 @@ impl Chart {
             2,
             BLACK,
         );
-        c.text_up(14, (t + b) as i64 / 2 + text_width(y_label, 2) / 2, y_label, 2, BLACK);
+        c.text_up(
+            14,
+            (t + b) as i64 / 2 + text_width(y_label, 2) / 2,
+            y_label,
+            2,
+            BLACK,
+        );
     }
 
     pub fn points(&mut self, pts: &[(f64, f64)], c: Rgb, radius: f64, alpha: f64) {
@@ -226,12 +253,19 @@ impl Chart {
 
     /// Draws the legend in the top-right corner and writes the PNG.
     pub fn save(mut self, path: &Path) -> std::io::Result<()> {
-        let width = self.legend.iter().map(|(n, _)| text_width(n, 2)).max().unwrap_or(0) + 44;
+        let width = self
+            .legend
+            .iter()
+            .map(|(n, _)| text_width(n, 2))
+            .max()
+            .unwrap_or(0)
+            + 44;
         let x0 = self.right as i64 - width - 8;
         let mut y = self.top as i64 + 8;
         if !self.legend.is_empty() {
             let h = self.legend.len() as i64 * 22 + 8;
-            self.canvas.fill_rect(x0 - 6, y - 6, x0 + width, y + h - 6, WHITE);
+            self.canvas
+                .fill_rect(x0 - 6, y - 6, x0 + width, y + h - 6, WHITE);
             for (name, c) in std::mem::take(&mut self.legend) {
                 self.canvas.fill_rect(x0, y + 3, x0 + 26, y + 9, c);
                 self.canvas.text(x0 + 34, y, &name, 2, BLACK);
@@ -347,7 +381,13 @@ mod tests {
 
     #[test]
     fn ticks_are_round_and_inside() {
-        for range in [(0.0, 1.0), (-1.0, 1.0), (3.7, 41.2), (0.0, 2500.0), (0.013, 0.019)] {
+        for range in [
+            (0.0, 1.0),
+            (-1.0, 1.0),
+            (3.7, 41.2),
+            (0.0, 2500.0),
+            (0.013, 0.019),
+        ] {
             let t = ticks(range);
             assert!(t.len() >= 3 && t.len() <= 10, "{range:?}: {t:?}");
             for &(v, pos) in &t {
@@ -368,7 +408,8 @@ mod tests {
         // A point outside the ranges is not drawn.
         chart.points(&[(50.0, 0.5)], PALETTE[1], 3.0, 1.0);
         let w = chart.canvas.width;
-        let any_orange = (0..chart.canvas.height).any(|y| (0..w).any(|x| chart.canvas.pixel(x, y) == PALETTE[1]));
+        let any_orange = (0..chart.canvas.height)
+            .any(|y| (0..w).any(|x| chart.canvas.pixel(x, y) == PALETTE[1]));
         assert!(!any_orange);
     }
 }

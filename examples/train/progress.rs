@@ -35,7 +35,11 @@ impl Progress {
                 return;
             }
             self.last_draw = Some(now);
-            let eta = if done > 0 { elapsed / frac - elapsed } else { 0.0 };
+            let eta = if done > 0 {
+                elapsed / frac - elapsed
+            } else {
+                0.0
+            };
             let line = format!(
                 "{} {} {:>3}% {:>6}/{} {} {:>4.0}s left",
                 self.label,
@@ -51,7 +55,13 @@ impl Progress {
             let quarter = (frac * 4.0).floor() as usize;
             if quarter > self.last_quarter {
                 self.last_quarter = quarter;
-                eprintln!("{} {:>3}% {} ({:.1}s)", self.label, quarter * 25, status, elapsed);
+                eprintln!(
+                    "{} {:>3}% {} ({:.1}s)",
+                    self.label,
+                    quarter * 25,
+                    status,
+                    elapsed
+                );
             }
         }
         let _ = std::io::stderr().flush();
@@ -61,7 +71,13 @@ impl Progress {
     pub fn finish(&mut self, status: &str) -> f64 {
         let elapsed = self.start.elapsed().as_secs_f64();
         if self.tty {
-            eprintln!("\r{} {} 100% {} ({:.1}s)\x1b[K", self.label, bar(1.0, 24), status, elapsed);
+            eprintln!(
+                "\r{} {} 100% {} ({:.1}s)\x1b[K",
+                self.label,
+                bar(1.0, 24),
+                status,
+                elapsed
+            );
         }
         elapsed
     }

@@ -55,11 +55,19 @@ pub fn best_threshold(pairs: &[(f64, bool)]) -> (f64, f64) {
     while i < n {
         let mut j = i;
         while j < n && sorted[j].0 == sorted[i].0 {
-            correct = if sorted[j].1 { correct - 1 } else { correct + 1 };
+            correct = if sorted[j].1 {
+                correct - 1
+            } else {
+                correct + 1
+            };
             j += 1;
         }
         if correct > best.0 {
-            let next = if j < n { sorted[j].0 } else { sorted[i].0 + 1.0 };
+            let next = if j < n {
+                sorted[j].0
+            } else {
+                sorted[i].0 + 1.0
+            };
             best = (correct, (sorted[i].0 + next) / 2.0);
         }
         i = j;
@@ -73,8 +81,18 @@ pub fn verification_accuracy(pairs: &[(f64, bool)], folds: usize) -> f64 {
     let folds = folds.clamp(2, pairs.len().max(2));
     let mut total = 0.0;
     for f in 0..folds {
-        let train: Vec<(f64, bool)> = pairs.iter().enumerate().filter(|(i, _)| i % folds != f).map(|(_, p)| *p).collect();
-        let test: Vec<&(f64, bool)> = pairs.iter().enumerate().filter(|(i, _)| i % folds == f).map(|(_, p)| p).collect();
+        let train: Vec<(f64, bool)> = pairs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % folds != f)
+            .map(|(_, p)| *p)
+            .collect();
+        let test: Vec<&(f64, bool)> = pairs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % folds == f)
+            .map(|(_, p)| p)
+            .collect();
         let (t, _) = best_threshold(&train);
         let right = test.iter().filter(|(s, same)| (*s > t) == *same).count();
         total += right as f64 / test.len().max(1) as f64;
@@ -110,7 +128,9 @@ mod tests {
         let rev: Vec<f64> = a.iter().map(|x| -x.exp().min(1e300)).collect();
         assert!((spearman(&a, &rev) + 1.0).abs() < 1e-12);
         // Textbook example: rho = 1 - 6 sum d^2 / (n (n^2 - 1)) without ties.
-        let x = [86.0, 97.0, 99.0, 100.0, 101.0, 103.0, 106.0, 110.0, 112.0, 113.0];
+        let x = [
+            86.0, 97.0, 99.0, 100.0, 101.0, 103.0, 106.0, 110.0, 112.0, 113.0,
+        ];
         let y = [2.0, 20.0, 28.0, 27.0, 50.0, 29.0, 7.0, 17.0, 6.0, 12.0];
         assert!((spearman(&x, &y) - (-29.0 / 165.0)).abs() < 1e-12);
     }
@@ -123,7 +143,9 @@ mod tests {
         assert_eq!(acc, 1.0);
         assert_eq!(verification_accuracy(&pairs, 10), 1.0);
         // Scores that carry no information: about chance.
-        let noise: Vec<(f64, bool)> = (0..400).map(|i| (((i * 7919) % 401) as f64, i % 2 == 0)).collect();
+        let noise: Vec<(f64, bool)> = (0..400)
+            .map(|i| (((i * 7919) % 401) as f64, i % 2 == 0))
+            .collect();
         let acc = verification_accuracy(&noise, 10);
         assert!(acc > 0.35 && acc < 0.65, "{acc}");
     }
