@@ -298,7 +298,7 @@ fn target_logit_and_its_derivative_match_the_published_formulas() {
             let theta = c.acos();
             let (a, b) = policy.row_offsets(z);
             let t = policy.angle_scale() * theta + a;
-            if t < EPS || t > std::f64::consts::PI - EPS {
+            if !(EPS..=std::f64::consts::PI - EPS).contains(&t) {
                 continue;
             }
             let (logit, dlogit) = target_logit(c, a, b, &k);

@@ -209,11 +209,19 @@ mod tests {
         let mut flat = vec![2.0; 16];
         blur(&mut flat, 1.0);
         assert!(flat.iter().all(|v| (v - 2.0).abs() < 1e-12));
-        let mut alt: Vec<f64> = (0..16)
-            .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
-            .collect();
+        // Away from the edges (which are repeated) the alternation is gone.
+        let alternating = || -> Vec<f64> {
+            (0..64)
+                .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+                .collect()
+        };
+        let mut alt = alternating();
         blur(&mut alt, 1.0);
-        assert!(alt[4..12].iter().all(|v| v.abs() < 1e-2), "{alt:?}");
+        assert!(alt[16..48].iter().all(|v| v.abs() < 1e-9), "{alt:?}");
+        // Half strength keeps half.
+        let mut alt = alternating();
+        blur(&mut alt, 0.5);
+        assert!((alt[32] - 0.5).abs() < 1e-9);
     }
 
     #[test]

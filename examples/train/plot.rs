@@ -41,9 +41,9 @@ impl Canvas {
             return;
         }
         let i = (y as usize * self.width + x as usize) * 3;
-        for k in 0..3 {
-            let old = self.px[i + k] as f64;
-            self.px[i + k] = (old + (c[k] as f64 - old) * alpha).round() as u8;
+        for (p, &target) in self.px[i..i + 3].iter_mut().zip(&c) {
+            let old = *p as f64;
+            *p = (old + (target as f64 - old) * alpha).round() as u8;
         }
     }
 
@@ -298,11 +298,14 @@ pub fn ticks(range: (f64, f64)) -> Vec<(f64, f64)> {
         .map(|f| f * mag)
         .find(|s| span / s <= 8.0)
         .unwrap_or(10.0 * mag);
-    let mut v = (a / step).ceil() * step;
+    let first = (a / step).ceil() as i64;
     let mut out = vec![];
-    while v <= b + step * 1e-9 {
-        out.push((if v.abs() < step * 1e-9 { 0.0 } else { v }, (v - a) / span));
-        v += step;
+    for k in first.. {
+        let v = k as f64 * step;
+        if v > b + step * 1e-9 {
+            break;
+        }
+        out.push((v, (v - a) / span));
     }
     out
 }
@@ -391,12 +394,17 @@ mod tests {
             let t = ticks(range);
             assert!(t.len() >= 3 && t.len() <= 10, "{range:?}: {t:?}");
             for &(v, pos) in &t {
-                assert!((0.0..=1.0 + 1e-9).contains(&pos), "{range:?}: {t:?}");
+                assert!((-1e-9..=1.0 + 1e-9).contains(&pos), "{range:?}: {t:?}");
                 assert!(v >= range.0 - 1e-9 && v <= range.1 + 1e-9);
             }
         }
         let t: Vec<f64> = ticks((0.0, 1.0)).iter().map(|p| p.0).collect();
-        assert_eq!(t, vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
+        let want = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0];
+        assert_eq!(t.len(), want.len());
+        assert!(
+            t.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-12),
+            "{t:?}"
+        );
     }
 
     #[test]
