@@ -407,8 +407,9 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         100.0 * 1.96 * (low * (1.0 - low) / EVAL_PAIRS as f64).sqrt()
     );
 
-    std::fs::create_dir_all(&a.out)?;
-    let files = write_plots(&a.out, &runs, &scores, &eval)?;
+    let files = std::fs::create_dir_all(&a.out)
+        .and_then(|_| write_plots(&a.out, &runs, &scores, &eval))
+        .map_err(|e| format!("cannot write the plots to {}: {e}", a.out.display()))?;
     println!();
     println!("plots in {}:", display_dir(&a.out));
     for (f, what) in files {
