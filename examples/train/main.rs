@@ -417,8 +417,13 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let train_s: f64 = runs.iter().map(|r| r.seconds).sum();
     println!();
+    let hint = if a.steps < 6000 {
+        "; --steps 6000 --classes 200 --dim 64 trains longer"
+    } else {
+        ""
+    };
     println!(
-        "done in {:.1}s ({:.1}s training; try --steps 6000 --classes 200 --dim 64 for a longer run)",
+        "done in {:.1}s ({:.1}s training{hint})",
         start.elapsed().as_secs_f64(),
         train_s
     );
