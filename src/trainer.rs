@@ -3,7 +3,7 @@
 //!
 //! Trainer integrations (the `candle` op, the `train` example) go through
 //! [`AdaFaceLoss`], so the host compute they use is chosen in one place,
-//! [`host_step`].
+//! `host_step`.
 
 use crate::config::AdaFaceConfig;
 use crate::element::Label;
