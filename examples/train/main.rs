@@ -251,7 +251,9 @@ fn make_eval(a: &Args, ids: &Identities) -> Eval {
         ids.sample(rng.below(n), q, &mut rng, row);
         quality.push(q);
     }
-    let pair_set = |name, lo: f64, hi: f64, rng: &mut Rng| {
+    // Each pair: its first sample's quality drawn from `first_q`, its
+    // second's from `second_q`.
+    let pair_set = |name, first_q: (f64, f64), second_q: (f64, f64), rng: &mut Rng| {
         let mut px = vec![0f32; 2 * EVAL_PAIRS * a.input];
         let mut same = Vec::with_capacity(EVAL_PAIRS);
         for (k, pair) in px.chunks_mut(2 * a.input).enumerate() {
@@ -262,17 +264,19 @@ fn make_eval(a: &Args, ids: &Identities) -> Eval {
                 (id + 1 + rng.below(n - 1)) % n
             };
             let (first, second) = pair.split_at_mut(a.input);
-            let q = lo + (hi - lo) * rng.uniform();
+            let q = first_q.0 + (first_q.1 - first_q.0) * rng.uniform();
             ids.sample(id, q, rng, first);
-            let q = lo + (hi - lo) * rng.uniform();
+            let q = second_q.0 + (second_q.1 - second_q.0) * rng.uniform();
             ids.sample(other, q, rng, second);
             same.push(k % 2 == 0);
         }
         PairSet { name, x: px, same }
     };
+    let (high, low) = ((0.7, 1.0), (0.05, 0.3));
     let pairs = vec![
-        pair_set("high quality (q > 0.7)", 0.7, 1.0, &mut rng),
-        pair_set("low quality (q < 0.3)", 0.05, 0.3, &mut rng),
+        pair_set("high: both q > 0.7", high, high, &mut rng),
+        pair_set("low: both q < 0.3", low, low, &mut rng),
+        pair_set("mixed: one of each", high, low, &mut rng),
     ];
     Eval { x, quality, pairs }
 }
@@ -370,7 +374,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
 
     println!();
     println!(
-        "held-out: {EVAL_SAMPLES} samples and 2 x {EVAL_PAIRS} pairs of 100 identities never seen in training"
+        "held-out: {EVAL_SAMPLES} samples and 3 x {EVAL_PAIRS} pairs of 100 identities never seen in training"
     );
     println!();
     println!("spearman(norm, quality) = {:.3}", scores[0].spearman);
@@ -385,24 +389,22 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     println!();
     println!("verification accuracy ({EVAL_PAIRS} pairs per set, half genuine; 10-fold, threshold fitted on 9 folds):");
-    let headers: Vec<&str> = eval.pairs.iter().map(|p| p.name).collect();
-    println!(
-        "  {:<9} {:>24} {:>24} {:>18}",
-        "loss", headers[0], headers[1], "spearman(norm,q)"
-    );
+    let mut header = format!("  {:<9}", "loss");
+    for p in &eval.pairs {
+        header += &format!(" {:>20}", p.name);
+    }
+    println!("{header} {:>18}", "spearman(norm,q)");
     for (r, s) in runs.iter().zip(&scores) {
-        println!(
-            "  {:<9} {:>23.1}% {:>23.1}% {:>18.3}",
-            r.name,
-            100.0 * s.accuracy[0],
-            100.0 * s.accuracy[1],
-            s.spearman
-        );
+        let mut line = format!("  {:<9}", r.name);
+        for acc in &s.accuracy {
+            line += &format!(" {:>19.1}%", 100.0 * acc);
+        }
+        println!("{line} {:>18.3}", s.spearman);
     }
 
     let low = scores.iter().map(|s| s.accuracy[1]).sum::<f64>() / scores.len() as f64;
     println!(
-        "  (sampling noise: at {:.0}% a 95% interval is about +-{:.1} points)",
+        "  (sampling noise: at {:.0}%, the low-quality level, a 95% interval is about +-{:.1} points)",
         100.0 * low,
         100.0 * 1.96 * (low * (1.0 - low) / EVAL_PAIRS as f64).sqrt()
     );
