@@ -6,6 +6,8 @@
 //!
 //! * [`reference`]: the official head, written out plainly, in `f32` or `f64`.
 //! * [`AdaFaceConfig`], [`EmaState`], [`Error`]: shared by every backend.
+//! * [`trainer::AdaFaceLoss`]: config and EMA state in one object, one call
+//!   per training step; `candle_op` (feature `candle`) wraps it for candle.
 //!
 //! See `README.md` for the semantics, including where this crate defines
 //! behaviour the official code leaves broken (batches of one row, zero norms).
@@ -16,6 +18,8 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+#[cfg(feature = "candle")]
+pub mod candle_op;
 pub mod config;
 pub mod element;
 pub mod error;
@@ -27,6 +31,7 @@ pub mod real;
 pub mod reference;
 pub mod shape;
 pub mod state;
+pub mod trainer;
 
 pub use config::{AdaFaceConfig, AdaFaceConfigBuilder, MarginPolicy};
 pub use element::{Dtype, Element, Label};
