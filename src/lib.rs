@@ -12,10 +12,15 @@
 #![warn(missing_docs)]
 
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod element;
 pub mod error;
 pub mod eval;
 pub mod golden;
+#[rustfmt::skip]
+pub mod kernel_params;
+pub mod launch;
 pub mod math;
 pub mod output;
 pub mod real;
