@@ -77,6 +77,8 @@ fn build_simulator(kernels: &Path, kernel_files: &[PathBuf], runtime_files: &[Pa
         .warnings(true)
         .extra_warnings(true)
         .warnings_into_errors(werror)
+        // CUDA's `#pragma unroll` means nothing to the host compiler.
+        .flag("-Wno-unknown-pragmas")
         // `.cu` files are C++ for the host compiler.
         .flag("-x")
         .flag("c++")

@@ -256,6 +256,12 @@ inline unsigned atomicMax(unsigned* a, unsigned v) {
 inline unsigned long long atomicMax(unsigned long long* a, unsigned long long v) {
     return ::adaface_sim::atomic_update_int(a, [v](unsigned long long old) { return old > v ? old : v; });
 }
+inline long long atomicMax(long long* a, long long v) {
+    return ::adaface_sim::atomic_update_int(a, [v](long long old) { return old > v ? old : v; });
+}
+inline long long atomicMin(long long* a, long long v) {
+    return ::adaface_sim::atomic_update_int(a, [v](long long old) { return old < v ? old : v; });
+}
 inline int atomicMin(int* a, int v) {
     return ::adaface_sim::atomic_update_int(a, [v](int old) { return old < v ? old : v; });
 }
