@@ -26,6 +26,7 @@ pub mod output;
 pub mod real;
 pub mod reference;
 pub mod shape;
+pub mod sim;
 pub mod state;
 
 pub use config::{AdaFaceConfig, AdaFaceConfigBuilder, MarginPolicy};
