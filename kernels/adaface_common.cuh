@@ -14,14 +14,14 @@
 /* Records an error; the smallest key wins (the host's reporting order). */
 __device__ __forceinline__ void adaface_record_error(AdafaceStepRecord* rec, unsigned long long kind,
                                                      unsigned long long detail) {
-    unsigned long long* addr = (unsigned long long*)&rec->error_key;
-    const unsigned long long key = (kind << 56) | detail;
-    unsigned long long old = *(volatile unsigned long long*)addr;
-    while (key < old) {
-        const unsigned long long prev = atomicCAS(addr, old, key);
-        if (prev == old) break;
-        old = prev;
-    }
+    /* uint64_t is unsigned long (LP64); the atomic takes unsigned long long,
+     * the same size and representation. */
+    atomicMin((unsigned long long*)&rec->error_key, (kind << 56) | detail);
+}
+
+/* The record's error key as the other blocks left it so far. */
+__device__ __forceinline__ uint64_t adaface_error_key(const AdafaceStepRecord* rec) {
+    return *(volatile const uint64_t*)&rec->error_key;
 }
 
 /* Whether an earlier kernel of this step (or this one, so far) recorded an
@@ -30,7 +30,7 @@ __device__ __forceinline__ void adaface_record_error(AdafaceStepRecord* rec, uns
 __device__ __forceinline__ bool adaface_block_should_abort(const AdafaceStepRecord* rec) {
     __shared__ int abort_flag;
     if (threadIdx.x == 0) {
-        abort_flag = *(volatile const unsigned long long*)&rec->error_key != ADAFACE_NO_ERROR;
+        abort_flag = adaface_error_key(rec) != ADAFACE_NO_ERROR;
     }
     __syncthreads();
     const bool result = abort_flag != 0;

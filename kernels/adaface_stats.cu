@@ -55,7 +55,7 @@ __device__ void adaface_stats_impl(const AdafaceStatsParams& p) {
 
     /* The offending label's value, for the typed error. */
     if (tid == 0) {
-        const unsigned long long key = *(volatile unsigned long long*)&rec->error_key;
+        const uint64_t key = adaface_error_key(rec);
         if (key != ADAFACE_NO_ERROR && (key >> 56) == ADAFACE_ERR_LABEL) {
             rec->error_value = adaface_label_at(labels, (int64_t)(key & ((1ull << 56) - 1)));
         }

@@ -27,6 +27,7 @@ pub mod real;
 pub mod reference;
 pub mod shape;
 pub mod sim;
+pub mod sim_backend;
 pub mod state;
 
 pub use config::{AdaFaceConfig, AdaFaceConfigBuilder, MarginPolicy};

@@ -61,3 +61,38 @@ pub(crate) fn backend<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Err
         message: format!("{what}: {e}"),
     }
 }
+
+/// Runs every step of a case file on GPU 0 with inputs rounded to `E` (the
+/// eval tool's `--device cuda`), carrying the EMA state on the device.
+pub fn eval_case<E: crate::launch::KernelElement + cudarc::driver::DeviceRepr>(
+    case: &crate::golden::Case,
+) -> Result<Vec<crate::golden::EvalStep>> {
+    let stream = default_stream(0)?;
+    let shape = case.shape;
+    let weight: Vec<E> = case.weight.iter().map(|&v| E::from_f64(v)).collect();
+    let w = stream.clone_htod(&weight).map_err(backend("upload"))?;
+    let mut loss = CudaAdaFace::new(stream.clone(), case.config)?;
+    let mut out = Vec::with_capacity(case.steps.len());
+    for step in &case.steps {
+        let features: Vec<E> = step.features.iter().map(|&v| E::from_f64(v)).collect();
+        let x = stream.clone_htod(&features).map_err(backend("upload"))?;
+        let labels = stream.clone_htod(&step.labels).map_err(backend("upload"))?;
+        let mut dx = stream.alloc_zeros::<f32>(shape.features_len()?).map_err(backend("alloc"))?;
+        let mut dw = stream.alloc_zeros::<f32>(shape.weight_len()?).map_err(backend("alloc"))?;
+        let summary = loss
+            .forward_backward(shape, &x, &w, &labels, &mut dx, &mut dw)?
+            .summary()?;
+        let (norms, z) = loss.row_diagnostics()?;
+        let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
+        out.push(crate::golden::EvalStep {
+            loss: summary.loss,
+            norms: widen(norms),
+            margin_scaler: widen(z),
+            grad_features: widen(stream.clone_dtoh(&dx).map_err(backend("download"))?),
+            grad_weight: widen(stream.clone_dtoh(&dw).map_err(backend("download"))?),
+            state_after: summary.state_after,
+            logits: None,
+        });
+    }
+    Ok(out)
+}

@@ -192,3 +192,31 @@ impl SimAdaFace {
         Ok(SimStep { record, shape })
     }
 }
+
+/// Runs every step of a case file on the simulator with inputs rounded to
+/// `E` (the eval tool's `--device sim`), carrying the EMA state.
+pub fn eval_case<E: KernelElement>(case: &crate::golden::Case) -> Result<Vec<crate::golden::EvalStep>> {
+    let shape = case.shape;
+    let weight: Vec<E> = case.weight.iter().map(|&v| E::from_f64(v)).collect();
+    let mut loss = SimAdaFace::new(case.config);
+    let mut out = Vec::with_capacity(case.steps.len());
+    for step in &case.steps {
+        let features: Vec<E> = step.features.iter().map(|&v| E::from_f64(v)).collect();
+        let mut dx = vec![0.0f32; shape.features_len()?];
+        let mut dw = vec![0.0f32; shape.weight_len()?];
+        let summary = loss
+            .forward_backward(shape, &features, &weight, &step.labels, &mut dx, &mut dw)?
+            .summary()?;
+        let (norms, z) = loss.row_diagnostics()?;
+        out.push(crate::golden::EvalStep {
+            loss: summary.loss,
+            norms: norms.iter().map(|&v| v as f64).collect(),
+            margin_scaler: z.iter().map(|&v| v as f64).collect(),
+            grad_features: dx.iter().map(|&v| v as f64).collect(),
+            grad_weight: dw.iter().map(|&v| v as f64).collect(),
+            state_after: summary.state_after,
+            logits: None,
+        });
+    }
+    Ok(out)
+}
