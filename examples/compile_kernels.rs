@@ -21,7 +21,11 @@ fn run() -> Result<(), String> {
         match flag.as_str() {
             "--arch" => arch = Some(value()?),
             "--out" => out = Some(value()?),
-            other => return Err(format!("unknown argument {other:?} (usage: --arch sm_90 --out DIR)")),
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?} (usage: --arch sm_90 --out DIR)"
+                ))
+            }
         }
     }
     let arch = arch.ok_or("--arch is required")?;

@@ -134,15 +134,15 @@ impl fmt::Display for Error {
                 row,
                 label,
                 classes,
-            } => write!(
-                f,
-                "label {label} at row {row} is outside 0..{classes}"
-            ),
+            } => write!(f, "label {label} at row {row} is outside 0..{classes}"),
             Error::NonFinite { tensor, index } => {
                 write!(f, "non-finite value in {tensor} at flat index {index}")
             }
             Error::ZeroNorm { tensor, row } => {
-                write!(f, "{tensor} row {row} has zero norm and cannot be normalised")
+                write!(
+                    f,
+                    "{tensor} row {row} has zero norm and cannot be normalised"
+                )
             }
             Error::NormOverflow { tensor, row } => {
                 write!(f, "{tensor} row {row} has a norm too large to square")

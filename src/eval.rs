@@ -67,7 +67,7 @@ pub fn run_case(case: &Case, device: Device, dtype: Dtype) -> Result<Vec<EvalSte
         #[cfg(feature = "cuda")]
         (Device::Cuda, Dtype::F16) => crate::cuda::eval_case::<half::f16>(case),
         #[cfg(not(feature = "cuda"))]
-        (Device::Cuda, _) => Err(Error::DeviceUnavailable {
+        (Device::Cuda, Dtype::F32 | Dtype::BF16 | Dtype::F16) => Err(Error::DeviceUnavailable {
             reason: "built without the `cuda` feature".into(),
         }),
         (Device::Sim | Device::Cuda, other) => Err(Error::DeviceUnavailable {

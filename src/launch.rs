@@ -55,7 +55,9 @@ impl LaunchDims {
         let gy = u32::try_from(gy)
             .ok()
             .filter(|&g| g <= 65_535)
-            .ok_or(Error::TooLarge { what: "grid y (batch)" })?;
+            .ok_or(Error::TooLarge {
+                what: "grid y (batch)",
+            })?;
         Ok(LaunchDims {
             grid: (gx, gy, 1),
             block: (ADAFACE_THREADS, 1, 1),
@@ -190,13 +192,16 @@ impl StepPlan {
             dim: d,
             classes: c,
         } = shape;
-        if i64::try_from(shape.weight_len()?).is_err() || i64::try_from(shape.features_len()?).is_err()
+        if i64::try_from(shape.weight_len()?).is_err()
+            || i64::try_from(shape.features_len()?).is_err()
         {
             return Err(Error::TooLarge { what: "C * D" });
         }
         let tiles = div_ceil(c, ADAFACE_TILE_CLASSES as usize);
         let row_tiles = div_ceil(b, ADAFACE_TILE_ROWS as usize);
-        let forward_splits = tiles.min(div_ceil(limits.target_blocks.max(1), row_tiles)).max(1);
+        let forward_splits = tiles
+            .min(div_ceil(limits.target_blocks.max(1), row_tiles))
+            .max(1);
         let backward_splits = match pass {
             Pass::Forward => 0,
             Pass::ForwardBackward => {
@@ -233,7 +238,10 @@ impl StepPlan {
             )?,
             len: 0,
         };
-        let workspace = WorkspaceLayout { len: at, ..workspace };
+        let workspace = WorkspaceLayout {
+            len: at,
+            ..workspace
+        };
         Ok(StepPlan {
             shape,
             pass,
@@ -288,7 +296,12 @@ impl StepPlan {
         }
     }
 
-    fn tile_params(&self, cfg: &AdaFaceConfig, buf: &StepBuffers, splits: usize) -> AdafaceTileParams {
+    fn tile_params(
+        &self,
+        cfg: &AdaFaceConfig,
+        buf: &StepBuffers,
+        splits: usize,
+    ) -> AdafaceTileParams {
         let l = &self.workspace;
         AdafaceTileParams {
             x: buf.x,
@@ -450,7 +463,10 @@ pub fn check_call(
     shape.check_len(Tensor::Weight, w_len)?;
     shape.check_len(Tensor::Labels, labels_len)?;
     if let Some((dx_len, dw_len)) = outputs {
-        for (expected, actual) in [(shape.features_len()?, dx_len), (shape.weight_len()?, dw_len)] {
+        for (expected, actual) in [
+            (shape.features_len()?, dx_len),
+            (shape.weight_len()?, dw_len),
+        ] {
             if expected != actual {
                 return Err(Error::ShapeMismatch {
                     tensor: Tensor::Output,

@@ -40,7 +40,9 @@ fn generate(root: &Path) -> String {
 #[test]
 fn committed_bindings_match_the_header() {
     if let Err(e) = clang_sys::load() {
-        println!("SKIPPED: libclang not loadable ({e}); install libclang-dev to check the bindings");
+        println!(
+            "SKIPPED: libclang not loadable ({e}); install libclang-dev to check the bindings"
+        );
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

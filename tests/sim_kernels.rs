@@ -40,12 +40,22 @@ fn compare<E: KernelElement, L: KernelLabel + TryFrom<i64>>(
     let mut sim = SimAdaFace::new(*cfg).with_limits(limits);
     let state = cfg.initial_state();
     let (loss, dx, dw, state_after) = sim_step::<E, L>(&mut sim, inp).expect("sim step");
-    assert_eq!(sim.state().unwrap(), state_after, "training step commits the state");
+    assert_eq!(
+        sim.state().unwrap(),
+        state_after,
+        "training step commits the state"
+    );
     let r = reference_step::<E>(cfg, &state, inp);
     StepErrors::new(loss, &dx, &dw, state_after, &r)
 }
 
-fn run_dtype(dtype: Dtype, i32_labels: bool, cfg: &AdaFaceConfig, limits: PlanLimits, inp: &Inputs) -> StepErrors {
+fn run_dtype(
+    dtype: Dtype,
+    i32_labels: bool,
+    cfg: &AdaFaceConfig,
+    limits: PlanLimits,
+    inp: &Inputs,
+) -> StepErrors {
     match (dtype, i32_labels) {
         (Dtype::F32, false) => compare::<f32, i64>(cfg, limits, inp),
         (Dtype::F32, true) => compare::<f32, i32>(cfg, limits, inp),
@@ -65,21 +75,38 @@ fn golden_files_match_the_reference() {
         let reference = run_case(&case, Device::Reference, Dtype::F64).unwrap();
         for (k, (s, r)) in sim.iter().zip(&reference).enumerate() {
             let what = format!("{} step {k}", path.display());
-            assert!(rel(s.loss, r.loss) < 1e-5, "{what}: loss {} vs {}", s.loss, r.loss);
+            assert!(
+                rel(s.loss, r.loss) < 1e-5,
+                "{what}: loss {} vs {}",
+                s.loss,
+                r.loss
+            );
             let gx = rel_norm(&s.grad_features, &r.grad_features);
             let gw = rel_norm(&s.grad_weight, &r.grad_weight);
             assert!(gx < 1e-4 && gw < 1e-4, "{what}: dX {gx:e} dW {gw:e}");
             assert!(rel_norm(&s.norms, &r.norms) < 1e-6, "{what}: norms");
-            assert!(rel_norm(&s.margin_scaler, &r.margin_scaler) < 1e-5, "{what}: scaler");
-            assert!(rel(s.state_after.batch_mean, r.state_after.batch_mean) < 1e-6, "{what}: EMA mean");
-            assert!(rel(s.state_after.batch_std, r.state_after.batch_std) < 1e-6, "{what}: EMA std");
+            assert!(
+                rel_norm(&s.margin_scaler, &r.margin_scaler) < 1e-5,
+                "{what}: scaler"
+            );
+            assert!(
+                rel(s.state_after.batch_mean, r.state_after.batch_mean) < 1e-6,
+                "{what}: EMA mean"
+            );
+            assert!(
+                rel(s.state_after.batch_std, r.state_after.batch_std) < 1e-6,
+                "{what}: EMA std"
+            );
         }
     }
 }
 
 #[test]
 fn golden_files_in_bf16_and_f16_match_the_reference_on_the_same_inputs() {
-    for path in golden_files().into_iter().filter(|p| p.to_string_lossy().contains("float64")) {
+    for path in golden_files()
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("float64"))
+    {
         let case = parse_case(&std::fs::read_to_string(&path).unwrap()).unwrap();
         for dtype in [Dtype::BF16, Dtype::F16] {
             let sim = run_case(&case, Device::Sim, dtype).unwrap();
@@ -98,7 +125,12 @@ fn golden_files_in_bf16_and_f16_match_the_reference_on_the_same_inputs() {
             let reference = run_case(&rounded, Device::Reference, Dtype::F64).unwrap();
             for (k, (s, r)) in sim.iter().zip(&reference).enumerate() {
                 let what = format!("{} {dtype} step {k}", path.display());
-                assert!(rel(s.loss, r.loss) < 1e-5, "{what}: loss {} vs {}", s.loss, r.loss);
+                assert!(
+                    rel(s.loss, r.loss) < 1e-5,
+                    "{what}: loss {} vs {}",
+                    s.loss,
+                    r.loss
+                );
                 let gx = rel_norm(&s.grad_features, &r.grad_features);
                 let gw = rel_norm(&s.grad_weight, &r.grad_weight);
                 assert!(gx < 1e-4 && gw < 1e-4, "{what}: dX {gx:e} dW {gw:e}");
@@ -145,12 +177,25 @@ fn other_margin_policies_and_hyper_parameters() {
     let policies = [
         MarginPolicy::ArcFace { m: 0.5 },
         MarginPolicy::CosFace { m: 0.35 },
-        MarginPolicy::Combined { m1: 1.0, m2: 0.3, m3: 0.2 },
-        MarginPolicy::Combined { m1: 0.9, m2: 0.4, m3: 0.15 },
+        MarginPolicy::Combined {
+            m1: 1.0,
+            m2: 0.3,
+            m3: 0.2,
+        },
+        MarginPolicy::Combined {
+            m1: 0.9,
+            m2: 0.4,
+            m3: 0.15,
+        },
         MarginPolicy::AdaFace { m: 0.75, h: 0.22 },
     ];
     for (k, policy) in policies.into_iter().enumerate() {
-        let cfg = AdaFaceConfig::builder().margin(policy).s(30.0).t_alpha(0.5).build().unwrap();
+        let cfg = AdaFaceConfig::builder()
+            .margin(policy)
+            .s(30.0)
+            .t_alpha(0.5)
+            .build()
+            .unwrap();
         let inp = random_inputs(50 + k as u64, 7, 64, 77);
         let e = run_dtype(Dtype::F32, false, &cfg, PlanLimits::default(), &inp);
         e.assert_f32_accuracy(&format!("{policy:?}"));
@@ -207,27 +252,47 @@ fn state_carries_over_steps_and_forward_chooses_whether_it_updates() {
         let w = round::<f32>(&inp.w);
         let r = reference_step::<f32>(&cfg, &state, &inp);
         // An evaluation forward that leaves the state alone...
-        let loss = sim.forward(inp.shape, &x, &w, &inp.labels, false).unwrap().loss().unwrap();
-        assert!(rel(loss, r.loss) < 1e-5, "forward loss {loss} vs {}", r.loss);
+        let loss = sim
+            .forward(inp.shape, &x, &w, &inp.labels, false)
+            .unwrap()
+            .loss()
+            .unwrap();
+        assert!(
+            rel(loss, r.loss) < 1e-5,
+            "forward loss {loss} vs {}",
+            r.loss
+        );
         assert_eq!(sim.state().unwrap(), state);
         // ...then a training step that moves it.
         let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
-        let s = sim.forward_backward(inp.shape, &x, &w, &inp.labels, &mut dx, &mut dw).unwrap();
+        let s = sim
+            .forward_backward(inp.shape, &x, &w, &inp.labels, &mut dx, &mut dw)
+            .unwrap();
         let summary = s.summary().unwrap();
-        StepErrors::new(summary.loss, &dx, &dw, sim.state().unwrap(), &r).assert_f32_accuracy("step");
+        StepErrors::new(summary.loss, &dx, &dw, sim.state().unwrap(), &r)
+            .assert_f32_accuracy("step");
         // Carry the kernels' own state (f32 norms: close to, not equal to, the reference's).
         state = sim.state().unwrap();
     }
     // An evaluation forward that updates it.
     let inp = random_inputs(300, 7, 32, 50);
     let (x, w) = (round::<f32>(&inp.x), round::<f32>(&inp.w));
-    let s = sim.forward(inp.shape, &x, &w, &inp.labels, true).unwrap().summary().unwrap();
+    let s = sim
+        .forward(inp.shape, &x, &w, &inp.labels, true)
+        .unwrap()
+        .summary()
+        .unwrap();
     assert_eq!(sim.state().unwrap(), s.state_after);
     assert_ne!(s.state_after, state);
     // Restore for a checkpoint.
     sim.set_state(state).unwrap();
     assert_eq!(sim.state().unwrap(), state);
-    assert!(sim.set_state(EmaState { batch_mean: f64::NAN, batch_std: 1.0 }).is_err());
+    assert!(sim
+        .set_state(EmaState {
+            batch_mean: f64::NAN,
+            batch_std: 1.0
+        })
+        .is_err());
 }
 
 #[test]
@@ -237,32 +302,54 @@ fn same_inputs_same_bits() {
     let run = || {
         let mut sim = SimAdaFace::new(cfg);
         let (loss, dx, dw, st) = sim_step::<bf16, i64>(&mut sim, &inp).unwrap();
-        (loss.to_bits(), dx.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), dw.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), st)
+        (
+            loss.to_bits(),
+            dx.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            dw.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            st,
+        )
     };
     assert!(run() == run(), "two runs differ");
 }
 
 /// Runs a step expected to fail and checks the error equals the host-side
 /// check's, and that outputs and state are untouched.
-fn expect_device_error<L: KernelLabel + Copy>(shape: Shape, x: &[f32], w: &[f32], labels: &[L]) -> Error {
+fn expect_device_error<L: KernelLabel + Copy>(
+    shape: Shape,
+    x: &[f32],
+    w: &[f32],
+    labels: &[L],
+) -> Error {
     let host = validate_inputs(&shape, x, w, labels).expect_err("host check must fail too");
     let mut sim = SimAdaFace::new(AdaFaceConfig::default());
     let state = sim.state().unwrap();
     let mut dx = vec![7.5f32; x.len()];
     let mut dw = vec![-3.25f32; w.len()];
-    let step = sim.forward_backward(shape, x, w, labels, &mut dx, &mut dw).unwrap();
+    let step = sim
+        .forward_backward(shape, x, w, labels, &mut dx, &mut dw)
+        .unwrap();
     let err = step.summary().expect_err("device must detect it");
     assert_eq!(err, host, "device error differs from the host check's");
     assert!(step.loss().is_err());
-    assert!(dx.iter().all(|&v| v == 7.5) && dw.iter().all(|&v| v == -3.25), "outputs written");
+    assert!(
+        dx.iter().all(|&v| v == 7.5) && dw.iter().all(|&v| v == -3.25),
+        "outputs written"
+    );
     assert_eq!(sim.state().unwrap(), state, "state moved");
     let f = sim.forward(shape, x, w, labels, true).unwrap();
     assert_eq!(f.summary().unwrap_err(), host);
-    assert_eq!(sim.state().unwrap(), state, "state moved by a failed forward");
+    assert_eq!(
+        sim.state().unwrap(),
+        state,
+        "state moved by a failed forward"
+    );
     // The next valid step works (the record is reset per step).
     let good = random_inputs(5, shape.batch, shape.dim, shape.classes);
     let (gx, gw) = (round::<f32>(&good.x), round::<f32>(&good.w));
-    sim.forward_backward(shape, &gx, &gw, &good.labels, &mut dx, &mut dw).unwrap().summary().unwrap();
+    sim.forward_backward(shape, &gx, &gw, &good.labels, &mut dx, &mut dw)
+        .unwrap()
+        .summary()
+        .unwrap();
     err
 }
 
@@ -278,42 +365,105 @@ fn device_detected_errors_match_the_host_checks() {
     l[17] = 130;
     l[20] = -1;
     let e = expect_device_error(shape, &x, &w, &l);
-    assert_eq!(e, Error::LabelOutOfRange { row: 17, label: 130, classes: 130 });
-    let l32: Vec<i32> = labels.iter().enumerate().map(|(i, &v)| if i == 4 { -7 } else { v as i32 }).collect();
-    assert!(matches!(expect_device_error(shape, &x, &w, &l32), Error::LabelOutOfRange { row: 4, label: -7, .. }));
+    assert_eq!(
+        e,
+        Error::LabelOutOfRange {
+            row: 17,
+            label: 130,
+            classes: 130
+        }
+    );
+    let l32: Vec<i32> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| if i == 4 { -7 } else { v as i32 })
+        .collect();
+    assert!(matches!(
+        expect_device_error(shape, &x, &w, &l32),
+        Error::LabelOutOfRange {
+            row: 4,
+            label: -7,
+            ..
+        }
+    ));
 
     let mut xb = x.clone();
     xb[40 * 9 + 3] = f32::NAN;
     xb[40 * 20] = f32::INFINITY;
-    assert_eq!(expect_device_error(shape, &xb, &w, &labels), Error::NonFinite { tensor: Tensor::Features, index: 363 });
+    assert_eq!(
+        expect_device_error(shape, &xb, &w, &labels),
+        Error::NonFinite {
+            tensor: Tensor::Features,
+            index: 363
+        }
+    );
 
     let mut wb = w.clone();
     wb[40 * 100 + 39] = f32::NEG_INFINITY;
     wb[40 * 129] = f32::NAN;
-    assert_eq!(expect_device_error(shape, &x, &wb, &labels), Error::NonFinite { tensor: Tensor::Weight, index: 4039 });
+    assert_eq!(
+        expect_device_error(shape, &x, &wb, &labels),
+        Error::NonFinite {
+            tensor: Tensor::Weight,
+            index: 4039
+        }
+    );
 
     // A label error outranks a non-finite value, which outranks a zero row.
     let mut l2 = labels.clone();
     l2[30] = 1000;
     let mut xz = xb.clone();
     xz[..40].fill(0.0);
-    assert!(matches!(expect_device_error(shape, &xz, &wb, &l2), Error::LabelOutOfRange { row: 30, .. }));
+    assert!(matches!(
+        expect_device_error(shape, &xz, &wb, &l2),
+        Error::LabelOutOfRange { row: 30, .. }
+    ));
 
     let mut xz = x.clone();
     xz[40 * 12..40 * 13].fill(0.0);
-    assert_eq!(expect_device_error(shape, &xz, &w, &labels), Error::ZeroNorm { tensor: Tensor::Features, row: 12 });
+    assert_eq!(
+        expect_device_error(shape, &xz, &w, &labels),
+        Error::ZeroNorm {
+            tensor: Tensor::Features,
+            row: 12
+        }
+    );
     let mut wz = w.clone();
     wz[40 * 77..40 * 78].fill(0.0);
-    assert_eq!(expect_device_error(shape, &x, &wz, &labels), Error::ZeroNorm { tensor: Tensor::Weight, row: 77 });
+    assert_eq!(
+        expect_device_error(shape, &x, &wz, &labels),
+        Error::ZeroNorm {
+            tensor: Tensor::Weight,
+            row: 77
+        }
+    );
     // Features are reported before weights.
-    assert!(matches!(expect_device_error(shape, &xz, &wz, &labels), Error::ZeroNorm { tensor: Tensor::Features, .. }));
+    assert!(matches!(
+        expect_device_error(shape, &xz, &wz, &labels),
+        Error::ZeroNorm {
+            tensor: Tensor::Features,
+            ..
+        }
+    ));
 
     let mut xo = x.clone();
     xo[40 * 2..40 * 3].fill(1e20);
-    assert_eq!(expect_device_error(shape, &xo, &w, &labels), Error::NormOverflow { tensor: Tensor::Features, row: 2 });
+    assert_eq!(
+        expect_device_error(shape, &xo, &w, &labels),
+        Error::NormOverflow {
+            tensor: Tensor::Features,
+            row: 2
+        }
+    );
     let mut wo = w.clone();
     wo[40 * 129..40 * 130].fill(-1e20);
-    assert_eq!(expect_device_error(shape, &x, &wo, &labels), Error::NormOverflow { tensor: Tensor::Weight, row: 129 });
+    assert_eq!(
+        expect_device_error(shape, &x, &wo, &labels),
+        Error::NormOverflow {
+            tensor: Tensor::Weight,
+            row: 129
+        }
+    );
 }
 
 #[test]
@@ -325,24 +475,40 @@ fn host_checks_reject_bad_shapes_before_launching() {
     let bad = Shape::new(7, 16, 51);
     assert!(matches!(
         sim.forward_backward(bad, &x, &w, &inp.labels, &mut dx, &mut dw),
-        Err(Error::ShapeMismatch { tensor: Tensor::Weight, .. })
+        Err(Error::ShapeMismatch {
+            tensor: Tensor::Weight,
+            ..
+        })
     ));
     assert!(matches!(
         sim.forward(inp.shape, &x[1..], &w, &inp.labels, true),
-        Err(Error::ShapeMismatch { tensor: Tensor::Features, .. })
+        Err(Error::ShapeMismatch {
+            tensor: Tensor::Features,
+            ..
+        })
     ));
     assert!(matches!(
         sim.forward(inp.shape, &x, &w, &inp.labels[1..], true),
-        Err(Error::ShapeMismatch { tensor: Tensor::Labels, .. })
+        Err(Error::ShapeMismatch {
+            tensor: Tensor::Labels,
+            ..
+        })
     ));
     let mut short = vec![0.0; w.len() - 1];
     assert!(matches!(
         sim.forward_backward(inp.shape, &x, &w, &inp.labels, &mut dx, &mut short),
-        Err(Error::ShapeMismatch { tensor: Tensor::Output, .. })
+        Err(Error::ShapeMismatch {
+            tensor: Tensor::Output,
+            ..
+        })
     ));
     assert_eq!(
-        sim.forward::<f32, i64>(Shape::new(0, 16, 50), &[], &w, &[], true).unwrap_err(),
+        sim.forward::<f32, i64>(Shape::new(0, 16, 50), &[], &w, &[], true)
+            .unwrap_err(),
         Error::EmptyBatch
     );
-    assert_eq!(sim.state().unwrap(), AdaFaceConfig::default().initial_state());
+    assert_eq!(
+        sim.state().unwrap(),
+        AdaFaceConfig::default().initial_state()
+    );
 }

@@ -38,7 +38,9 @@ type ModuleCache = Mutex<HashMap<(usize, String), Arc<CudaModule>>>;
 /// architecture and kept for the life of the process.
 pub(crate) fn module_for(ctx: &Arc<CudaContext>) -> Result<Arc<CudaModule>> {
     static CACHE: OnceLock<ModuleCache> = OnceLock::new();
-    let (major, minor) = ctx.compute_capability().map_err(backend("compute capability"))?;
+    let (major, minor) = ctx
+        .compute_capability()
+        .map_err(backend("compute capability"))?;
     let arch = format!("sm_{major}{minor}");
     let key = (ctx.cu_ctx() as usize, arch.clone());
     let cache = CACHE.get_or_init(Default::default);

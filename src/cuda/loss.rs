@@ -11,8 +11,7 @@ use super::{backend, compile::module_for, probe};
 use crate::config::AdaFaceConfig;
 use crate::error::{Error, Result};
 use crate::kernel_params::{
-    AdafaceCombineParams, AdafaceDxParams, AdafaceStatsParams, AdafaceStepRecord,
-    AdafaceTileParams,
+    AdafaceCombineParams, AdafaceDxParams, AdafaceStatsParams, AdafaceStepRecord, AdafaceTileParams,
 };
 use crate::launch::{
     check_call, KernelElement, KernelLabel, KernelNames, LaunchDims, Pass, PlanLimits, StepBuffers,
@@ -170,7 +169,15 @@ impl CudaAdaFace {
             labels.len(),
             Some((dx.len(), dw.len())),
         )?;
-        self.run::<E, L>(shape, Pass::ForwardBackward, x, w, labels, Some((dx, dw)), true)
+        self.run::<E, L>(
+            shape,
+            Pass::ForwardBackward,
+            x,
+            w,
+            labels,
+            Some((dx, dw)),
+            true,
+        )
     }
 
     /// Per-row `||x_i||` and margin scaler `z_i` of the latest step
@@ -179,7 +186,10 @@ impl CudaAdaFace {
         let (Some(plan), Some(ws)) = (self.last_plan.as_ref(), self.workspace.as_ref()) else {
             return Ok((Vec::new(), Vec::new()));
         };
-        let all = self.stream.clone_dtoh(ws).map_err(backend("read workspace"))?;
+        let all = self
+            .stream
+            .clone_dtoh(ws)
+            .map_err(backend("read workspace"))?;
         let b = plan.shape.batch;
         let l = &plan.workspace;
         Ok((
@@ -189,7 +199,9 @@ impl CudaAdaFace {
     }
 
     fn function(&self, name: &str) -> Result<CudaFunction> {
-        self.module.load_function(name).map_err(backend("load kernel"))
+        self.module
+            .load_function(name)
+            .map_err(backend("load kernel"))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -214,7 +226,9 @@ impl CudaAdaFace {
         let need = plan.workspace.len.max(1);
         if self.workspace.as_ref().map_or(true, |ws| ws.len() < need) {
             // SAFETY: every region is written by a kernel before it is read.
-            self.workspace = Some(unsafe { self.stream.alloc::<f32>(need) }.map_err(backend("alloc workspace"))?);
+            self.workspace = Some(
+                unsafe { self.stream.alloc::<f32>(need) }.map_err(backend("alloc workspace"))?,
+            );
         }
         let mut record = self
             .stream
@@ -258,14 +272,34 @@ impl CudaAdaFace {
         // SAFETY: the parameter structs point at live buffers whose lengths
         // check_call and the plan verified; the kernels bound every index.
         unsafe {
-            stream.launch_builder(&f_stats).arg(&sp).launch(to_cfg(&plan.stats)).map_err(launch_err)?;
-            stream.launch_builder(&f_forward).arg(&fp).launch(to_cfg(&plan.forward)).map_err(backend("kernel launch"))?;
-            stream.launch_builder(&f_combine).arg(&cp).launch(to_cfg(&plan.combine)).map_err(backend("kernel launch"))?;
+            stream
+                .launch_builder(&f_stats)
+                .arg(&sp)
+                .launch(to_cfg(&plan.stats))
+                .map_err(launch_err)?;
+            stream
+                .launch_builder(&f_forward)
+                .arg(&fp)
+                .launch(to_cfg(&plan.forward))
+                .map_err(backend("kernel launch"))?;
+            stream
+                .launch_builder(&f_combine)
+                .arg(&cp)
+                .launch(to_cfg(&plan.combine))
+                .map_err(backend("kernel launch"))?;
             if pass == Pass::ForwardBackward {
                 let bp = plan.backward_params(&self.cfg, &bufs);
                 let dp = plan.dx_params(&bufs);
-                stream.launch_builder(&f_backward).arg(&bp).launch(to_cfg(&plan.backward)).map_err(backend("kernel launch"))?;
-                stream.launch_builder(&f_dx).arg(&dp).launch(to_cfg(&plan.dx_finish)).map_err(backend("kernel launch"))?;
+                stream
+                    .launch_builder(&f_backward)
+                    .arg(&bp)
+                    .launch(to_cfg(&plan.backward))
+                    .map_err(backend("kernel launch"))?;
+                stream
+                    .launch_builder(&f_dx)
+                    .arg(&dp)
+                    .launch(to_cfg(&plan.dx_finish))
+                    .map_err(backend("kernel launch"))?;
             }
         }
         drop(guards);

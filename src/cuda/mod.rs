@@ -33,7 +33,8 @@ pub fn probe_nvrtc() -> Result<()> {
     // SAFETY: only tries to dlopen the library.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(Error::DeviceUnavailable {
-            reason: "libnvrtc cannot be loaded (set LD_LIBRARY_PATH to CUDA's lib directory)".into(),
+            reason: "libnvrtc cannot be loaded (set LD_LIBRARY_PATH to CUDA's lib directory)"
+                .into(),
         });
     }
     Ok(())
@@ -77,8 +78,12 @@ pub fn eval_case<E: crate::launch::KernelElement + cudarc::driver::DeviceRepr>(
         let features: Vec<E> = step.features.iter().map(|&v| E::from_f64(v)).collect();
         let x = stream.clone_htod(&features).map_err(backend("upload"))?;
         let labels = stream.clone_htod(&step.labels).map_err(backend("upload"))?;
-        let mut dx = stream.alloc_zeros::<f32>(shape.features_len()?).map_err(backend("alloc"))?;
-        let mut dw = stream.alloc_zeros::<f32>(shape.weight_len()?).map_err(backend("alloc"))?;
+        let mut dx = stream
+            .alloc_zeros::<f32>(shape.features_len()?)
+            .map_err(backend("alloc"))?;
+        let mut dw = stream
+            .alloc_zeros::<f32>(shape.weight_len()?)
+            .map_err(backend("alloc"))?;
         let summary = loss
             .forward_backward(shape, &x, &w, &labels, &mut dx, &mut dw)?
             .summary()?;

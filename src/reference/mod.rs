@@ -105,7 +105,10 @@ impl<T: Real> Pass<T> {
         let (w_norm, w_hat) = normalize_rows(weight, d);
 
         // Detached, clipped norms drive the EMA, which is updated before use.
-        let clipped: Vec<T> = x_norm.iter().map(|&n| n.clip(k.clip_min, k.clip_max)).collect();
+        let clipped: Vec<T> = x_norm
+            .iter()
+            .map(|&n| n.clip(k.clip_min, k.clip_max))
+            .collect();
         let stats = state.update(&clipped, cfg.t_alpha());
         let z: Vec<T> = clipped
             .iter()

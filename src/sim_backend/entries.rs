@@ -43,12 +43,36 @@ impl Entries {
     pub(super) fn of<E: KernelElement, L: KernelLabel>() -> Result<Self> {
         let (stats, forward, backward): (SimEntry<_>, SimEntry<_>, SimEntry<_>) =
             match (E::SUFFIX, L::SUFFIX) {
-                ("f32", "i32") => (adaface_stats_f32_i32_sim, adaface_forward_f32_i32_sim, adaface_backward_f32_i32_sim),
-                ("f32", "i64") => (adaface_stats_f32_i64_sim, adaface_forward_f32_i64_sim, adaface_backward_f32_i64_sim),
-                ("bf16", "i32") => (adaface_stats_bf16_i32_sim, adaface_forward_bf16_i32_sim, adaface_backward_bf16_i32_sim),
-                ("bf16", "i64") => (adaface_stats_bf16_i64_sim, adaface_forward_bf16_i64_sim, adaface_backward_bf16_i64_sim),
-                ("f16", "i32") => (adaface_stats_f16_i32_sim, adaface_forward_f16_i32_sim, adaface_backward_f16_i32_sim),
-                ("f16", "i64") => (adaface_stats_f16_i64_sim, adaface_forward_f16_i64_sim, adaface_backward_f16_i64_sim),
+                ("f32", "i32") => (
+                    adaface_stats_f32_i32_sim,
+                    adaface_forward_f32_i32_sim,
+                    adaface_backward_f32_i32_sim,
+                ),
+                ("f32", "i64") => (
+                    adaface_stats_f32_i64_sim,
+                    adaface_forward_f32_i64_sim,
+                    adaface_backward_f32_i64_sim,
+                ),
+                ("bf16", "i32") => (
+                    adaface_stats_bf16_i32_sim,
+                    adaface_forward_bf16_i32_sim,
+                    adaface_backward_bf16_i32_sim,
+                ),
+                ("bf16", "i64") => (
+                    adaface_stats_bf16_i64_sim,
+                    adaface_forward_bf16_i64_sim,
+                    adaface_backward_bf16_i64_sim,
+                ),
+                ("f16", "i32") => (
+                    adaface_stats_f16_i32_sim,
+                    adaface_forward_f16_i32_sim,
+                    adaface_backward_f16_i32_sim,
+                ),
+                ("f16", "i64") => (
+                    adaface_stats_f16_i64_sim,
+                    adaface_forward_f16_i64_sim,
+                    adaface_backward_f16_i64_sim,
+                ),
                 (e, l) => return Err(unsupported(e, l)),
             };
         let dx_finish: SimEntry<AdafaceDxParams> = match E::SUFFIX {
@@ -70,6 +94,10 @@ impl Entries {
 fn unsupported(element: &'static str, label: &'static str) -> Error {
     Error::DtypeMismatch {
         expected: "f32, bf16 or f16 elements with i32 or i64 labels",
-        actual: if matches!(element, "f32" | "bf16" | "f16") { label } else { element },
+        actual: if matches!(element, "f32" | "bf16" | "f16") {
+            label
+        } else {
+            element
+        },
     }
 }

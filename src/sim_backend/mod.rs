@@ -123,7 +123,15 @@ impl SimAdaFace {
             labels.len(),
             Some((dx.len(), dw.len())),
         )?;
-        self.run(shape, Pass::ForwardBackward, x, w, labels, Some((dx, dw)), true)
+        self.run(
+            shape,
+            Pass::ForwardBackward,
+            x,
+            w,
+            labels,
+            Some((dx, dw)),
+            true,
+        )
     }
 
     /// Per-row `||x_i||` and margin scaler `z_i` of the latest step.
@@ -195,7 +203,9 @@ impl SimAdaFace {
 
 /// Runs every step of a case file on the simulator with inputs rounded to
 /// `E` (the eval tool's `--device sim`), carrying the EMA state.
-pub fn eval_case<E: KernelElement>(case: &crate::golden::Case) -> Result<Vec<crate::golden::EvalStep>> {
+pub fn eval_case<E: KernelElement>(
+    case: &crate::golden::Case,
+) -> Result<Vec<crate::golden::EvalStep>> {
     let shape = case.shape;
     let weight: Vec<E> = case.weight.iter().map(|&v| E::from_f64(v)).collect();
     let mut loss = SimAdaFace::new(case.config);

@@ -137,7 +137,11 @@ impl StepErrors {
         assert!(self.loss < 1e-6, "{what}: loss rel err {:e}", self.loss);
         assert!(self.dx < 2e-5, "{what}: dX rel err {:e}", self.dx);
         assert!(self.dw < 2e-5, "{what}: dW rel err {:e}", self.dw);
-        assert!(self.state < 1e-6, "{what}: EMA state rel err {:e}", self.state);
+        assert!(
+            self.state < 1e-6,
+            "{what}: EMA state rel err {:e}",
+            self.state
+        );
     }
 }
 
@@ -155,4 +159,17 @@ pub fn golden_files() -> Vec<PathBuf> {
     files.sort();
     assert!(!files.is_empty(), "no golden files in {}", dir.display());
     files
+}
+
+/// `n` values in [-1.7, 1.7) (unit variance), generated in parallel from a
+/// hash of the index: fast enough for weights of billions of elements.
+pub fn par_values<E: KernelElement>(seed: u64, n: usize) -> Vec<E> {
+    use rayon::prelude::*;
+    (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let mut r = Rng::new(seed.wrapping_mul(0x1000_0000_01B3) ^ i as u64);
+            E::from_f64((r.uniform() * 2.0 - 1.0) * 3f64.sqrt())
+        })
+        .collect()
 }
