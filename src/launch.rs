@@ -549,3 +549,111 @@ impl StepSummary {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_follows_the_documented_formula() {
+        for &(b, d, c) in &[
+            (1, 16, 50),
+            (33, 96, 300),
+            (512, 512, 1_000_000),
+            (129, 512, 77),
+        ] {
+            let shape = Shape::new(b, d, c);
+            let plan = StepPlan::new(shape, Pass::ForwardBackward, PlanLimits::default()).unwrap();
+            let (sf, sb) = (plan.forward_splits, plan.backward_splits);
+            assert_eq!(plan.workspace.len, 8 * b + c + 2 * sf * b + sb * b * d);
+            assert!(sf >= 1 && sf <= plan.class_tiles && sb >= 1 && sb <= plan.class_tiles);
+            assert!(sb * b * d * 4 <= (64 << 20) || sb == 1);
+            assert_eq!(plan.forward.grid, (sf as u32, b.div_ceil(32) as u32, 1));
+            let fwd = StepPlan::new(shape, Pass::Forward, PlanLimits::default()).unwrap();
+            assert_eq!(fwd.workspace.len, 8 * b + c + 2 * sf * b);
+        }
+        // The training shape of the target GPU: far below one B x C matrix.
+        let big = StepPlan::new(
+            Shape::new(512, 512, 1_000_000),
+            Pass::ForwardBackward,
+            PlanLimits::default(),
+        )
+        .unwrap();
+        assert!(
+            big.workspace_bytes() < 80 << 20,
+            "{}",
+            big.workspace_bytes()
+        );
+    }
+
+    #[test]
+    fn shapes_the_grid_cannot_hold_are_rejected() {
+        let huge_batch = Shape::new(65_536 * 32 + 1, 4, 4);
+        assert!(matches!(
+            StepPlan::new(huge_batch, Pass::Forward, PlanLimits::default()),
+            Err(Error::TooLarge { .. })
+        ));
+        assert_eq!(
+            StepPlan::new(Shape::new(0, 4, 4), Pass::Forward, PlanLimits::default()).unwrap_err(),
+            Error::EmptyBatch
+        );
+    }
+
+    #[test]
+    fn error_records_decode_to_typed_errors() {
+        let shape = Shape::new(8, 4, 10);
+        let rec = |kind: u32, detail: u64, value: i64| AdafaceStepRecord {
+            error_key: ((kind as u64) << 56) | detail,
+            error_value: value,
+            ..Default::default()
+        };
+        assert_eq!(
+            check_record(&rec(ADAFACE_ERR_LABEL, 3, -2), &shape),
+            Err(Error::LabelOutOfRange {
+                row: 3,
+                label: -2,
+                classes: 10
+            })
+        );
+        assert_eq!(
+            check_record(&rec(ADAFACE_ERR_NONFINITE_W, 39, 0), &shape),
+            Err(Error::NonFinite {
+                tensor: Tensor::Weight,
+                index: 39
+            })
+        );
+        assert_eq!(
+            check_record(&rec(ADAFACE_ERR_ROWNORM_X, 5 << 1, 0), &shape),
+            Err(Error::ZeroNorm {
+                tensor: Tensor::Features,
+                row: 5
+            })
+        );
+        assert_eq!(
+            check_record(&rec(ADAFACE_ERR_ROWNORM_W, (7 << 1) | 1, 0), &shape),
+            Err(Error::NormOverflow {
+                tensor: Tensor::Weight,
+                row: 7
+            })
+        );
+        let ok = AdafaceStepRecord {
+            error_key: NO_ERROR,
+            norm_std: -1.0,
+            ..Default::default()
+        };
+        assert_eq!(
+            StepSummary::from_record(&ok, &shape).unwrap().norm_std,
+            None
+        );
+    }
+
+    #[test]
+    fn every_kernel_name_is_listed_once() {
+        let all = KernelNames::all();
+        assert_eq!(all.len(), 1 + 3 * (1 + 2 * 3));
+        let n = KernelNames::of::<half::bf16, i32>();
+        for name in [&n.stats, &n.forward, &n.combine, &n.backward, &n.dx_finish] {
+            assert_eq!(all.iter().filter(|a| *a == name).count(), 1, "{name}");
+        }
+    }
+}
