@@ -186,16 +186,14 @@ impl CudaAdaFace {
         let (Some(plan), Some(ws)) = (self.last_plan.as_ref(), self.workspace.as_ref()) else {
             return Ok((Vec::new(), Vec::new()));
         };
-        let all = self
-            .stream
-            .clone_dtoh(ws)
-            .map_err(backend("read workspace"))?;
         let b = plan.shape.batch;
         let l = &plan.workspace;
-        Ok((
-            all[l.row_norm..l.row_norm + b].to_vec(),
-            all[l.row_z..l.row_z + b].to_vec(),
-        ))
+        let read = |start: usize| {
+            self.stream
+                .clone_dtoh(&ws.slice(start..start + b))
+                .map_err(backend("read row diagnostics"))
+        };
+        Ok((read(l.row_norm)?, read(l.row_z)?))
     }
 
     fn function(&self, name: &str) -> Result<CudaFunction> {
