@@ -79,6 +79,10 @@ fn build_simulator(kernels: &Path, kernel_files: &[PathBuf], runtime_files: &[Pa
         .warnings_into_errors(werror)
         // CUDA's `#pragma unroll` means nothing to the host compiler.
         .flag("-Wno-unknown-pragmas")
+        // Kernels pun types freely (vector loads, 64-bit atomics on
+        // `uint64_t` fields through `unsigned long long*`), which nvcc
+        // accepts; the host compiler must not optimise on type-based aliasing.
+        .flag("-fno-strict-aliasing")
         // `.cu` files are C++ for the host compiler.
         .flag("-x")
         .flag("c++")

@@ -278,13 +278,20 @@ struct Block {
     bool failed = false;
     std::string message;
 
+    // Each fiber is queued at most once, so nthreads slots suffice.
     void push(Fiber* f) {
-        queue[(queue_head + queue_count) % nthreads] = f;
+        unsigned tail = queue_head + queue_count;
+        if (tail >= nthreads) {
+            tail -= nthreads;
+        }
+        queue[tail] = f;
         ++queue_count;
     }
     Fiber* pop() {
         Fiber* f = queue[queue_head];
-        queue_head = (queue_head + 1) % nthreads;
+        if (++queue_head == nthreads) {
+            queue_head = 0;
+        }
         --queue_count;
         return f;
     }
