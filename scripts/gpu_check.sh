@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (CUDA 13.0, driver 580, H200; no Rust) from the
 # bundle made by scripts/gpu_bundle.sh:  bash gpu-bundle/gpu_check.sh
-#   1. the GPU tests (gpu_kernels), output kept in logs/
+#   1. the GPU tests (gpu_kernels, and the simulator's GPU cross-check), logs in logs/
 #   2. compute-sanitizer memcheck and racecheck on a small eval case
 #   3. the eval tool on the small and the large case (cuda, f32 and bf16)
 #   4. the bench tool, when the bundle has one (issue 4)
@@ -46,6 +46,11 @@ step gpu_tests 900 ./tests/gpu_kernels --test-threads=1 --nocapture
 if grep -q "SKIPPED" logs/gpu_tests.log; then
     ROWS+=("$(printf '%-28s %-12s' gpu_tests_skipped "FAIL(no GPU visible to the tests)")")
     FAILED=1
+fi
+
+# The simulator's self-tests cross-checked on the GPU (sim branch), if bundled.
+if [ -x tests/sim_gpu_crosscheck ]; then
+    step sim_gpu_crosscheck 300 ./tests/sim_gpu_crosscheck --test-threads=1 --nocapture
 fi
 
 # 2. compute-sanitizer on a small case (every kernel of a training step runs).
