@@ -263,7 +263,6 @@ impl CudaAdaFace {
             guards.push(g2);
         }
 
-        let launch_err = backend("kernel launch");
         let sp = plan.stats_params(&self.cfg, &bufs);
         let fp = plan.forward_params(&self.cfg, &bufs);
         let cp = plan.combine_params(&bufs, commit_state);
@@ -274,17 +273,17 @@ impl CudaAdaFace {
                 .launch_builder(&f_stats)
                 .arg(&sp)
                 .launch(to_cfg(&plan.stats))
-                .map_err(launch_err)?;
+                .map_err(backend("launch stats"))?;
             stream
                 .launch_builder(&f_forward)
                 .arg(&fp)
                 .launch(to_cfg(&plan.forward))
-                .map_err(backend("kernel launch"))?;
+                .map_err(backend("launch forward"))?;
             stream
                 .launch_builder(&f_combine)
                 .arg(&cp)
                 .launch(to_cfg(&plan.combine))
-                .map_err(backend("kernel launch"))?;
+                .map_err(backend("launch combine"))?;
             if pass == Pass::ForwardBackward {
                 let bp = plan.backward_params(&self.cfg, &bufs);
                 let dp = plan.dx_params(&bufs);
@@ -292,12 +291,12 @@ impl CudaAdaFace {
                     .launch_builder(&f_backward)
                     .arg(&bp)
                     .launch(to_cfg(&plan.backward))
-                    .map_err(backend("kernel launch"))?;
+                    .map_err(backend("launch backward"))?;
                 stream
                     .launch_builder(&f_dx)
                     .arg(&dp)
                     .launch(to_cfg(&plan.dx_finish))
-                    .map_err(backend("kernel launch"))?;
+                    .map_err(backend("launch dx_finish"))?;
             }
         }
         drop(guards);
