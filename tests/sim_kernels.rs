@@ -512,3 +512,25 @@ fn host_checks_reject_bad_shapes_before_launching() {
         AdaFaceConfig::default().initial_state()
     );
 }
+
+#[test]
+fn clamp_and_angle_clip_gates_close_where_the_reference_closes_them() {
+    // Rows parallel to their target class (cosine 1: clamp and angle clip
+    // active), rows anti-parallel to another class (cosine -1), and a row
+    // whose target angle is just inside the clip.
+    let cfg = AdaFaceConfig::builder().t_alpha(1.0).build().unwrap();
+    let mut inp = random_inputs(61, 9, 48, 70);
+    let d = inp.shape.dim;
+    for (i, scale) in [(0usize, 3.0f64), (3, 25.0), (5, 80.0)] {
+        let j = inp.labels[i] as usize;
+        for k in 0..d {
+            inp.x[i * d + k] = scale * inp.w[j * d + k];
+        }
+    }
+    let other = (inp.labels[7] as usize + 1) % 70;
+    for k in 0..d {
+        inp.x[7 * d + k] = -10.0 * inp.w[other * d + k];
+    }
+    let e = run_dtype(Dtype::F32, false, &cfg, PlanLimits::default(), &inp);
+    e.assert_f32_accuracy("gates");
+}
