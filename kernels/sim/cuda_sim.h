@@ -35,7 +35,7 @@ struct adaface_sim_launch;
 // `flatten` inlines the kernel's device functions into the body so that they
 // get the same treatment. build.rs passes -ffp-contract=off, so both clones
 // round every operation the same way and results do not depend on the CPU.
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define ADAFACE_SIM_HOT __attribute__((flatten, target_clones("arch=x86-64-v3", "default")))
 #define ADAFACE_SIM_FAST_MATH_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
