@@ -83,6 +83,9 @@ fn build_simulator(kernels: &Path, kernel_files: &[PathBuf], runtime_files: &[Pa
         // `uint64_t` fields through `unsigned long long*`), which nvcc
         // accepts; the host compiler must not optimise on type-based aliasing.
         .flag("-fno-strict-aliasing")
+        // Round every operation as written (explicit fmaf stays fused), so
+        // results do not depend on which CPU clone runs (see cuda_sim.h).
+        .flag("-ffp-contract=off")
         // `.cu` files are C++ for the host compiler.
         .flag("-x")
         .flag("c++")

@@ -34,7 +34,7 @@ struct adaface_sim_launch {
 // whole grid on the simulator and returns 0, or non-zero with a message
 // available from adaface_sim_last_error().
 #define ADAFACE_KERNEL(name, ParamsType, impl_expr)                                       \
-    static void name##_adaface_sim_body(const void* adaface_raw_params) {                 \
+    ADAFACE_SIM_HOT static void name##_adaface_sim_body(const void* adaface_raw_params) { \
         const ParamsType& p = *static_cast<const ParamsType*>(adaface_raw_params);        \
         impl_expr;                                                                        \
     }                                                                                     \
@@ -255,7 +255,7 @@ inline float mma_element(uint16_t bits) {
     return IsBf16 ? adaface_bf16_bits_to_f32(bits) : adaface_f16_bits_to_f32(bits);
 }
 template <bool IsBf16>
-inline void mma_m16n8k16_execute(const CollectiveSlot* slots, uint32_t /*mask*/) {
+ADAFACE_SIM_FAST_MATH_CLONES inline void mma_m16n8k16_execute(const CollectiveSlot* slots, uint32_t /*mask*/) {
     float A[16][16];
     float B[16][8];
     float C[16][8];

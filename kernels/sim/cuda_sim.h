@@ -29,6 +29,20 @@
 
 struct adaface_sim_launch;
 
+// Kernel bodies are compiled twice on x86-64: for x86-64-v3 (AVX2, FMA) and
+// for the baseline, picked at load time by the CPU. Without it every fmaf is
+// a call into the C library's generic entry, which dominated simulated time.
+// `flatten` inlines the kernel's device functions into the body so that they
+// get the same treatment. build.rs passes -ffp-contract=off, so both clones
+// round every operation the same way and results do not depend on the CPU.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define ADAFACE_SIM_HOT __attribute__((flatten, target_clones("arch=x86-64-v3", "default")))
+#define ADAFACE_SIM_FAST_MATH_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define ADAFACE_SIM_HOT __attribute__((flatten))
+#define ADAFACE_SIM_FAST_MATH_CLONES
+#endif
+
 // ---------------------------------------------------------------------------
 // Vector types of the CUDA built-in variables.
 // ---------------------------------------------------------------------------
@@ -39,15 +53,35 @@ struct dim3 {
     unsigned int x, y, z;
     constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1) : x(vx), y(vy), z(vz) {}
 };
+// The CUDA vector types kernels use for wide loads (same sizes and alignment).
+struct alignas(8) uint2 {
+    unsigned int x, y;
+};
 struct alignas(16) uint4 {
     unsigned int x, y, z, w;
 };
-struct alignas(16) float4 {
-    float x, y, z, w;
+struct alignas(8) int2 {
+    int x, y;
+};
+struct alignas(16) int4 {
+    int x, y, z, w;
 };
 struct alignas(8) float2 {
     float x, y;
 };
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(16) double2 {
+    double x, y;
+};
+inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+inline int2 make_int2(int x, int y) { return int2{x, y}; }
+inline int4 make_int4(int x, int y, int z, int w) { return int4{x, y, z, w}; }
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline double2 make_double2(double x, double y) { return double2{x, y}; }
 
 namespace adaface_sim {
 
@@ -301,12 +335,12 @@ inline unsigned atomicAnd(unsigned* a, unsigned v) { return __atomic_fetch_and(a
 // Math and bit intrinsics (f32). The standard ones (expf, logf, sqrtf, acosf,
 // cosf, sinf, fmaxf, fminf, fabsf, fmaf, ...) come from <cmath>.
 // ---------------------------------------------------------------------------
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : (x == x ? x : 0.0f)); }
-inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __int_as_float(int x) { return std::bit_cast<float>(x); }

@@ -12,6 +12,13 @@
 //! Simulator failures (an invalid launch geometry, too much dynamic shared
 //! memory, a deadlocked barrier, a malformed warp collective, `__trap()`)
 //! come back as [`Error::Backend`] with the simulator's message.
+//!
+//! Environment variables, read by the C++ runtime:
+//! * `ADAFACE_SIM_THREADS`: most OS threads one launch uses (default: all
+//!   hardware threads; the calling thread is one of them);
+//! * `ADAFACE_SIM_STACK_KIB`: stack per simulated thread (default 128);
+//! * `ADAFACE_SIM_UCONTEXT=1`: switch fibers with `swapcontext` (see
+//!   [`set_fiber_switch`]).
 
 use std::ffi::{c_char, c_int, CStr};
 
