@@ -13,6 +13,10 @@ use crate::state::EmaState;
 pub enum Device {
     /// The CPU reference ([`crate::reference`]), `f32` or `f64`.
     Reference,
+    /// The kernels on the CPU simulator ([`crate::sim_backend`]), `f32`, `bf16` or `f16` inputs.
+    Sim,
+    /// The kernels on GPU 0 ([`crate::cuda`]), `f32`, `bf16` or `f16` inputs.
+    Cuda,
 }
 
 impl Device {
@@ -20,6 +24,8 @@ impl Device {
     pub fn parse(name: &str) -> Option<Device> {
         match name {
             "reference" => Some(Device::Reference),
+            "sim" => Some(Device::Sim),
+            "cuda" => Some(Device::Cuda),
             _ => None,
         }
     }
@@ -28,6 +34,8 @@ impl Device {
     pub fn name(self) -> &'static str {
         match self {
             Device::Reference => "reference",
+            Device::Sim => "sim",
+            Device::Cuda => "cuda",
         }
     }
 
@@ -35,6 +43,7 @@ impl Device {
     pub fn default_dtype(self) -> Dtype {
         match self {
             Device::Reference => Dtype::F64,
+            Device::Sim | Device::Cuda => Dtype::F32,
         }
     }
 }
@@ -47,6 +56,22 @@ pub fn run_case(case: &Case, device: Device, dtype: Dtype) -> Result<Vec<EvalSte
         (Device::Reference, Dtype::F32) => run_reference::<f32>(case),
         (Device::Reference, other) => Err(Error::DeviceUnavailable {
             reason: format!("the reference computes in f32 or f64, not {other}"),
+        }),
+        (Device::Sim, Dtype::F32) => crate::sim_backend::eval_case::<f32>(case),
+        (Device::Sim, Dtype::BF16) => crate::sim_backend::eval_case::<half::bf16>(case),
+        (Device::Sim, Dtype::F16) => crate::sim_backend::eval_case::<half::f16>(case),
+        #[cfg(feature = "cuda")]
+        (Device::Cuda, Dtype::F32) => crate::cuda::eval_case::<f32>(case),
+        #[cfg(feature = "cuda")]
+        (Device::Cuda, Dtype::BF16) => crate::cuda::eval_case::<half::bf16>(case),
+        #[cfg(feature = "cuda")]
+        (Device::Cuda, Dtype::F16) => crate::cuda::eval_case::<half::f16>(case),
+        #[cfg(not(feature = "cuda"))]
+        (Device::Cuda, Dtype::F32 | Dtype::BF16 | Dtype::F16) => Err(Error::DeviceUnavailable {
+            reason: "built without the `cuda` feature".into(),
+        }),
+        (Device::Sim | Device::Cuda, other) => Err(Error::DeviceUnavailable {
+            reason: format!("the kernels take f32, bf16 or f16 inputs, not {other}"),
         }),
     }
 }

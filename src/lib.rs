@@ -21,15 +21,22 @@ pub struct ReadmeDoctests;
 #[cfg(feature = "candle")]
 pub mod candle_op;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod element;
 pub mod error;
 pub mod eval;
 pub mod golden;
+#[rustfmt::skip]
+pub mod kernel_params;
+pub mod launch;
 pub mod math;
 pub mod output;
 pub mod real;
 pub mod reference;
 pub mod shape;
+pub mod sim;
+pub mod sim_backend;
 pub mod state;
 pub mod trainer;
 
