@@ -13,6 +13,15 @@ use common::{golden_files, rel, rel_norm};
 /// builds it; a filtered run (`--test eval_tool`) may not, so build it here
 /// (a no-op when it is fresh).
 fn eval_binary() -> PathBuf {
+    // The same features as this test binary, so the build is a no-op after
+    // a full `cargo test` instead of a rebuild of the crate.
+    let mut features = vec![];
+    if cfg!(feature = "cuda") {
+        features.push("cuda");
+    }
+    if cfg!(feature = "candle") {
+        features.push("candle");
+    }
     let status = Command::new(env!("CARGO"))
         .args([
             "build",
@@ -22,6 +31,7 @@ fn eval_binary() -> PathBuf {
             "--example",
             "adaface_eval",
         ])
+        .args(["--no-default-features", "--features", &features.join(",")])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .unwrap();
