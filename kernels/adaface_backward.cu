@@ -21,7 +21,9 @@ __device__ void adaface_backward_impl(const AdafaceTileParams& p) {
     AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
     if (adaface_block_should_abort(rec)) return;
 
+    constexpr bool use_mma = AdafaceMma<T>::enabled;
     __shared__ AdafaceTiles tiles;
+    __shared__ AdafaceTiles16 tiles16;
     __shared__ float grad_tile[ADAFACE_TILE_ROWS][ADAFACE_TILE_CLASSES + 1];
     __shared__ float inv_class_norm[ADAFACE_TILE_CLASSES];
     __shared__ float row_inv_norm[ADAFACE_TILE_ROWS];
@@ -61,14 +63,30 @@ __device__ void adaface_backward_impl(const AdafaceTileParams& p) {
             for (int r = 0; r < ADAFACE_ACC_ROWS; ++r)
 #pragma unroll
                 for (int q = 0; q < ADAFACE_ACC_COLS; ++q) acc[r][q] = 0.0f;
+            float frag[ADAFACE_MMA_N][4];
+            adaface_mma_zero(frag);
             for (int64_t k0 = 0; k0 < dim; k0 += ADAFACE_TILE_DEPTH) {
                 __syncthreads();
-                adaface_stage_rows(tiles.x, x, row0, batch, k0, dim, (const float*)0);
-                adaface_stage_classes(tiles.w, w, c0, classes, k0, dim, (const float*)0,
-                                      (AdafaceStepRecord*)0);
+                if constexpr (use_mma) {
+                    adaface_stage_rows((float(*)[ADAFACE_TILE_ROWS + 1])0, x, row0, batch, k0, dim,
+                                       (const float*)0, tiles16.x);
+                    adaface_stage_classes((float(*)[ADAFACE_TILE_CLASSES + 1])0, w, c0, classes, k0, dim,
+                                          (const float*)0, (AdafaceStepRecord*)0, tiles16.w);
+                } else {
+                    adaface_stage_rows(tiles.x, x, row0, batch, k0, dim, (const float*)0);
+                    adaface_stage_classes(tiles.w, w, c0, classes, k0, dim, (const float*)0,
+                                          (AdafaceStepRecord*)0);
+                }
                 __syncthreads();
-                adaface_tile_product(acc, &tiles);
+                if constexpr (use_mma) {
+                    adaface_tile_product_mma<T>(frag, &tiles16);
+                } else {
+                    adaface_tile_product(acc, &tiles);
+                }
             }
+            /* grad_tile is free here (written again in step 2, after the
+             * exchange's closing barrier). */
+            if constexpr (use_mma) adaface_mma_to_acc(acc, frag, grad_tile);
 
             /* 2. The gradient with respect to the unclamped cosines. */
 #pragma unroll
