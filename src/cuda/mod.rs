@@ -8,6 +8,7 @@
 mod compile;
 mod loss;
 
+pub(crate) use compile::module_for;
 pub use compile::{compile_ptx, kernel_source};
 pub use loss::{CudaAdaFace, CudaStep};
 
