@@ -146,3 +146,64 @@ fn naive_cublas_path_on_a_gpu_matches_the_reference() {
         run!(f16, Dtype::F16);
     }
 }
+
+#[cfg(feature = "cuda")]
+fn bench_rows(shape: Shape, iters: usize) -> Option<Vec<adaface::cuda::bench::BenchResult>> {
+    use adaface::cuda::bench::{bench, BenchConfig, BenchPath};
+    use adaface::cuda::default_stream;
+    let stream = match default_stream(0) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("SKIPPED bench: no GPU visible ({e})");
+            return None;
+        }
+    };
+    let cfg = BenchConfig {
+        shape,
+        dtype: Dtype::BF16,
+        warmup: 3,
+        iters,
+        seed: 11,
+    };
+    Some(bench(&stream, &cfg, &[BenchPath::Fused, BenchPath::Naive]).expect("bench"))
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn bench_helper_times_both_paths() {
+    let Some(rows) = bench_rows(Shape::new(64, 64, 1000), 3) else {
+        return;
+    };
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert!(r.median_ms > 0.0 && r.median_ms.is_finite(), "{r:?}");
+    }
+    assert!(
+        rows[1].peak_extra_bytes > rows[0].peak_extra_bytes,
+        "{rows:?}"
+    );
+}
+
+/// The H200 numbers of docs/PERF.md: `cargo test --release --test
+/// naive_baseline -- --ignored --nocapture` (scripts/gpu_check.sh runs it).
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "GPU benchmark, minutes"]
+fn bench_b512_d512_bf16_fused_vs_naive() {
+    println!("BENCH path   dtype  B    D    C        median_ms  TFLOP/s  extra_MB");
+    for c in [100_000usize, 1_000_000] {
+        let Some(rows) = bench_rows(Shape::new(512, 512, c), 20) else {
+            return;
+        };
+        for r in rows {
+            println!(
+                "BENCH {:6} bf16   512  512  {:<8} {:10.3} {:8.1} {:9.1}",
+                r.path.name(),
+                c,
+                r.median_ms,
+                r.tflops,
+                r.peak_extra_bytes as f64 / 1e6
+            );
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! and libnvrtc can be loaded, so a machine without a GPU gets
 //! [`Error::DeviceUnavailable`](crate::Error::DeviceUnavailable), never a panic.
 
+pub mod bench;
 mod compile;
 mod loss;
 
