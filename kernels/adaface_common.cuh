@@ -227,10 +227,14 @@ __device__ __forceinline__ void adaface_tile_product(float acc[ADAFACE_ACC_ROWS]
 template <typename T>
 struct AdafaceMma {
     static constexpr bool enabled = false;
+    static constexpr bool gradients = false;
 };
 template <>
 struct AdafaceMma<adaface_bf16> {
     static constexpr bool enabled = ADAFACE_HAS_MMA != 0;
+    /* The backward's gradient products also run on tensor cores: bf16 has
+     * f32's exponent range, so A / ||x|| and A / ||w|| always fit. */
+    static constexpr bool gradients = enabled;
     static __device__ __forceinline__ void run(float d[4], const uint32_t a[4], const uint32_t b[2]) {
         mma_m16n8k16_bf16_f32(d, a, b, d);
     }
@@ -238,6 +242,10 @@ struct AdafaceMma<adaface_bf16> {
 template <>
 struct AdafaceMma<adaface_f16> {
     static constexpr bool enabled = ADAFACE_HAS_MMA != 0;
+    /* Not for f16: A / ||w|| can exceed 65504 (small weight rows), so the
+     * gradient products stay SIMT f32 until a per-tile power-of-two scale
+     * is added. */
+    static constexpr bool gradients = false;
     static __device__ __forceinline__ void run(float d[4], const uint32_t a[4], const uint32_t b[2]) {
         mma_m16n8k16_f16_f32(d, a, b, d);
     }
@@ -305,6 +313,98 @@ __device__ __forceinline__ void adaface_mma_to_acc(float acc[ADAFACE_ACC_ROWS][A
 #pragma unroll
         for (int q = 0; q < ADAFACE_ACC_COLS; ++q) acc[r][q] = exchange[adaface_acc_row(r)][adaface_acc_col(q)];
     __syncthreads();
+}
+
+/* ---------------------------------------------------------------------------
+ * Tensor-core gradient products of the backward (bf16; see AdafaceMma):
+ *   gw[c][kk] += sum_r A[r][c] / ||x_r|| * x[r][kk]   (M = 64 classes, K = 32 rows)
+ *   gx[r][kk] += sum_c A[r][c] / ||w_c|| * w[c][kk]   (M = 32 rows, K = 64 classes)
+ * The norms are folded into A (so x and W enter the mma unrounded, as
+ * stored), and A is split into hi + lo in bf16 (two mma per fragment),
+ * which keeps about 16 significant bits of the f32 gradient: accuracy stays
+ * near the f32 level of the SIMT version.
+ * ------------------------------------------------------------------------- */
+#define ADAFACE_GW_STRIDE (ADAFACE_TILE_ROWS / 2 + 4)    /* words per class row of the gw A tile */
+#define ADAFACE_GX_STRIDE (ADAFACE_TILE_CLASSES / 2 + 4) /* words per row of the gx A tile */
+
+struct AdafaceGradTiles16 {
+    uint32_t gw_hi[ADAFACE_TILE_CLASSES][ADAFACE_GW_STRIDE]; /* A[r][c] / ||x_r||, [c][r] */
+    uint32_t gw_lo[ADAFACE_TILE_CLASSES][ADAFACE_GW_STRIDE];
+    uint32_t gx_hi[ADAFACE_TILE_ROWS][ADAFACE_GX_STRIDE];    /* A[r][c] / ||w_c||, [r][c] */
+    uint32_t gx_lo[ADAFACE_TILE_ROWS][ADAFACE_GX_STRIDE];
+    uint32_t xt[ADAFACE_TILE_DEPTH][ADAFACE_GW_STRIDE];      /* x slice transposed, [kk][r] */
+    uint32_t wt[ADAFACE_TILE_DEPTH][ADAFACE_GX_STRIDE];      /* W slice transposed, [kk][c] */
+};
+
+__device__ __forceinline__ void adaface_put16(uint32_t* row, int idx, uint16_t bits) {
+    ((uint16_t*)row)[idx] = bits;
+}
+
+/* v = hi + lo (+ a rounding error of |v| 2^-17 for bf16), both in T. */
+template <typename T>
+__device__ __forceinline__ void adaface_split16(float v, uint16_t* hi, uint16_t* lo) {
+    const T h = from_float<T>(v);
+    *hi = h.bits;
+    *lo = from_float<T>(v - to_float(h)).bits;
+}
+
+/* Stores the gradient A[lr][lc] of one accumulator position into both A tiles. */
+template <typename T>
+__device__ __forceinline__ void adaface_put_grad16(AdafaceGradTiles16* t, int lr, int lc, float g, float row_inv,
+                                                   float class_inv) {
+    uint16_t hi, lo;
+    adaface_split16<T>(g * row_inv, &hi, &lo);
+    adaface_put16(t->gw_hi[lc], lr, hi);
+    adaface_put16(t->gw_lo[lc], lr, lo);
+    adaface_split16<T>(g * class_inv, &hi, &lo);
+    adaface_put16(t->gx_hi[lr], lc, hi);
+    adaface_put16(t->gx_lo[lr], lc, lo);
+}
+
+/* Stages the raw x and W of one depth slice, transposed (zero outside). */
+template <typename T>
+__device__ __forceinline__ void adaface_stage_transposed(AdafaceGradTiles16* t, const T* x, const T* w,
+                                                         int64_t row0, int64_t rows, int64_t c0, int64_t classes,
+                                                         int64_t k0, int64_t dim) {
+    for (int e = threadIdx.x; e < ADAFACE_TILE_ROWS * ADAFACE_TILE_DEPTH; e += ADAFACE_THREADS) {
+        const int kk = e % ADAFACE_TILE_DEPTH;
+        const int r = e / ADAFACE_TILE_DEPTH;
+        const int64_t i = row0 + r;
+        const int64_t k = k0 + kk;
+        adaface_put16(t->xt[kk], r, (i < rows && k < dim) ? adaface_raw_bits(x[i * dim + k]) : (uint16_t)0);
+    }
+    for (int e = threadIdx.x; e < ADAFACE_TILE_CLASSES * ADAFACE_TILE_DEPTH; e += ADAFACE_THREADS) {
+        const int kk = e % ADAFACE_TILE_DEPTH;
+        const int c = e / ADAFACE_TILE_DEPTH;
+        const int64_t j = c0 + c;
+        const int64_t k = k0 + kk;
+        adaface_put16(t->wt[kk], c, (j < classes && k < dim) ? adaface_raw_bits(w[j * dim + k]) : (uint16_t)0);
+    }
+}
+
+/* d += A_tile(rows m0.., hi and lo) . B_tile(rows n0..)^T over k_steps of 16,
+ * with A and B both stored [m or n][k] in words of two (stride in words). */
+template <typename T, int NFRAG>
+__device__ __forceinline__ void adaface_mma_split(float d[NFRAG][4], const uint32_t* a_hi, const uint32_t* a_lo,
+                                                  int a_stride, int m0, const uint32_t* b, int b_stride, int n0,
+                                                  int k_steps) {
+    const int lane = (int)threadIdx.x & 31;
+    const int g = lane >> 2;
+    const int tq = lane & 3;
+    for (int ks = 0; ks < k_steps; ++ks) {
+        const int kw = ks * 8 + tq;
+        const int ra = (m0 + g) * a_stride + kw;
+        const int rb = (m0 + g + 8) * a_stride + kw;
+        const uint32_t hi[4] = {a_hi[ra], a_hi[rb], a_hi[ra + 4], a_hi[rb + 4]};
+        const uint32_t lo[4] = {a_lo[ra], a_lo[rb], a_lo[ra + 4], a_lo[rb + 4]};
+#pragma unroll
+        for (int n = 0; n < NFRAG; ++n) {
+            const int bn = (n0 + 8 * n + g) * b_stride + kw;
+            const uint32_t bf[2] = {b[bn], b[bn + 4]};
+            AdafaceMma<T>::run(d[n], hi, bf);
+            AdafaceMma<T>::run(d[n], lo, bf);
+        }
+    }
 }
 
 /* Max and sum over the 16 lanes holding one row pair (fixed butterfly). */
