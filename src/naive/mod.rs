@@ -31,6 +31,8 @@ use crate::shape::Shape;
 /// pointers on the GPU, host pointers in the simulator).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
+// The fields mirror the C struct one to one; their meaning is documented
+// there, next to the kernels that read them.
 #[allow(missing_docs)]
 pub struct NaiveParams {
     pub x: u64,
