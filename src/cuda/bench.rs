@@ -18,7 +18,7 @@ use crate::launch::{KernelElement, Pass, PlanLimits, StepPlan};
 use crate::naive::cuda::NaiveCuda;
 use crate::shape::Shape;
 
-/// The implementations [`bench`] can time.
+/// The implementations [`bench()`] can time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BenchPath {
     /// The fused kernels ([`CudaAdaFace`]).
