@@ -214,7 +214,10 @@ impl NaiveLayout {
     /// gradients (workspaces, EMA state and step record; cuBLAS's own
     /// workspace not counted).
     pub fn extra_bytes(&self) -> usize {
-        4 * self.f32_len + self.elem_bytes * self.typed_len + 16 + 64
+        4 * self.f32_len
+            + self.elem_bytes * self.typed_len
+            + 16
+            + std::mem::size_of::<crate::kernel_params::AdafaceStepRecord>()
     }
 }
 
