@@ -21,7 +21,11 @@ __device__ void adaface_backward_impl(const AdafaceTileParams& p) {
     AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
     if (adaface_block_should_abort(rec)) return;
 
+    constexpr bool use_mma = AdafaceMma<T>::enabled;
+    constexpr bool mma_grads = AdafaceMma<T>::gradients;
     __shared__ AdafaceTiles tiles;
+    __shared__ AdafaceTiles16 tiles16;
+    __shared__ AdafaceGradTiles16 grad16[1]; /* mma_grads instantiations only */
     __shared__ float grad_tile[ADAFACE_TILE_ROWS][ADAFACE_TILE_CLASSES + 1];
     __shared__ float inv_class_norm[ADAFACE_TILE_CLASSES];
     __shared__ float row_inv_norm[ADAFACE_TILE_ROWS];
@@ -61,14 +65,30 @@ __device__ void adaface_backward_impl(const AdafaceTileParams& p) {
             for (int r = 0; r < ADAFACE_ACC_ROWS; ++r)
 #pragma unroll
                 for (int q = 0; q < ADAFACE_ACC_COLS; ++q) acc[r][q] = 0.0f;
+            float frag[ADAFACE_MMA_N][4];
+            adaface_mma_zero(frag);
             for (int64_t k0 = 0; k0 < dim; k0 += ADAFACE_TILE_DEPTH) {
                 __syncthreads();
-                adaface_stage_rows(tiles.x, x, row0, batch, k0, dim, (const float*)0);
-                adaface_stage_classes(tiles.w, w, c0, classes, k0, dim, (const float*)0,
-                                      (AdafaceStepRecord*)0);
+                if constexpr (use_mma) {
+                    adaface_stage_rows((float(*)[ADAFACE_TILE_ROWS + 1])0, x, row0, batch, k0, dim,
+                                       (const float*)0, tiles16.x);
+                    adaface_stage_classes((float(*)[ADAFACE_TILE_CLASSES + 1])0, w, c0, classes, k0, dim,
+                                          (const float*)0, (AdafaceStepRecord*)0, tiles16.w);
+                } else {
+                    adaface_stage_rows(tiles.x, x, row0, batch, k0, dim, (const float*)0);
+                    adaface_stage_classes(tiles.w, w, c0, classes, k0, dim, (const float*)0,
+                                          (AdafaceStepRecord*)0);
+                }
                 __syncthreads();
-                adaface_tile_product(acc, &tiles);
+                if constexpr (use_mma) {
+                    adaface_tile_product_mma<T>(frag, &tiles16);
+                } else {
+                    adaface_tile_product(acc, &tiles);
+                }
             }
+            /* grad_tile is free here (written again in step 2, after the
+             * exchange's closing barrier). */
+            if constexpr (use_mma) adaface_mma_to_acc(acc, frag, grad_tile);
 
             /* 2. The gradient with respect to the unclamped cosines. */
 #pragma unroll
@@ -93,8 +113,63 @@ __device__ void adaface_backward_impl(const AdafaceTileParams& p) {
                         const float prob = expf(logit - lse);
                         g = (prob - (is_target ? 1.0f : 0.0f)) * p.inv_batch * dlogit;
                     }
-                    grad_tile[lr][lc] = g;
+                    if constexpr (mma_grads) {
+                        adaface_put_grad16<T>(&grad16[0], lr, lc, g, row_inv_norm[lr], inv_class_norm[lc]);
+                    } else {
+                        grad_tile[lr][lc] = g;
+                    }
                 }
+            }
+
+            if constexpr (mma_grads) {
+                /* 3 (tensor cores). gw and gx per depth slice from the split
+                 * gradient tiles and the raw, transposed x and W. */
+                AdafaceGradTiles16* gt = &grad16[0];
+                for (int64_t k0 = 0; k0 < dim; k0 += ADAFACE_TILE_DEPTH) {
+                    __syncthreads();
+                    adaface_stage_transposed(gt, x, w, row0, batch, c0, classes, k0, dim);
+                    __syncthreads();
+                    const int g = lane >> 2;
+                    const int tq = lane & 3;
+                    {
+                        /* gw: warp -> classes 16 (warp / 2) .., depth 16 (warp % 2) .. */
+                        const int m0 = (warp >> 1) * 16;
+                        const int n0 = (warp & 1) * 16;
+                        float d[2][4];
+                        adaface_mma_zero(d);
+                        adaface_mma_split<T, 2>(d, &gt->gw_hi[0][0], &gt->gw_lo[0][0], ADAFACE_GW_STRIDE, m0,
+                                                &gt->xt[0][0], ADAFACE_GW_STRIDE, n0, ADAFACE_TILE_ROWS / 16);
+#pragma unroll
+                        for (int n = 0; n < 2; ++n)
+#pragma unroll
+                            for (int e = 0; e < 4; ++e) {
+                                const int64_t j = c0 + m0 + g + ((e & 2) ? 8 : 0);
+                                const int64_t k = k0 + n0 + 8 * n + 2 * tq + (e & 1);
+                                if (j < classes && k < dim) {
+                                    float* out = dw + j * dim + k;
+                                    *out = row0 == 0 ? d[n][e] : *out + d[n][e];
+                                }
+                            }
+                    }
+                    {
+                        /* gx: warp -> rows 16 (warp / 4) .., depth 8 (warp % 4) .. */
+                        const int m0 = (warp >> 2) * 16;
+                        const int n0 = (warp & 3) * 8;
+                        float d[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+                        adaface_mma_split<T, 1>(d, &gt->gx_hi[0][0], &gt->gx_lo[0][0], ADAFACE_GX_STRIDE, m0,
+                                                &gt->wt[0][0], ADAFACE_GX_STRIDE, n0, ADAFACE_TILE_CLASSES / 16);
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            const int64_t i = row0 + m0 + g + ((e & 2) ? 8 : 0);
+                            const int64_t k = k0 + n0 + 2 * tq + (e & 1);
+                            if (i < batch && k < dim) {
+                                float* out = dxp + i * dim + k;
+                                *out = first_tile ? d[0][e] : *out + d[0][e];
+                            }
+                        }
+                    }
+                }
+                continue;
             }
 
             /* 3. gw and gx, one depth slice at a time. */

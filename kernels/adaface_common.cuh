@@ -82,55 +82,92 @@ __device__ __forceinline__ int64_t adaface_label_at(const int64_t* labels, int64
 
 /* Shared-memory tiles of one depth slice, stored k-major with one column of
  * padding so that both the staging stores and the product's loads are free
- * of bank conflicts. */
+ * of bank conflicts (the SIMT product; f32 inputs). */
 struct AdafaceTiles {
     float x[ADAFACE_TILE_DEPTH][ADAFACE_TILE_ROWS + 1];
     float w[ADAFACE_TILE_DEPTH][ADAFACE_TILE_CLASSES + 1];
 };
 
+/* Row stride, in 32-bit words, of the 16-bit tiles of the tensor-core
+ * product: DEPTH / 2 words of data plus 4 of padding (80 bytes), so the
+ * fragment loads of a warp (8 rows x 4 consecutive words) hit 32 different
+ * banks. */
+#define ADAFACE_TILE16_STRIDE (ADAFACE_TILE_DEPTH / 2 + 4)
+
+/* The 16-bit (bf16 or f16) copy of one depth slice for the mma product:
+ * row-major, depth contiguous, two elements per word (lower k in the low
+ * half, as the mma fragments take them). */
+struct AdafaceTiles16 {
+    uint32_t x[ADAFACE_TILE_ROWS][ADAFACE_TILE16_STRIDE];
+    uint32_t w[ADAFACE_TILE_CLASSES][ADAFACE_TILE16_STRIDE];
+};
+
+/* Raw storage bits of a 16-bit element (0 for f32, which never uses them). */
+__device__ __forceinline__ uint16_t adaface_raw_bits(float) { return 0; }
+__device__ __forceinline__ uint16_t adaface_raw_bits(adaface_bf16 v) { return v.bits; }
+__device__ __forceinline__ uint16_t adaface_raw_bits(adaface_f16 v) { return v.bits; }
+
+/* Stores one element of a 16-bit tile (row r, depth kk). */
+__device__ __forceinline__ void adaface_tile16_put(uint32_t (*dst)[ADAFACE_TILE16_STRIDE], int r, int kk,
+                                                   uint16_t bits) {
+    ((uint16_t*)&dst[r][0])[kk] = bits;
+}
+
 /* Stages x[row0 .. row0 + ROWS, k0 .. k0 + DEPTH] times row_scale[r]
- * (zero outside the matrix) into tiles->x. row_scale may be null (1). */
+ * (zero outside the matrix: the K tail is zero padding) into dst (f32,
+ * k-major) and/or dst16 (raw 16-bit bits, unscaled; row_scale must be null
+ * then). Either destination may be null. */
 template <typename T>
 __device__ __forceinline__ void adaface_stage_rows(float (*dst)[ADAFACE_TILE_ROWS + 1], const T* src,
                                                    int64_t row0, int64_t rows, int64_t k0, int64_t dim,
-                                                   const float* row_scale) {
+                                                   const float* row_scale,
+                                                   uint32_t (*dst16)[ADAFACE_TILE16_STRIDE] = 0) {
     for (int e = threadIdx.x; e < ADAFACE_TILE_ROWS * ADAFACE_TILE_DEPTH; e += ADAFACE_THREADS) {
         const int kk = e % ADAFACE_TILE_DEPTH;
         const int r = e / ADAFACE_TILE_DEPTH;
         const int64_t row = row0 + r;
         const int64_t k = k0 + kk;
         float v = 0.0f;
+        uint16_t bits = 0;
         if (row < rows && k < dim) {
-            v = to_float(src[row * dim + k]);
+            const T raw = src[row * dim + k];
+            bits = adaface_raw_bits(raw);
+            v = to_float(raw);
             if (row_scale) v *= row_scale[r];
         }
-        dst[kk][r] = v;
+        if (dst) dst[kk][r] = v;
+        if (dst16) adaface_tile16_put(dst16, r, kk, bits);
     }
 }
 
 /* Stages W[c0 .. c0 + CLASSES, k0 .. k0 + DEPTH] times class_scale[c] into
- * tiles->w. When rec is not null, every element read is checked for NaN
- * and infinity (the forward's validation of W, done on the tiles the
- * product reads). */
+ * dst and/or dst16 (as adaface_stage_rows). When rec is not null, every
+ * element read is checked for NaN and infinity (the forward's validation of
+ * W, done on the tiles the product reads). */
 template <typename T>
 __device__ __forceinline__ void adaface_stage_classes(float (*dst)[ADAFACE_TILE_CLASSES + 1], const T* src,
                                                       int64_t c0, int64_t classes, int64_t k0, int64_t dim,
-                                                      const float* class_scale, AdafaceStepRecord* rec) {
+                                                      const float* class_scale, AdafaceStepRecord* rec,
+                                                      uint32_t (*dst16)[ADAFACE_TILE16_STRIDE] = 0) {
     for (int e = threadIdx.x; e < ADAFACE_TILE_CLASSES * ADAFACE_TILE_DEPTH; e += ADAFACE_THREADS) {
         const int kk = e % ADAFACE_TILE_DEPTH;
         const int c = e / ADAFACE_TILE_DEPTH;
         const int64_t j = c0 + c;
         const int64_t k = k0 + kk;
         float v = 0.0f;
+        uint16_t bits = 0;
         if (j < classes && k < dim) {
             const int64_t idx = j * dim + k;
-            v = to_float(src[idx]);
+            const T raw = src[idx];
+            bits = adaface_raw_bits(raw);
+            v = to_float(raw);
             if (rec && !adaface_is_finite(v)) {
                 adaface_record_error(rec, ADAFACE_ERR_NONFINITE_W, (unsigned long long)idx);
             }
             if (class_scale) v *= class_scale[c];
         }
-        dst[kk][c] = v;
+        if (dst) dst[kk][c] = v;
+        if (dst16) adaface_tile16_put(dst16, c, kk, bits);
     }
 }
 
@@ -163,6 +200,209 @@ __device__ __forceinline__ void adaface_tile_product(float acc[ADAFACE_ACC_ROWS]
         for (int r = 0; r < ADAFACE_ACC_ROWS; ++r) {
 #pragma unroll
             for (int q = 0; q < ADAFACE_ACC_COLS; ++q) acc[r][q] = fmaf(a[r], b[q], acc[r][q]);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * Tensor-core tile product (bf16 and f16 inputs, sm_80 and newer, and the
+ * simulator): acc += X_tile . W_tile^T with mma.m16n8k16 and f32
+ * accumulation, from the 16-bit tiles.
+ *
+ * Warp w owns rows 16 (w / 4) .. + 16 and classes 16 (w % 4) .. + 16 of the
+ * 32 x 64 tile: one A fragment and two 16 x 8 B fragments per k step of 16,
+ * accumulated in d[2][4] (the mma C layout) over all depth slices. After
+ * the last slice adaface_mma_to_acc moves the tile through shared memory
+ * into the SIMT layout (adaface_acc_row / adaface_acc_col), so the
+ * epilogue (norms, margin, online max and sum-exp, all f32) is the same for
+ * every dtype.
+ * ------------------------------------------------------------------------- */
+#if defined(ADAFACE_SIM) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
+#define ADAFACE_HAS_MMA 1
+#else
+#define ADAFACE_HAS_MMA 0
+#endif
+
+/* Which instantiations use tensor cores: bf16 and f16 where mma exists. */
+template <typename T>
+struct AdafaceMma {
+    static constexpr bool enabled = false;
+    static constexpr bool gradients = false;
+};
+template <>
+struct AdafaceMma<adaface_bf16> {
+    static constexpr bool enabled = ADAFACE_HAS_MMA != 0;
+    /* The backward's gradient products also run on tensor cores: bf16 has
+     * f32's exponent range, so A / ||x|| and A / ||w|| always fit. */
+    static constexpr bool gradients = enabled;
+    static __device__ __forceinline__ void run(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+        mma_m16n8k16_bf16_f32(d, a, b, d);
+    }
+};
+template <>
+struct AdafaceMma<adaface_f16> {
+    static constexpr bool enabled = ADAFACE_HAS_MMA != 0;
+    /* Not for f16: A / ||w|| can exceed 65504 (small weight rows), so the
+     * gradient products stay SIMT f32 until a per-tile power-of-two scale
+     * is added. */
+    static constexpr bool gradients = false;
+    static __device__ __forceinline__ void run(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+        mma_m16n8k16_f16_f32(d, a, b, d);
+    }
+};
+
+#define ADAFACE_MMA_N 2 /* 16 x 8 output fragments per warp */
+static_assert(ADAFACE_WARPS == 8 && ADAFACE_TILE_ROWS == 32 && ADAFACE_TILE_CLASSES == 64 &&
+                  ADAFACE_TILE_DEPTH % 16 == 0,
+              "the mma warp layout covers a 32 x 64 tile with 8 warps");
+
+__device__ __forceinline__ void adaface_mma_zero(float d[ADAFACE_MMA_N][4]) {
+#pragma unroll
+    for (int n = 0; n < ADAFACE_MMA_N; ++n)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) d[n][i] = 0.0f;
+}
+
+/* d += X_tile . W_tile^T over one depth slice (all 32 lanes of every warp
+ * must call it: mma is warp-wide). */
+template <typename T>
+__device__ __forceinline__ void adaface_tile_product_mma(float d[ADAFACE_MMA_N][4], const AdafaceTiles16* t) {
+    const int lane = (int)threadIdx.x & 31;
+    const int warp = (int)threadIdx.x >> 5;
+    const int g = lane >> 2;
+    const int tq = lane & 3;
+    const int row = (warp >> 2) * 16 + g;
+    const int col = (warp & 3) * 16 + g;
+#pragma unroll
+    for (int ks = 0; ks < ADAFACE_TILE_DEPTH / 16; ++ks) {
+        const int kw = ks * 8 + tq; /* the word holding k = 16 ks + 2 tq, + 1 */
+        uint32_t a[4];
+        a[0] = t->x[row][kw];
+        a[1] = t->x[row + 8][kw];
+        a[2] = t->x[row][kw + 4];
+        a[3] = t->x[row + 8][kw + 4];
+#pragma unroll
+        for (int n = 0; n < ADAFACE_MMA_N; ++n) {
+            uint32_t b[2];
+            b[0] = t->w[col + 8 * n][kw];
+            b[1] = t->w[col + 8 * n][kw + 4];
+            AdafaceMma<T>::run(d[n], a, b);
+        }
+    }
+}
+
+/* Moves the mma accumulators into the SIMT accumulator layout through
+ * `exchange` (a ROWS x (CLASSES + 1) f32 tile). Every thread of the block
+ * must call it; it begins and ends with a barrier, so `exchange` may alias
+ * memory that other threads read just before or write just after. */
+__device__ __forceinline__ void adaface_mma_to_acc(float acc[ADAFACE_ACC_ROWS][ADAFACE_ACC_COLS],
+                                                   const float d[ADAFACE_MMA_N][4],
+                                                   float (*exchange)[ADAFACE_TILE_CLASSES + 1]) {
+    const int lane = (int)threadIdx.x & 31;
+    const int warp = (int)threadIdx.x >> 5;
+    const int row = (warp >> 2) * 16 + (lane >> 2);
+    const int col = (warp & 3) * 16 + 2 * (lane & 3);
+    __syncthreads();
+#pragma unroll
+    for (int n = 0; n < ADAFACE_MMA_N; ++n)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) exchange[row + ((i & 2) ? 8 : 0)][col + 8 * n + (i & 1)] = d[n][i];
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < ADAFACE_ACC_ROWS; ++r)
+#pragma unroll
+        for (int q = 0; q < ADAFACE_ACC_COLS; ++q) acc[r][q] = exchange[adaface_acc_row(r)][adaface_acc_col(q)];
+    __syncthreads();
+}
+
+/* ---------------------------------------------------------------------------
+ * Tensor-core gradient products of the backward (bf16; see AdafaceMma):
+ *   gw[c][kk] += sum_r A[r][c] / ||x_r|| * x[r][kk]   (M = 64 classes, K = 32 rows)
+ *   gx[r][kk] += sum_c A[r][c] / ||w_c|| * w[c][kk]   (M = 32 rows, K = 64 classes)
+ * The norms are folded into A (so x and W enter the mma unrounded, as
+ * stored), and A is split into hi + lo in bf16 (two mma per fragment),
+ * which keeps about 16 significant bits of the f32 gradient: accuracy stays
+ * near the f32 level of the SIMT version.
+ * ------------------------------------------------------------------------- */
+#define ADAFACE_GW_STRIDE (ADAFACE_TILE_ROWS / 2 + 4)    /* words per class row of the gw A tile */
+#define ADAFACE_GX_STRIDE (ADAFACE_TILE_CLASSES / 2 + 4) /* words per row of the gx A tile */
+
+struct AdafaceGradTiles16 {
+    uint32_t gw_hi[ADAFACE_TILE_CLASSES][ADAFACE_GW_STRIDE]; /* A[r][c] / ||x_r||, [c][r] */
+    uint32_t gw_lo[ADAFACE_TILE_CLASSES][ADAFACE_GW_STRIDE];
+    uint32_t gx_hi[ADAFACE_TILE_ROWS][ADAFACE_GX_STRIDE];    /* A[r][c] / ||w_c||, [r][c] */
+    uint32_t gx_lo[ADAFACE_TILE_ROWS][ADAFACE_GX_STRIDE];
+    uint32_t xt[ADAFACE_TILE_DEPTH][ADAFACE_GW_STRIDE];      /* x slice transposed, [kk][r] */
+    uint32_t wt[ADAFACE_TILE_DEPTH][ADAFACE_GX_STRIDE];      /* W slice transposed, [kk][c] */
+};
+
+__device__ __forceinline__ void adaface_put16(uint32_t* row, int idx, uint16_t bits) {
+    ((uint16_t*)row)[idx] = bits;
+}
+
+/* v = hi + lo (+ a rounding error of |v| 2^-17 for bf16), both in T. */
+template <typename T>
+__device__ __forceinline__ void adaface_split16(float v, uint16_t* hi, uint16_t* lo) {
+    const T h = from_float<T>(v);
+    *hi = h.bits;
+    *lo = from_float<T>(v - to_float(h)).bits;
+}
+
+/* Stores the gradient A[lr][lc] of one accumulator position into both A tiles. */
+template <typename T>
+__device__ __forceinline__ void adaface_put_grad16(AdafaceGradTiles16* t, int lr, int lc, float g, float row_inv,
+                                                   float class_inv) {
+    uint16_t hi, lo;
+    adaface_split16<T>(g * row_inv, &hi, &lo);
+    adaface_put16(t->gw_hi[lc], lr, hi);
+    adaface_put16(t->gw_lo[lc], lr, lo);
+    adaface_split16<T>(g * class_inv, &hi, &lo);
+    adaface_put16(t->gx_hi[lr], lc, hi);
+    adaface_put16(t->gx_lo[lr], lc, lo);
+}
+
+/* Stages the raw x and W of one depth slice, transposed (zero outside). */
+template <typename T>
+__device__ __forceinline__ void adaface_stage_transposed(AdafaceGradTiles16* t, const T* x, const T* w,
+                                                         int64_t row0, int64_t rows, int64_t c0, int64_t classes,
+                                                         int64_t k0, int64_t dim) {
+    for (int e = threadIdx.x; e < ADAFACE_TILE_ROWS * ADAFACE_TILE_DEPTH; e += ADAFACE_THREADS) {
+        const int kk = e % ADAFACE_TILE_DEPTH;
+        const int r = e / ADAFACE_TILE_DEPTH;
+        const int64_t i = row0 + r;
+        const int64_t k = k0 + kk;
+        adaface_put16(t->xt[kk], r, (i < rows && k < dim) ? adaface_raw_bits(x[i * dim + k]) : (uint16_t)0);
+    }
+    for (int e = threadIdx.x; e < ADAFACE_TILE_CLASSES * ADAFACE_TILE_DEPTH; e += ADAFACE_THREADS) {
+        const int kk = e % ADAFACE_TILE_DEPTH;
+        const int c = e / ADAFACE_TILE_DEPTH;
+        const int64_t j = c0 + c;
+        const int64_t k = k0 + kk;
+        adaface_put16(t->wt[kk], c, (j < classes && k < dim) ? adaface_raw_bits(w[j * dim + k]) : (uint16_t)0);
+    }
+}
+
+/* d += A_tile(rows m0.., hi and lo) . B_tile(rows n0..)^T over k_steps of 16,
+ * with A and B both stored [m or n][k] in words of two (stride in words). */
+template <typename T, int NFRAG>
+__device__ __forceinline__ void adaface_mma_split(float d[NFRAG][4], const uint32_t* a_hi, const uint32_t* a_lo,
+                                                  int a_stride, int m0, const uint32_t* b, int b_stride, int n0,
+                                                  int k_steps) {
+    const int lane = (int)threadIdx.x & 31;
+    const int g = lane >> 2;
+    const int tq = lane & 3;
+    for (int ks = 0; ks < k_steps; ++ks) {
+        const int kw = ks * 8 + tq;
+        const int ra = (m0 + g) * a_stride + kw;
+        const int rb = (m0 + g + 8) * a_stride + kw;
+        const uint32_t hi[4] = {a_hi[ra], a_hi[rb], a_hi[ra + 4], a_hi[rb + 4]};
+        const uint32_t lo[4] = {a_lo[ra], a_lo[rb], a_lo[ra + 4], a_lo[rb + 4]};
+#pragma unroll
+        for (int n = 0; n < NFRAG; ++n) {
+            const int bn = (n0 + 8 * n + g) * b_stride + kw;
+            const uint32_t bf[2] = {b[bn], b[bn + 4]};
+            AdafaceMma<T>::run(d[n], hi, bf);
+            AdafaceMma<T>::run(d[n], lo, bf);
         }
     }
 }

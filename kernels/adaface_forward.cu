@@ -17,7 +17,10 @@ __device__ void adaface_forward_impl(const AdafaceTileParams& p) {
     AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
     if (adaface_block_should_abort(rec)) return;
 
+    constexpr bool use_mma = AdafaceMma<T>::enabled;
     __shared__ AdafaceTiles tiles;
+    __shared__ AdafaceTiles16 tiles16;
+    __shared__ float exchange[use_mma ? ADAFACE_TILE_ROWS : 1][ADAFACE_TILE_CLASSES + 1];
     __shared__ float inv_class_norm[ADAFACE_TILE_CLASSES];
     __shared__ float row_inv_norm[ADAFACE_TILE_ROWS];
 
@@ -64,12 +67,18 @@ __device__ void adaface_forward_impl(const AdafaceTileParams& p) {
 #pragma unroll
             for (int q = 0; q < ADAFACE_ACC_COLS; ++q) acc[r][q] = 0.0f;
         float class_sq = 0.0f; /* threads tid < TILE_CLASSES: class c0 + tid */
+        float frag[ADAFACE_MMA_N][4];
+        adaface_mma_zero(frag);
 
         for (int64_t k0 = 0; k0 < dim; k0 += ADAFACE_TILE_DEPTH) {
             __syncthreads();
-            adaface_stage_rows(tiles.x, x, row0, batch, k0, dim, (const float*)0);
+            /* f32 W always (class norms, validation); x in f32 only for the
+             * SIMT product; the 16-bit copies only for the mma product. */
+            adaface_stage_rows(use_mma ? (float(*)[ADAFACE_TILE_ROWS + 1])0 : tiles.x, x, row0, batch, k0, dim,
+                               (const float*)0, use_mma ? tiles16.x : (uint32_t(*)[ADAFACE_TILE16_STRIDE])0);
             adaface_stage_classes(tiles.w, w, c0, classes, k0, dim, (const float*)0,
-                                  validates_w ? rec : (AdafaceStepRecord*)0);
+                                  validates_w ? rec : (AdafaceStepRecord*)0,
+                                  use_mma ? tiles16.w : (uint32_t(*)[ADAFACE_TILE16_STRIDE])0);
             __syncthreads();
             if (tid < ADAFACE_TILE_CLASSES) {
                 for (int kk = 0; kk < ADAFACE_TILE_DEPTH; ++kk) {
@@ -77,8 +86,13 @@ __device__ void adaface_forward_impl(const AdafaceTileParams& p) {
                     class_sq = fmaf(v, v, class_sq);
                 }
             }
-            adaface_tile_product(acc, &tiles);
+            if constexpr (use_mma) {
+                adaface_tile_product_mma<T>(frag, &tiles16);
+            } else {
+                adaface_tile_product(acc, &tiles);
+            }
         }
+        if constexpr (use_mma) adaface_mma_to_acc(acc, frag, exchange);
 
         __syncthreads();
         if (tid < ADAFACE_TILE_CLASSES) {

@@ -256,6 +256,7 @@ inline float mma_element(uint16_t bits) {
 }
 template <bool IsBf16>
 ADAFACE_SIM_FAST_MATH_CLONES inline void mma_m16n8k16_execute(const CollectiveSlot* slots, uint32_t /*mask*/) {
+    __atomic_fetch_add(&mma_executed, 1ull, __ATOMIC_SEQ_CST);
     float A[16][16];
     float B[16][8];
     float C[16][8];

@@ -41,7 +41,7 @@ done
 python3 - "$OUT" $ARCHES <<'PY'
 import re, sys
 out, arches = sys.argv[1], sys.argv[2:]
-main = re.compile(r"^adaface_(stats|forward|combine|backward|dx_finish)")
+main = re.compile(r"^adaface_(stats|forward|combine|backward|dx_finish|naive)")
 rows, bad = [], []
 for arch in arches:
     fn = None

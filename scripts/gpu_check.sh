@@ -4,7 +4,8 @@
 #   1. the GPU tests (gpu_kernels, and the simulator's GPU cross-check), logs in logs/
 #   2. compute-sanitizer memcheck and racecheck on a small eval case
 #   3. the eval tool on the small and the large case (cuda, f32 and bf16)
-#   4. the bench tool, when the bundle has one (issue 4)
+#   4. the bench tool, when the bundle has one (issue 4), else the bench test
+#      (fused vs naive cuBLAS, B = D = 512, C = 100k and 1M, bf16)
 # and prints a short table last. Exit status: non-zero if any step failed.
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -53,6 +54,15 @@ if [ -x tests/sim_gpu_crosscheck ]; then
     step sim_gpu_crosscheck 300 ./tests/sim_gpu_crosscheck --test-threads=1 --nocapture
 fi
 
+# The naive cuBLAS baseline against the reference (issue 4), if bundled.
+if [ -x tests/naive_baseline ]; then
+    step naive_baseline 600 ./tests/naive_baseline --test-threads=1 --nocapture
+    if grep -q "SKIPPED" logs/naive_baseline.log; then
+        ROWS+=("$(printf '%-28s %-12s' naive_baseline_skipped "FAIL(no GPU or no cuBLAS visible to the tests)")")
+        FAILED=1
+    fi
+fi
+
 # 2. compute-sanitizer on a small case (every kernel of a training step runs).
 if command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck; do
@@ -90,6 +100,11 @@ fi
 if [ -x examples/bench ]; then
     step bench_c1m_bf16 600 ./examples/bench --device cuda --batch 512 --dim 512 --classes 1000000 --dtype bf16 --json
     step bench_c100k_bf16 300 ./examples/bench --device cuda --batch 512 --dim 512 --classes 100000 --dtype bf16 --json
+elif [ -x tests/naive_baseline ]; then
+    # Without the bench tool: the library's timing helper (adaface::cuda::bench),
+    # B = 512, D = 512, C = 100k and 1M, bf16, fused and naive.
+    step bench_fused_vs_naive 900 ./tests/naive_baseline --ignored --nocapture --test-threads=1 \
+        bench_b512_d512_bf16_fused_vs_naive
 else
     ROWS+=("$(printf '%-28s %-12s' bench "SKIP(no examples/bench in the bundle)")")
 fi
@@ -98,6 +113,7 @@ echo
 echo "== summary ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
 grep -hE "^(B=|C\*D|workspace|.*step [0-9]: loss)" logs/gpu_tests.log logs/eval_large_compare.log 2>/dev/null | tail -40
 [ -f logs/bench_c1m_bf16.log ] && cat logs/bench_c1m_bf16.log logs/bench_c100k_bf16.log
+[ -f logs/bench_fused_vs_naive.log ] && grep "^BENCH" logs/bench_fused_vs_naive.log
 printf '%-28s %-12s %9s  %s\n' step status time "tail of log"
 for r in "${ROWS[@]}"; do echo "$r"; done
 exit "$FAILED"

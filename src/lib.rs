@@ -31,6 +31,7 @@ pub mod golden;
 pub mod kernel_params;
 pub mod launch;
 pub mod math;
+pub mod naive;
 pub mod output;
 pub mod real;
 pub mod reference;

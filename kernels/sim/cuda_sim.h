@@ -84,6 +84,10 @@ inline float4 make_float4(float x, float y, float z, float w) { return float4{x,
 inline double2 make_double2(double x, double y) { return double2{x, y}; }
 
 namespace adaface_sim {
+// Tensor-core instructions executed (one per warp-wide mma), summed over all
+// launches in the process: tests read it through adaface_sim_mma_count() to
+// prove that the bf16/f16 kernels take the mma path.
+inline unsigned long long mma_executed = 0;
 
 // Per OS thread: the block being run and the fiber being run. The scheduler
 // updates tl_thread_idx on every switch; a fiber never migrates between OS

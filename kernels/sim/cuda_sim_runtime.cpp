@@ -776,3 +776,7 @@ extern "C" void adaface_sim_force_ucontext(int on) { adaface_sim::g_force_uconte
 
 // 1 when the fast (non-ucontext) switch is compiled in.
 extern "C" int adaface_sim_has_fast_switch() { return ADAFACE_SIM_FAST_SWITCH; }
+
+extern "C" unsigned long long adaface_sim_mma_count() {
+    return __atomic_load_n(&adaface_sim::mma_executed, __ATOMIC_SEQ_CST);
+}

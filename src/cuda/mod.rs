@@ -5,9 +5,11 @@
 //! and libnvrtc can be loaded, so a machine without a GPU gets
 //! [`Error::DeviceUnavailable`](crate::Error::DeviceUnavailable), never a panic.
 
+pub mod bench;
 mod compile;
 mod loss;
 
+pub(crate) use compile::module_for;
 pub use compile::{compile_ptx, kernel_source};
 pub use loss::{CudaAdaFace, CudaStep};
 

@@ -79,6 +79,7 @@ extern "C" {
     fn adaface_sim_last_error() -> *const c_char;
     fn adaface_sim_force_ucontext(on: c_int);
     fn adaface_sim_has_fast_switch() -> c_int;
+    fn adaface_sim_mma_count() -> u64;
 }
 
 /// Runs one kernel instantiation on the simulator and waits for it.
@@ -150,6 +151,15 @@ pub fn set_fiber_switch(switch: FiberSwitch) {
 pub fn has_fast_switch() -> bool {
     // SAFETY: reads a constant from the runtime.
     unsafe { adaface_sim_has_fast_switch() != 0 }
+}
+
+/// Tensor-core `mma` instructions the simulator has executed (one per warp
+/// and instruction) since the process started, over all launches and
+/// threads. Tests read it before and after a step to prove which product
+/// (mma or SIMT) a kernel variant takes.
+pub fn mma_count() -> u64 {
+    // SAFETY: reads an atomic counter in the runtime.
+    unsafe { adaface_sim_mma_count() }
 }
 
 /// The simulator's self-test kernels (`kernels/sim_selftest.cu`) flattened

@@ -1,0 +1,223 @@
+//! GPU timing of the fused kernels against the naive cuBLAS baseline, for
+//! the bench tool and `scripts/gpu_check.sh`: random inputs on the device,
+//! warm-up, then each forward+backward step timed with CUDA events, and
+//! the median reported with the step's extra device memory.
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaStream, DeviceRepr};
+use rayon::prelude::*;
+
+use super::{backend, CudaAdaFace};
+use crate::config::AdaFaceConfig;
+use crate::element::Dtype;
+use crate::error::{Error, Result};
+use crate::kernel_params::AdafaceStepRecord;
+use crate::launch::{KernelElement, Pass, PlanLimits, StepPlan};
+use crate::naive::cuda::NaiveCuda;
+use crate::shape::Shape;
+
+/// The implementations [`bench()`] can time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchPath {
+    /// The fused kernels ([`CudaAdaFace`]).
+    Fused,
+    /// The naive cuBLAS baseline ([`NaiveCuda`]).
+    Naive,
+}
+
+impl BenchPath {
+    /// `fused` or `naive` (the bench tool's `path` key).
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchPath::Fused => "fused",
+            BenchPath::Naive => "naive",
+        }
+    }
+}
+
+/// What to time.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchConfig {
+    /// B, D, C.
+    pub shape: Shape,
+    /// Input element type: f32, bf16 or f16.
+    pub dtype: Dtype,
+    /// Untimed steps first (module load, cuBLAS heuristics, clocks).
+    pub warmup: usize,
+    /// Timed steps; the median is reported.
+    pub iters: usize,
+    /// Seed of the random inputs.
+    pub seed: u64,
+}
+
+/// One path's timing of a forward+backward step.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchResult {
+    /// Which implementation.
+    pub path: BenchPath,
+    /// Median milliseconds per forward+backward step (CUDA events).
+    pub median_ms: f64,
+    /// `8 B D C` flops over the median time, in TFLOP/s.
+    pub tflops: f64,
+    /// Device bytes the path allocates beyond inputs and gradients
+    /// (workspace, record, EMA state; cuBLAS's own workspace not counted).
+    pub peak_extra_bytes: usize,
+}
+
+/// Times every path in `paths` on `stream` (inputs are generated once and
+/// shared). Synchronises the stream; meant for benchmarks, not training.
+pub fn bench(
+    stream: &Arc<CudaStream>,
+    cfg: &BenchConfig,
+    paths: &[BenchPath],
+) -> Result<Vec<BenchResult>> {
+    match cfg.dtype {
+        Dtype::F32 => bench_typed::<f32>(stream, cfg, paths),
+        Dtype::BF16 => bench_typed::<half::bf16>(stream, cfg, paths),
+        Dtype::F16 => bench_typed::<half::f16>(stream, cfg, paths),
+        _ => Err(Error::DtypeMismatch {
+            expected: "f32, bf16 or f16",
+            actual: cfg.dtype.name(),
+        }),
+    }
+}
+
+/// SplitMix64 value `i` of stream `seed`, as a uniform in [-1, 1).
+fn uniform(seed: u64, i: u64) -> f32 {
+    let mut z = seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+fn random_matrix<E: KernelElement>(seed: u64, rows: usize, dim: usize, norms: bool) -> Vec<E> {
+    (0..rows * dim)
+        .into_par_iter()
+        .map(|i| {
+            // Feature rows get norms spread over about 5..60 (the margin
+            // scaler then varies); weights stay uniform.
+            let row_scale = if norms {
+                30.0 * (1.0 + uniform(seed ^ 1, (i / dim) as u64)) / (dim as f32).sqrt()
+            } else {
+                1.0
+            };
+            E::from_f32(row_scale * uniform(seed, i as u64))
+        })
+        .collect()
+}
+
+fn bench_typed<E: KernelElement + DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    cfg: &BenchConfig,
+    paths: &[BenchPath],
+) -> Result<Vec<BenchResult>> {
+    let shape = cfg.shape;
+    let (b, d, c) = (shape.batch, shape.dim, shape.classes);
+    let x = stream
+        .clone_htod(&random_matrix::<E>(cfg.seed, b, d, true))
+        .map_err(backend("upload x"))?;
+    let w = stream
+        .clone_htod(&random_matrix::<E>(cfg.seed ^ 0xABCD, c, d, false))
+        .map_err(backend("upload W"))?;
+    let labels: Vec<i64> = (0..b)
+        .map(|i| {
+            (((uniform(cfg.seed ^ 7, i as u64) + 1.0) * 0.5 * c as f32) as i64)
+                .clamp(0, c as i64 - 1)
+        })
+        .collect();
+    let labels = stream
+        .clone_htod(&labels)
+        .map_err(backend("upload labels"))?;
+    let mut dx = stream
+        .alloc_zeros::<f32>(shape.features_len()?)
+        .map_err(backend("alloc dX"))?;
+    let mut dw = stream
+        .alloc_zeros::<f32>(shape.weight_len()?)
+        .map_err(backend("alloc dW"))?;
+    let loss_cfg = AdaFaceConfig::default();
+    let flops = 8.0 * b as f64 * d as f64 * c as f64;
+    let mut out = Vec::with_capacity(paths.len());
+    for &path in paths {
+        let (times, extra) = match path {
+            BenchPath::Fused => {
+                let mut fused = CudaAdaFace::new(stream.clone(), loss_cfg)?;
+                let extra = StepPlan::new(shape, Pass::ForwardBackward, PlanLimits::default())?
+                    .workspace_bytes()
+                    + std::mem::size_of::<AdafaceStepRecord>()
+                    + 16;
+                let times = time_steps(stream, cfg, || {
+                    fused
+                        .forward_backward(shape, &x, &w, &labels, &mut dx, &mut dw)
+                        .map(|_| ())
+                })?;
+                (times, extra)
+            }
+            BenchPath::Naive => {
+                let mut naive = NaiveCuda::new(stream.clone(), loss_cfg)?;
+                let times = time_steps(stream, cfg, || {
+                    naive
+                        .forward_backward(shape, &x, &w, &labels, &mut dx, &mut dw)
+                        .map(|_| ())
+                })?;
+                (times, naive.peak_extra_bytes())
+            }
+        };
+        let median_ms = median(times);
+        out.push(BenchResult {
+            path,
+            median_ms,
+            tflops: flops / (median_ms * 1e-3) / 1e12,
+            peak_extra_bytes: extra,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs `warmup` steps, then `iters` steps each between two timing events;
+/// synchronises once at the end and returns the milliseconds of each.
+fn time_steps(
+    stream: &Arc<CudaStream>,
+    cfg: &BenchConfig,
+    mut step: impl FnMut() -> Result<()>,
+) -> Result<Vec<f64>> {
+    for _ in 0..cfg.warmup {
+        step()?;
+    }
+    let mut events = Vec::with_capacity(cfg.iters.max(1));
+    let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
+    for _ in 0..cfg.iters.max(1) {
+        let start = stream
+            .record_event(timing)
+            .map_err(backend("record event"))?;
+        step()?;
+        let end = stream
+            .record_event(timing)
+            .map_err(backend("record event"))?;
+        events.push((start, end));
+    }
+    stream.synchronize().map_err(backend("synchronize"))?;
+    events
+        .iter()
+        .map(|(s, e)| {
+            s.elapsed_ms(e)
+                .map(f64::from)
+                .map_err(backend("event time"))
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
