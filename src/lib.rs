@@ -5,6 +5,8 @@
 //! checked against.
 //!
 //! * [`reference`]: the official head, written out plainly, in `f32` or `f64`.
+//! * [`cpu`]: the fast CPU backend (fused, blocked, multi-threaded, SIMD).
+//! * [`naive`]: materialising baselines the benches compare against.
 //! * [`AdaFaceConfig`], [`EmaState`], [`Error`]: shared by every backend.
 //!
 //! See `README.md` for the semantics, including where this crate defines
@@ -12,11 +14,14 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod cpu;
 pub mod element;
 pub mod error;
 pub mod eval;
 pub mod golden;
 pub mod math;
+pub mod memory;
+pub mod naive;
 pub mod output;
 pub mod real;
 pub mod reference;
