@@ -201,7 +201,12 @@ impl AdaFaceConfig {
             self.t_alpha > 0.0 && self.t_alpha <= 1.0,
             "in (0, 1]",
         )?;
-        check("eps", self.eps, self.eps > 0.0 && self.eps < 0.5, "in (0, 0.5)")?;
+        check(
+            "eps",
+            self.eps,
+            self.eps > 0.0 && self.eps < 0.5,
+            "in (0, 0.5)",
+        )?;
         check(
             "norm_clip_min",
             self.norm_clip_min,
@@ -214,15 +219,17 @@ impl AdaFaceConfig {
             self.norm_clip_max >= self.norm_clip_min,
             "finite and >= norm_clip_min",
         )?;
-        self.initial_state.validate().map_err(|_| Error::InvalidConfig {
-            parameter: "initial_state",
-            value: if self.initial_state.batch_mean.is_finite() {
-                self.initial_state.batch_std
-            } else {
-                self.initial_state.batch_mean
-            },
-            requirement: "finite with batch_std >= 0",
-        })
+        self.initial_state
+            .validate()
+            .map_err(|_| Error::InvalidConfig {
+                parameter: "initial_state",
+                value: if self.initial_state.batch_mean.is_finite() {
+                    self.initial_state.batch_std
+                } else {
+                    self.initial_state.batch_mean
+                },
+                requirement: "finite with batch_std >= 0",
+            })
     }
 }
 

@@ -14,6 +14,8 @@ pub enum Tensor {
     Weight,
     /// Class labels, `B` entries.
     Labels,
+    /// Per-row margin scalers supplied by the caller.
+    MarginScaler,
     /// An output buffer supplied by the caller.
     Output,
 }
@@ -24,6 +26,7 @@ impl fmt::Display for Tensor {
             Tensor::Features => "features",
             Tensor::Weight => "weight",
             Tensor::Labels => "labels",
+            Tensor::MarginScaler => "margin_scaler",
             Tensor::Output => "output",
         })
     }
@@ -134,15 +137,15 @@ impl fmt::Display for Error {
                 row,
                 label,
                 classes,
-            } => write!(
-                f,
-                "label {label} at row {row} is outside 0..{classes}"
-            ),
+            } => write!(f, "label {label} at row {row} is outside 0..{classes}"),
             Error::NonFinite { tensor, index } => {
                 write!(f, "non-finite value in {tensor} at flat index {index}")
             }
             Error::ZeroNorm { tensor, row } => {
-                write!(f, "{tensor} row {row} has zero norm and cannot be normalised")
+                write!(
+                    f,
+                    "{tensor} row {row} has zero norm and cannot be normalised"
+                )
             }
             Error::NormOverflow { tensor, row } => {
                 write!(f, "{tensor} row {row} has a norm too large to square")

@@ -84,7 +84,10 @@ pub fn parse_case(text: &str) -> Parsed<Case> {
     let root: Value =
         serde_json::from_str(text).map_err(|e| FormatError(format!("not JSON: {e}")))?;
     let root = as_object(&root, "$")?;
-    let dtype_name = root.get("dtype").and_then(Value::as_str).unwrap_or("float64");
+    let dtype_name = root
+        .get("dtype")
+        .and_then(Value::as_str)
+        .unwrap_or("float64");
     let dtype = Dtype::parse(dtype_name)
         .ok_or_else(|| FormatError(format!("$.dtype: unknown dtype {dtype_name:?}")))?;
     let cfg = as_object(field(root, "config", "$")?, "$.config")?;
@@ -124,7 +127,11 @@ fn parse_config(cfg: &Map<String, Value>) -> Parsed<AdaFaceConfig> {
             .unwrap_or(Ok(default))
     };
     let d = AdaFaceConfig::default();
-    let policy = match cfg.get("margin").and_then(Value::as_str).unwrap_or("adaface") {
+    let policy = match cfg
+        .get("margin")
+        .and_then(Value::as_str)
+        .unwrap_or("adaface")
+    {
         "adaface" => MarginPolicy::AdaFace {
             m: get("m", 0.4)?,
             h: get("h", 0.333)?,
@@ -136,7 +143,11 @@ fn parse_config(cfg: &Map<String, Value>) -> Parsed<AdaFaceConfig> {
             m2: get("m2", 0.5)?,
             m3: get("m3", 0.0)?,
         },
-        other => return Err(FormatError(format!("$.config.margin: unknown policy {other:?}"))),
+        other => {
+            return Err(FormatError(format!(
+                "$.config.margin: unknown policy {other:?}"
+            )))
+        }
     };
     AdaFaceConfig::builder()
         .margin(policy)
@@ -267,7 +278,10 @@ pub fn write_eval_output(device: &str, dtype: Dtype, steps: &[EvalStep]) -> Stri
                 "batch_mean_after".into(),
                 json_number(s.state_after.batch_mean),
             );
-            m.insert("batch_std_after".into(), json_number(s.state_after.batch_std));
+            m.insert(
+                "batch_std_after".into(),
+                json_number(s.state_after.batch_std),
+            );
             if let Some(l) = &s.logits {
                 m.insert("logits".into(), json_numbers(l));
             }

@@ -13,6 +13,11 @@
 //! behaviour the official code leaves broken (batches of one row, zero norms).
 #![warn(missing_docs)]
 
+/// The README's code blocks run as doc-tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod config;
 pub mod cpu;
 pub mod element;

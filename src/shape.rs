@@ -60,6 +60,7 @@ impl Shape {
             Tensor::Features => self.features_len()?,
             Tensor::Weight => self.weight_len()?,
             Tensor::Labels => self.batch,
+            Tensor::MarginScaler => self.batch,
             Tensor::Output => actual,
         };
         if expected != actual {

@@ -65,10 +65,7 @@ impl EmaState {
         let count = T::from_f64(n as f64);
         let mean = clipped_norms.iter().copied().sum::<T>() / count;
         let std = (n > 1).then(|| {
-            let ss: T = clipped_norms
-                .iter()
-                .map(|&v| (v - mean) * (v - mean))
-                .sum();
+            let ss: T = clipped_norms.iter().map(|&v| (v - mean) * (v - mean)).sum();
             (ss / T::from_f64((n - 1) as f64)).sqrt()
         });
         let t = T::from_f64(t_alpha);

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::config::AdaFaceConfig;
 use crate::element::Label;
-use crate::error::Result;
+use crate::error::{Result, Tensor};
 use crate::math::{clamp_cosine, margin_scaler, target_logit, MarginConsts};
 use crate::output::{Diagnostics, ForwardOutput, StepOutput};
 use crate::real::Real;
@@ -31,7 +31,7 @@ pub fn forward<T: Real, L: Label>(
     weight: &[T],
     labels: &[L],
 ) -> Result<ForwardOutput<T>> {
-    let p = Pass::run(cfg, state, shape, features, weight, labels)?;
+    let p = Pass::run(cfg, state, shape, features, weight, labels, None)?;
     Ok(ForwardOutput {
         loss: p.loss,
         logits: p.logits,
@@ -50,7 +50,7 @@ pub fn forward_backward<T: Real, L: Label>(
     weight: &[T],
     labels: &[L],
 ) -> Result<StepOutput<T>> {
-    let p = Pass::run(cfg, state, shape, features, weight, labels)?;
+    let p = Pass::run(cfg, state, shape, features, weight, labels, None)?;
     let (grad_features, grad_weight) = p.backward();
     Ok(StepOutput {
         loss: p.loss,
@@ -59,6 +59,25 @@ pub fn forward_backward<T: Real, L: Label>(
         diagnostics: p.diagnostics,
         stats: p.stats,
     })
+}
+
+/// The mean loss as a function of `x` and `W` alone, with the per-row
+/// margin scalers held at `scalers` (one per row, used as given).
+///
+/// This is the function the analytic gradient differentiates: nothing flows
+/// through the scaler, the norm clip or the batch statistics. Finite
+/// differences of it check [`forward_backward`]'s gradients.
+pub fn detached_loss<T: Real, L: Label>(
+    cfg: &AdaFaceConfig,
+    shape: Shape,
+    features: &[T],
+    weight: &[T],
+    labels: &[L],
+    scalers: &[T],
+) -> Result<T> {
+    let state = cfg.initial_state();
+    let p = Pass::run(cfg, &state, shape, features, weight, labels, Some(scalers))?;
+    Ok(p.loss)
 }
 
 /// Everything the forward computes that the backward reuses.
@@ -89,8 +108,12 @@ impl<T: Real> Pass<T> {
         features: &[T],
         weight: &[T],
         labels: &[L],
+        scalers: Option<&[T]>,
     ) -> Result<Self> {
         validate_inputs(&shape, features, weight, labels)?;
+        if let Some(z) = scalers {
+            shape.check_len(Tensor::MarginScaler, z.len())?;
+        }
         state.validate()?;
         let Shape {
             batch: b,
@@ -105,12 +128,18 @@ impl<T: Real> Pass<T> {
         let (w_norm, w_hat) = normalize_rows(weight, d);
 
         // Detached, clipped norms drive the EMA, which is updated before use.
-        let clipped: Vec<T> = x_norm.iter().map(|&n| n.clip(k.clip_min, k.clip_max)).collect();
-        let stats = state.update(&clipped, cfg.t_alpha());
-        let z: Vec<T> = clipped
+        let clipped: Vec<T> = x_norm
             .iter()
-            .map(|&sn| margin_scaler(sn, &stats.state_after, &k))
+            .map(|&n| n.clip(k.clip_min, k.clip_max))
             .collect();
+        let stats = state.update(&clipped, cfg.t_alpha());
+        let z: Vec<T> = match scalers {
+            Some(z) => z.to_vec(),
+            None => clipped
+                .iter()
+                .map(|&sn| margin_scaler(sn, &stats.state_after, &k))
+                .collect(),
+        };
 
         let mut logits = vec![T::ZERO; b * c];
         let mut dlogit = vec![T::ZERO; b * c];
