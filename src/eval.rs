@@ -109,7 +109,7 @@ fn run_cpu<E: crate::cpu::CpuElement>(case: &Case) -> Result<Vec<EvalStep>> {
         let features: Vec<E> = step.features.iter().map(|&v| E::from_f64(v)).collect();
         let s = loss.forward_backward_alloc(case.shape, &features, &weight, &step.labels)?;
         out.push(EvalStep {
-            loss: s.loss.to_f64(),
+            loss: s.loss as f64,
             norms: widen(&s.diagnostics.norms),
             margin_scaler: widen(&s.diagnostics.margin_scaler),
             grad_features: widen(&s.grad_features),
