@@ -50,7 +50,10 @@ fn inputs(batch: usize, dim: usize, classes: usize) -> Inputs {
 }
 
 fn report_memory(name: &str, bytes: usize) {
-    println!("memory {name}: peak extra heap {:.2} MB", bytes as f64 / 1e6);
+    println!(
+        "memory {name}: peak extra heap {:.2} MB",
+        bytes as f64 / 1e6
+    );
 }
 
 fn bench(c: &mut Criterion) {
@@ -119,10 +122,12 @@ fn bench(c: &mut Criterion) {
                 )
             })
         });
-        let (_, mem) = ALLOC.measure(|| {
-            naive::cpu::forward(&cfg, &state, s, &inp.x, &inp.w, &inp.labels).unwrap()
-        });
-        report_memory(&format!("naive forward {case} (incl. the returned logits)"), mem);
+        let (_, mem) = ALLOC
+            .measure(|| naive::cpu::forward(&cfg, &state, s, &inp.x, &inp.w, &inp.labels).unwrap());
+        report_memory(
+            &format!("naive forward {case} (incl. the returned logits)"),
+            mem,
+        );
         group.bench_function(BenchmarkId::new("naive", &case), |b| {
             b.iter(|| {
                 black_box(

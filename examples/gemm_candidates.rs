@@ -105,8 +105,12 @@ fn run_naive(p: &Product, lhs: &[f32], rhs: &[f32], dst: &mut [f32]) {
 }
 
 fn gflops(p: &Product, f: fn(&Product, &[f32], &[f32], &mut [f32])) -> f64 {
-    let lhs: Vec<f32> = (0..p.m * p.k).map(|i| ((i * 7 % 13) as f32) * 0.01).collect();
-    let rhs: Vec<f32> = (0..p.k * p.n).map(|i| ((i * 5 % 11) as f32) * 0.01).collect();
+    let lhs: Vec<f32> = (0..p.m * p.k)
+        .map(|i| ((i * 7 % 13) as f32) * 0.01)
+        .collect();
+    let rhs: Vec<f32> = (0..p.k * p.n)
+        .map(|i| ((i * 5 % 11) as f32) * 0.01)
+        .collect();
     let mut dst = vec![0.0f32; p.m * p.n];
     for _ in 0..3 {
         f(p, &lhs, &rhs, &mut dst);
@@ -126,16 +130,47 @@ fn gflops(p: &Product, f: fn(&Product, &[f32], &[f32], &mut [f32])) -> f64 {
 fn main() {
     let d = 512;
     println!("single-threaded GFLOP/s (median of 15 x 5 calls)");
-    println!("{:<8} {:>4} {:>4} {:>8} {:>15} {:>8}", "product", "B", "Cb", "gemm", "matrixmultiply", "naive");
+    println!(
+        "{:<8} {:>4} {:>4} {:>8} {:>15} {:>8}",
+        "product", "B", "Cb", "gemm", "matrixmultiply", "naive"
+    );
     for &b in &[128usize, 256] {
         for &cb in &[128usize, 256] {
             let products = [
-                Product { name: "logits", m: b, n: cb, k: d, lhs_t: false, rhs_t: true, accumulate: false },
-                Product { name: "dw", m: cb, n: d, k: b, lhs_t: true, rhs_t: false, accumulate: false },
-                Product { name: "dx", m: b, n: d, k: cb, lhs_t: false, rhs_t: false, accumulate: true },
+                Product {
+                    name: "logits",
+                    m: b,
+                    n: cb,
+                    k: d,
+                    lhs_t: false,
+                    rhs_t: true,
+                    accumulate: false,
+                },
+                Product {
+                    name: "dw",
+                    m: cb,
+                    n: d,
+                    k: b,
+                    lhs_t: true,
+                    rhs_t: false,
+                    accumulate: false,
+                },
+                Product {
+                    name: "dx",
+                    m: b,
+                    n: d,
+                    k: cb,
+                    lhs_t: false,
+                    rhs_t: false,
+                    accumulate: true,
+                },
             ];
             for p in &products {
-                let naive = if b == 128 && cb == 128 { format!("{:8.1}", gflops(p, run_naive)) } else { "-".into() };
+                let naive = if b == 128 && cb == 128 {
+                    format!("{:8.1}", gflops(p, run_naive))
+                } else {
+                    "-".into()
+                };
                 println!(
                     "{:<8} {:>4} {:>4} {:>8.1} {:>15.1} {:>8}",
                     p.name,

@@ -96,15 +96,15 @@ pub fn validate_inputs<E: Element, L: Label>(
     for (row, sq) in weight_sq.iter().enumerate() {
         if !sq.is_finite() {
             let start = row * shape.dim;
-            check_finite(Tensor::Weight, &weight[start..start + shape.dim]).map_err(|e| {
-                match e {
+            check_finite(Tensor::Weight, &weight[start..start + shape.dim]).map_err(
+                |e| match e {
                     Error::NonFinite { tensor, index } => Error::NonFinite {
                         tensor,
                         index: start + index,
                     },
                     other => other,
-                }
-            })?;
+                },
+            )?;
         }
     }
     check_nonzero_rows(Tensor::Features, features, shape.dim)?;

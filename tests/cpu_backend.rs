@@ -116,16 +116,35 @@ fn check<E: CpuElement>(p: &Problem, options: CpuOptions) {
     for (what, a, b) in [
         ("grad_features", f64s(&gx), &want.grad_features),
         ("grad_weight", f64s(&gw), &want.grad_weight),
-        ("sample_loss", f64s(&got.diagnostics.sample_loss), &want.diagnostics.sample_loss),
-        ("margin_scaler", f64s(&got.diagnostics.margin_scaler), &want.diagnostics.margin_scaler),
-        ("target_cosine", f64s(&got.diagnostics.target_cosine), &want.diagnostics.target_cosine),
-        ("norms", f64s(&got.diagnostics.norms), &want.diagnostics.norms),
+        (
+            "sample_loss",
+            f64s(&got.diagnostics.sample_loss),
+            &want.diagnostics.sample_loss,
+        ),
+        (
+            "margin_scaler",
+            f64s(&got.diagnostics.margin_scaler),
+            &want.diagnostics.margin_scaler,
+        ),
+        (
+            "target_cosine",
+            f64s(&got.diagnostics.target_cosine),
+            &want.diagnostics.target_cosine,
+        ),
+        (
+            "norms",
+            f64s(&got.diagnostics.norms),
+            &want.diagnostics.norms,
+        ),
     ] {
         let e = rel_norm(&a, b);
         assert!(e <= TOL_ARRAY, "{at}: {what} rel-norm err {e:e}");
     }
     let (s, r) = (got.stats.state_after, want.state_after());
-    assert!(rel(s.batch_mean, r.batch_mean) <= TOL_LOSS, "{at}: batch_mean");
+    assert!(
+        rel(s.batch_mean, r.batch_mean) <= TOL_LOSS,
+        "{at}: batch_mean"
+    );
     assert!(rel(s.batch_std, r.batch_std) <= TOL_LOSS, "{at}: batch_std");
 }
 
@@ -144,7 +163,10 @@ fn matches_the_reference_on_awkward_shapes() {
 
 #[test]
 fn matches_the_reference_in_bf16_and_f16() {
-    for (k, &(b, d, c)) in [(7, 64, 50), (33, 96, 257), (5, 512, 129)].iter().enumerate() {
+    for (k, &(b, d, c)) in [(7, 64, 50), (33, 96, 257), (5, 512, 129)]
+        .iter()
+        .enumerate()
+    {
         let p = problem(100 + k as u64, b, d, c);
         check::<bf16>(&p, small_tiles());
         check::<f16>(&p, small_tiles());
@@ -165,8 +187,14 @@ fn label_types_give_identical_results() {
     let l64 = run(&|l| l.forward_backward_alloc(p.shape, &x, &w, &p.labels));
     let l32: Vec<i32> = p.labels.iter().map(|&v| v as i32).collect();
     let lu32: Vec<u32> = p.labels.iter().map(|&v| v as u32).collect();
-    assert_eq!(l64, run(&|l| l.forward_backward_alloc(p.shape, &x, &w, &l32)));
-    assert_eq!(l64, run(&|l| l.forward_backward_alloc(p.shape, &x, &w, &lu32)));
+    assert_eq!(
+        l64,
+        run(&|l| l.forward_backward_alloc(p.shape, &x, &w, &l32))
+    );
+    assert_eq!(
+        l64,
+        run(&|l| l.forward_backward_alloc(p.shape, &x, &w, &lu32))
+    );
 }
 
 #[test]
@@ -200,17 +228,23 @@ fn forward_matches_the_training_step_and_honours_the_ema_choice() {
     let start = loss.state();
     assert_eq!(start, p.cfg.initial_state());
 
-    let kept = loss.forward(p.shape, &x, &w, &p.labels, EmaUpdate::Keep).unwrap();
+    let kept = loss
+        .forward(p.shape, &x, &w, &p.labels, EmaUpdate::Keep)
+        .unwrap();
     assert_eq!(loss.state(), start, "Keep must not move the state");
     assert!(kept.logits.is_empty());
-    let updated = loss.forward(p.shape, &x, &w, &p.labels, EmaUpdate::Update).unwrap();
+    let updated = loss
+        .forward(p.shape, &x, &w, &p.labels, EmaUpdate::Update)
+        .unwrap();
     assert_eq!(kept.loss, updated.loss);
     assert_eq!(loss.state(), updated.stats.state_after);
     assert_ne!(loss.state(), start);
 
     // The training step from the same start gives the same loss and state.
     loss.set_state(start).unwrap();
-    let step = loss.forward_backward_alloc(p.shape, &x, &w, &p.labels).unwrap();
+    let step = loss
+        .forward_backward_alloc(p.shape, &x, &w, &p.labels)
+        .unwrap();
     assert_eq!(step.loss, updated.loss);
     assert_eq!(loss.state(), updated.stats.state_after);
 
@@ -222,7 +256,8 @@ fn forward_matches_the_training_step_and_honours_the_ema_choice() {
         let xq: Vec<f32> = narrow(&q.x);
         let r = reference::forward(&p.cfg, &ref_state, p.shape, &q.x, &p.w, &q.labels).unwrap();
         ref_state = r.state_after();
-        loss.forward_backward_alloc(p.shape, &xq, &w, &q.labels).unwrap();
+        loss.forward_backward_alloc(p.shape, &xq, &w, &q.labels)
+            .unwrap();
         assert!(rel(loss.state().batch_mean, ref_state.batch_mean) < 1e-5);
         assert!(rel(loss.state().batch_std, ref_state.batch_std) < 1e-5);
     }
@@ -235,7 +270,9 @@ fn a_batch_of_one_keeps_the_std() {
     let w: Vec<f32> = narrow(&p.w);
     let mut loss = CpuAdaFace::new(p.cfg);
     let before = loss.state();
-    let step = loss.forward_backward_alloc(p.shape, &x, &w, &p.labels).unwrap();
+    let step = loss
+        .forward_backward_alloc(p.shape, &x, &w, &p.labels)
+        .unwrap();
     assert!(step.loss.is_finite());
     assert_eq!(loss.state().batch_std, before.batch_std);
     assert_ne!(loss.state().batch_mean, before.batch_mean);
@@ -248,7 +285,8 @@ fn errors_write_nothing_and_keep_the_state() {
     let w: Vec<f32> = narrow(&p.w);
     let shape = p.shape;
     let mut loss = CpuAdaFace::new(p.cfg);
-    loss.forward_backward_alloc(shape, &x, &w, &p.labels).unwrap();
+    loss.forward_backward_alloc(shape, &x, &w, &p.labels)
+        .unwrap();
     let state = loss.state();
 
     let mut bad_label = p.labels.clone();
@@ -257,14 +295,20 @@ fn errors_write_nothing_and_keep_the_state() {
     nan_x[17] = f32::NAN;
     let mut zero_w = w.clone();
     zero_w[2 * 16..3 * 16].fill(0.0);
-    let cases: Vec<(Vec<f32>, Vec<f32>, Vec<i64>, usize, usize, Error)> = vec![
+    // (features, weight, labels, dX length, dW length, expected error)
+    type Case = (Vec<f32>, Vec<f32>, Vec<i64>, usize, usize, Error);
+    let cases: Vec<Case> = vec![
         (
             x.clone(),
             w.clone(),
             bad_label,
             6 * 16,
             10 * 16,
-            Error::LabelOutOfRange { row: 3, label: 10, classes: 10 },
+            Error::LabelOutOfRange {
+                row: 3,
+                label: 10,
+                classes: 10,
+            },
         ),
         (
             nan_x,
@@ -272,7 +316,10 @@ fn errors_write_nothing_and_keep_the_state() {
             p.labels.clone(),
             6 * 16,
             10 * 16,
-            Error::NonFinite { tensor: Tensor::Features, index: 17 },
+            Error::NonFinite {
+                tensor: Tensor::Features,
+                index: 17,
+            },
         ),
         (
             x.clone(),
@@ -280,7 +327,10 @@ fn errors_write_nothing_and_keep_the_state() {
             p.labels.clone(),
             6 * 16,
             10 * 16,
-            Error::ZeroNorm { tensor: Tensor::Weight, row: 2 },
+            Error::ZeroNorm {
+                tensor: Tensor::Weight,
+                row: 2,
+            },
         ),
         (
             x.clone(),
@@ -288,7 +338,11 @@ fn errors_write_nothing_and_keep_the_state() {
             p.labels.clone(),
             6 * 16,
             10 * 16,
-            Error::ShapeMismatch { tensor: Tensor::Weight, expected: 160, actual: 144 },
+            Error::ShapeMismatch {
+                tensor: Tensor::Weight,
+                expected: 160,
+                actual: 144,
+            },
         ),
         (
             x.clone(),
@@ -296,7 +350,11 @@ fn errors_write_nothing_and_keep_the_state() {
             p.labels.clone(),
             6 * 16 - 1,
             10 * 16,
-            Error::ShapeMismatch { tensor: Tensor::Output, expected: 96, actual: 95 },
+            Error::ShapeMismatch {
+                tensor: Tensor::Output,
+                expected: 96,
+                actual: 95,
+            },
         ),
         (
             x.clone(),
@@ -304,7 +362,11 @@ fn errors_write_nothing_and_keep_the_state() {
             p.labels.clone(),
             6 * 16,
             10 * 16 + 1,
-            Error::ShapeMismatch { tensor: Tensor::Output, expected: 160, actual: 161 },
+            Error::ShapeMismatch {
+                tensor: Tensor::Output,
+                expected: 160,
+                actual: 161,
+            },
         ),
     ];
     for (xs, ws, ls, nx, nw, want) in cases {
@@ -314,7 +376,10 @@ fn errors_write_nothing_and_keep_the_state() {
             .forward_backward(shape, &xs, &ws, &ls, &mut gx, &mut gw)
             .unwrap_err();
         assert_eq!(err, want);
-        assert!(gx.iter().chain(&gw).all(|&v| v == 7.0), "{want:?}: output written");
+        assert!(
+            gx.iter().chain(&gw).all(|&v| v == 7.0),
+            "{want:?}: output written"
+        );
         assert_eq!(loss.state(), state, "{want:?}: state moved");
         if nx == 96 && nw == 160 {
             // An input error: the forward rejects it too, state untouched.
@@ -327,14 +392,27 @@ fn errors_write_nothing_and_keep_the_state() {
     }
     let empty = Shape::new(0, 16, 10);
     assert_eq!(
-        loss.forward_backward(empty, &[] as &[f32], &w, &[] as &[i64], &mut [], &mut vec![0.0; 160]),
+        loss.forward_backward(
+            empty,
+            &[] as &[f32],
+            &w,
+            &[] as &[i64],
+            &mut [],
+            &mut vec![0.0; 160]
+        ),
         Err(Error::EmptyBatch)
     );
     assert!(loss
-        .set_state(EmaState { batch_mean: f64::NAN, batch_std: 1.0 })
+        .set_state(EmaState {
+            batch_mean: f64::NAN,
+            batch_std: 1.0
+        })
         .is_err());
     assert_eq!(loss.state(), state);
-    let zero_tiles = CpuOptions { class_tile: 0, ..CpuOptions::default() };
+    let zero_tiles = CpuOptions {
+        class_tile: 0,
+        ..CpuOptions::default()
+    };
     assert!(CpuAdaFace::with_options(p.cfg, zero_tiles).is_err());
 }
 
@@ -361,8 +439,9 @@ fn naive_baseline_matches_the_reference() {
         let naive =
             adaface::naive::cpu::forward_backward(&p.cfg, &state, p.shape, &x, &w, &p.labels)
                 .unwrap();
-        let want = reference::forward_backward(&p.cfg, &state, p.shape, &widen(&x), &widen(&w), &p.labels)
-            .unwrap();
+        let want =
+            reference::forward_backward(&p.cfg, &state, p.shape, &widen(&x), &widen(&w), &p.labels)
+                .unwrap();
         assert!(rel(naive.loss as f64, want.loss) <= TOL_LOSS);
         assert!(rel_norm(&f64s(&naive.grad_features), &want.grad_features) <= TOL_ARRAY);
         assert!(rel_norm(&f64s(&naive.grad_weight), &want.grad_weight) <= TOL_ARRAY);

@@ -140,7 +140,11 @@ fn pass1_body(
             row[t] = rows.target_logit[i];
         }
         let row_max = max_of(row);
-        let new_max = if row_max > run_max[i] { row_max } else { run_max[i] };
+        let new_max = if row_max > run_max[i] {
+            row_max
+        } else {
+            run_max[i]
+        };
         let tile_sum = sum_exp(row, new_max);
         // Rescale what came before (empty at the start: its max is -inf).
         let carried = if run_sum[i] == 0.0 {
@@ -164,7 +168,11 @@ fn pass2_body(k: &Consts, tile: Tile<'_>, rows: RowBlock<'_>, lse: &[f32]) {
             let d = *v * ir;
             let p = fastexp::exp(k.s * clamp(d, k.lo, k.hi) - l);
             // The clamp passes the gradient only inside its bounds.
-            let gate = if k.lo <= d && d <= k.hi { coef * ir } else { 0.0 };
+            let gate = if k.lo <= d && d <= k.hi {
+                coef * ir
+            } else {
+                0.0
+            };
             *v = p * gate;
         }
         if let Some(t) = target_col(*label, tile.first_class, tile.cols) {

@@ -21,13 +21,7 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 /// `e^x` to about one ulp for `x` in `[-86, 88]` (clamped outside).
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
-    let x = if x < -86.0 {
-        -86.0
-    } else if x > 88.0 {
-        88.0
-    } else {
-        x
-    };
+    let x = x.clamp(-86.0, 88.0);
     let t = x * LOG2E + ROUND_MAGIC;
     let n = t - ROUND_MAGIC;
     let n_bits = (t.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);

@@ -19,7 +19,10 @@ impl<'a> MatRef<'a> {
     /// A view; panics (an internal bug, never an input error) if the extent
     /// does not fit `data`.
     pub(crate) fn new(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
-        assert!(extent(rows, cols, rs, cs) <= data.len(), "MatRef out of bounds");
+        assert!(
+            extent(rows, cols, rs, cs) <= data.len(),
+            "MatRef out of bounds"
+        );
         MatRef {
             data,
             rows,
@@ -58,7 +61,10 @@ pub(crate) struct MatMut<'a> {
 impl<'a> MatMut<'a> {
     /// A view; panics (an internal bug) if the extent does not fit `data`.
     pub(crate) fn new(data: &'a mut [f32], rows: usize, cols: usize, rs: usize) -> Self {
-        assert!(extent(rows, cols, rs, 1) <= data.len(), "MatMut out of bounds");
+        assert!(
+            extent(rows, cols, rs, 1) <= data.len(),
+            "MatMut out of bounds"
+        );
         MatMut {
             data,
             rows,

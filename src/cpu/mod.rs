@@ -104,7 +104,11 @@ impl CpuOptions {
         let plan = Plan::new(shape.batch.max(1), shape.dim, shape.classes.max(1), self);
         let (b, d, c) = (plan.batch, plan.dim, plan.classes);
         let per_task_tile = plan.row_tile * plan.class_tile
-            + if narrow_inputs { plan.class_tile * d } else { 0 }
+            + if narrow_inputs {
+                plan.class_tile * d
+            } else {
+                0
+            }
             + 2 * b;
         let floats = b * d                         // x_hat
             + c                                    // 1 / ||w_j||

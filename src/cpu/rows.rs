@@ -7,8 +7,8 @@ use rayon::prelude::*;
 
 use super::input::{dot, sum_squares, CpuElement};
 use crate::config::AdaFaceConfig;
-use crate::real::Real;
 use crate::math::{clamp_cosine, margin_scaler, target_logit, MarginConsts};
+use crate::real::Real;
 use crate::state::{BatchStats, EmaState};
 
 /// Everything per row that the passes and the diagnostics need.
@@ -62,7 +62,10 @@ pub(crate) fn prepare<E: CpuElement>(
             out.iter_mut().for_each(|v| *v *= inv);
         });
 
-    let clipped: Vec<f32> = norms.iter().map(|&n| n.clip(k.clip_min, k.clip_max)).collect();
+    let clipped: Vec<f32> = norms
+        .iter()
+        .map(|&n| n.clip(k.clip_min, k.clip_max))
+        .collect();
     let stats = state.update(&clipped, cfg.t_alpha());
     let scaler: Vec<f32> = clipped
         .iter()

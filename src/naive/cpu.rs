@@ -109,7 +109,10 @@ impl Materialised {
         let labels: Vec<usize> = labels.iter().map(|l| l.to_i64() as usize).collect();
         let (x_norm, x_hat) = normalise(features, d);
         let (w_norm, w_hat) = normalise(weight, d);
-        let clipped: Vec<f32> = x_norm.iter().map(|&n| n.clip(k.clip_min, k.clip_max)).collect();
+        let clipped: Vec<f32> = x_norm
+            .iter()
+            .map(|&n| n.clip(k.clip_min, k.clip_max))
+            .collect();
         let stats = state.update(&clipped, cfg.t_alpha());
         let z: Vec<f32> = clipped
             .iter()
@@ -201,8 +204,16 @@ fn gemm_rows(
     n: usize,
 ) {
     assert!(dst.len() == m * n && a.len() == m * k && b.len() == k * n);
-    let (a_rs, a_cs) = if a_t { (1, m as isize) } else { (k as isize, 1) };
-    let (b_rs, b_cs) = if b_t { (1, k as isize) } else { (n as isize, 1) };
+    let (a_rs, a_cs) = if a_t {
+        (1, m as isize)
+    } else {
+        (k as isize, 1)
+    };
+    let (b_rs, b_cs) = if b_t {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
     // SAFETY: the lengths are asserted above and the strides stay inside them.
     unsafe {
         gemm::gemm(
