@@ -97,9 +97,11 @@ impl CpuOptions {
         Ok(())
     }
 
-    /// Upper bound of the bytes a training step allocates besides inputs
-    /// and gradients (a forward needs less: no `dX` partials). Declared, not
-    /// measured: the bench tool measures.
+    /// The bytes a training step allocates itself besides inputs and
+    /// gradients (a forward needs less: no `dX` partials). Declared, not
+    /// measured, and without the `gemm` crate's packing buffers (a 2 MB
+    /// slab per thread, kept by the thread, plus up to `k x n` floats per
+    /// product): the bench tool measures everything.
     pub fn workspace_bytes(&self, shape: Shape, narrow_inputs: bool) -> usize {
         let plan = Plan::new(shape.batch.max(1), shape.dim, shape.classes.max(1), self);
         let (b, d, c) = (plan.batch, plan.dim, plan.classes);
