@@ -261,8 +261,13 @@ impl CpuAdaFace {
         weight: &[E],
         labels: &[L],
     ) -> Result<StepOutput<f32>> {
-        let mut gx = vec![0.0; shape.features_len()?];
-        let mut gw = vec![0.0; shape.weight_len()?];
+        // Sizes are checked against the inputs before allocating, so a wrong
+        // shape is an error, never a huge allocation.
+        shape.check_nonempty()?;
+        shape.check_len(Tensor::Features, features.len())?;
+        shape.check_len(Tensor::Weight, weight.len())?;
+        let mut gx = vec![0.0; features.len()];
+        let mut gw = vec![0.0; weight.len()];
         let step = self.forward_backward(shape, features, weight, labels, &mut gx, &mut gw)?;
         Ok(StepOutput {
             loss: step.loss,
