@@ -172,10 +172,20 @@ fn first_bad_norm(tensor: Tensor, square_sums: &[f64]) -> Result<()> {
 fn row_square_sums<E: Element>(data: &[E], dim: usize) -> Vec<f64> {
     data.par_chunks_exact(dim)
         .map(|values| {
-            if E::DTYPE == Dtype::F64 {
-                lane_sum(values, |v| v.to_f64() * v.to_f64())
-            } else {
-                lane_sum(values, |v| v.to_f32() * v.to_f32()) as f64
+            match E::DTYPE {
+                Dtype::F64 => lane_sum(values, |v| v.to_f64() * v.to_f64()),
+                // f16 widens fastest a block at a time (one vectorised call).
+                Dtype::F16 => {
+                    let mut block = [0.0f32; 256];
+                    let mut sum = 0.0f32;
+                    for part in values.chunks(block.len()) {
+                        let wide = &mut block[..part.len()];
+                        E::widen_slice(part, wide);
+                        sum += lane_sum(wide, |v| v * v);
+                    }
+                    sum as f64
+                }
+                _ => lane_sum(values, |v| v.to_f32() * v.to_f32()) as f64,
             }
         })
         .collect()

@@ -1,6 +1,5 @@
 //! The element types the fast CPU backend reads, and how it widens them.
 
-use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::element::Element;
@@ -37,7 +36,7 @@ impl CpuElement for bf16 {
         None
     }
     fn widen(src: &[bf16], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
+        <bf16 as Element>::widen_slice(src, dst);
     }
 }
 
@@ -46,7 +45,7 @@ impl CpuElement for f16 {
         None
     }
     fn widen(src: &[f16], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
+        <f16 as Element>::widen_slice(src, dst);
     }
 }
 
