@@ -198,3 +198,36 @@ impl Label for u32 {
         self as i64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check<E: Element>(values: &[f32]) {
+        let src: Vec<E> = values.iter().map(|&v| E::from_f32(v)).collect();
+        let mut dst = vec![f32::NAN; src.len()];
+        E::widen_slice(&src, &mut dst);
+        for (d, s) in dst.iter().zip(&src) {
+            assert_eq!(d.to_bits(), s.to_f32().to_bits(), "{:?}", E::DTYPE);
+        }
+    }
+
+    #[test]
+    fn widen_slice_matches_to_f32_on_every_length() {
+        let values: Vec<f32> = (0..37)
+            .map(|i| match i {
+                0 => 0.0,
+                1 => -0.0,
+                2 => f32::INFINITY,
+                3 => 1e-7,
+                4 => -65504.0,
+                _ => (i as f32 - 18.5) * 0.37,
+            })
+            .collect();
+        for n in [0, 1, 7, 8, 9, 16, 37] {
+            check::<f16>(&values[..n]);
+            check::<bf16>(&values[..n]);
+            check::<f32>(&values[..n]);
+        }
+    }
+}
