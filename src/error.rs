@@ -115,6 +115,16 @@ pub enum Error {
         /// What it got.
         actual: &'static str,
     },
+    /// A tensor with the wrong number of dimensions, e.g. a 3-d features
+    /// tensor given to an op that takes `B x D` (framework integrations).
+    RankMismatch {
+        /// The offending tensor.
+        tensor: Tensor,
+        /// Dimensions required.
+        expected: usize,
+        /// Dimensions supplied.
+        actual: usize,
+    },
     /// A failure reported by the CUDA driver or NVRTC.
     Backend {
         /// The driver's or compiler's message.
@@ -166,6 +176,11 @@ impl fmt::Display for Error {
             Error::DtypeMismatch { expected, actual } => {
                 write!(f, "dtype mismatch: expected {expected}, got {actual}")
             }
+            Error::RankMismatch {
+                tensor,
+                expected,
+                actual,
+            } => write!(f, "{tensor} must have {expected} dimensions, got {actual}"),
             Error::Backend { message } => write!(f, "backend error: {message}"),
         }
     }

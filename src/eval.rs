@@ -16,6 +16,10 @@ pub enum Device {
     /// The fast CPU backend ([`crate::cpu`]): `f32`, `bf16` or `f16`
     /// inputs, `f32` results; the case's `f64` inputs are rounded to the dtype.
     Cpu,
+    /// The kernels on the CPU simulator ([`crate::sim_backend`]), `f32`, `bf16` or `f16` inputs.
+    Sim,
+    /// The kernels on GPU 0 ([`crate::cuda`]), `f32`, `bf16` or `f16` inputs.
+    Cuda,
 }
 
 impl Device {
@@ -24,6 +28,8 @@ impl Device {
         match name {
             "reference" => Some(Device::Reference),
             "cpu" => Some(Device::Cpu),
+            "sim" => Some(Device::Sim),
+            "cuda" => Some(Device::Cuda),
             _ => None,
         }
     }
@@ -33,6 +39,8 @@ impl Device {
         match self {
             Device::Reference => "reference",
             Device::Cpu => "cpu",
+            Device::Sim => "sim",
+            Device::Cuda => "cuda",
         }
     }
 
@@ -40,7 +48,7 @@ impl Device {
     pub fn default_dtype(self) -> Dtype {
         match self {
             Device::Reference => Dtype::F64,
-            Device::Cpu => Dtype::F32,
+            Device::Cpu | Device::Sim | Device::Cuda => Dtype::F32,
         }
     }
 }
@@ -59,6 +67,22 @@ pub fn run_case(case: &Case, device: Device, dtype: Dtype) -> Result<Vec<EvalSte
         (Device::Cpu, Dtype::F16) => run_cpu::<half::f16>(case),
         (Device::Cpu, other) => Err(Error::DeviceUnavailable {
             reason: format!("the fast CPU backend reads f32, bf16 or f16, not {other}"),
+        }),
+        (Device::Sim, Dtype::F32) => crate::sim_backend::eval_case::<f32>(case),
+        (Device::Sim, Dtype::BF16) => crate::sim_backend::eval_case::<half::bf16>(case),
+        (Device::Sim, Dtype::F16) => crate::sim_backend::eval_case::<half::f16>(case),
+        #[cfg(feature = "cuda")]
+        (Device::Cuda, Dtype::F32) => crate::cuda::eval_case::<f32>(case),
+        #[cfg(feature = "cuda")]
+        (Device::Cuda, Dtype::BF16) => crate::cuda::eval_case::<half::bf16>(case),
+        #[cfg(feature = "cuda")]
+        (Device::Cuda, Dtype::F16) => crate::cuda::eval_case::<half::f16>(case),
+        #[cfg(not(feature = "cuda"))]
+        (Device::Cuda, Dtype::F32 | Dtype::BF16 | Dtype::F16) => Err(Error::DeviceUnavailable {
+            reason: "built without the `cuda` feature".into(),
+        }),
+        (Device::Sim | Device::Cuda, other) => Err(Error::DeviceUnavailable {
+            reason: format!("the kernels take f32, bf16 or f16 inputs, not {other}"),
         }),
     }
 }

@@ -109,4 +109,6 @@ fn errors_exit_non_zero_with_one_line_and_no_output() {
     let broken = scratch("broken.json");
     std::fs::write(&broken, "{\"config\": ").unwrap();
     expect_failure(&["--input", broken.to_str().unwrap(), "--output", o], &out);
+    std::fs::remove_file(bad).unwrap();
+    std::fs::remove_file(broken).unwrap();
 }

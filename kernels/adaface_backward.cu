@@ -1,0 +1,187 @@
+/* Backward: recompute the logit tiles, form A = dloss/dc, and produce dW and
+ * the per-split partial gx; then finish dX.
+ *
+ * adaface_backward_*: grid (splits). Block k owns class tiles k, k + splits,
+ * ... and walks ALL rows for each of them, TILE_ROWS at a time:
+ *   1. S = x_rows . W_tile^T (depth slices through shared memory),
+ *   2. A_ij = (exp(logit_ij - lse_i) - [j = y_i]) / B * dlogit_ij in shared
+ *      memory (margin and clamp derivatives of REFERENCE.md section 2),
+ *   3. per depth slice: gw_tile += A^T . xh_rows (into dW, which this block
+ *      owns for its classes: no atomics) and gx_rows += A . wh_tile (into
+ *      this split's slice of dx_partial, which it also owns).
+ * After the last row chunk it applies the Jacobian of w -> w / ||w|| to its
+ * dW rows. Every sum has a fixed order: same inputs, same bits.
+ *
+ * adaface_dx_finish_*: grid (B). Sums dx_partial over splits in order and
+ * applies the Jacobian of x -> x / ||x||. */
+#include "adaface_common.cuh"
+
+template <typename T, typename L>
+__device__ void adaface_backward_impl(const AdafaceTileParams& p) {
+    AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
+    if (adaface_block_should_abort(rec)) return;
+
+    __shared__ AdafaceTiles tiles;
+    __shared__ float grad_tile[ADAFACE_TILE_ROWS][ADAFACE_TILE_CLASSES + 1];
+    __shared__ float inv_class_norm[ADAFACE_TILE_CLASSES];
+    __shared__ float row_inv_norm[ADAFACE_TILE_ROWS];
+
+    const T* x = (const T*)p.x;
+    const T* w = (const T*)p.w;
+    const L* labels = (const L*)p.labels;
+    float* dw = (float*)p.dw;
+    float* dxp = (float*)p.dx_partial + (int64_t)blockIdx.x * p.batch * p.dim;
+    const int tid = (int)threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int64_t batch = p.batch;
+    const int64_t dim = p.dim;
+    const int64_t classes = p.classes;
+    const int64_t tiles_total = (classes + ADAFACE_TILE_CLASSES - 1) / ADAFACE_TILE_CLASSES;
+
+    for (int64_t tile = blockIdx.x; tile < tiles_total; tile += p.splits) {
+        const int64_t c0 = tile * ADAFACE_TILE_CLASSES;
+        const bool first_tile = tile == (int64_t)blockIdx.x;
+        __syncthreads();
+        if (tid < ADAFACE_TILE_CLASSES) {
+            const int64_t j = c0 + tid;
+            inv_class_norm[tid] = j < classes ? 1.0f / ((const float*)p.class_norm)[j] : 0.0f;
+        }
+
+        for (int64_t row0 = 0; row0 < batch; row0 += ADAFACE_TILE_ROWS) {
+            __syncthreads();
+            if (tid < ADAFACE_TILE_ROWS) {
+                const int64_t i = row0 + tid;
+                row_inv_norm[tid] = i < batch ? 1.0f / ((const float*)p.row_norm)[i] : 0.0f;
+            }
+
+            /* 1. Recompute the cosines of this tile. */
+            float acc[ADAFACE_ACC_ROWS][ADAFACE_ACC_COLS];
+#pragma unroll
+            for (int r = 0; r < ADAFACE_ACC_ROWS; ++r)
+#pragma unroll
+                for (int q = 0; q < ADAFACE_ACC_COLS; ++q) acc[r][q] = 0.0f;
+            for (int64_t k0 = 0; k0 < dim; k0 += ADAFACE_TILE_DEPTH) {
+                __syncthreads();
+                adaface_stage_rows(tiles.x, x, row0, batch, k0, dim, (const float*)0);
+                adaface_stage_classes(tiles.w, w, c0, classes, k0, dim, (const float*)0,
+                                      (AdafaceStepRecord*)0);
+                __syncthreads();
+                adaface_tile_product(acc, &tiles);
+            }
+
+            /* 2. The gradient with respect to the unclamped cosines. */
+#pragma unroll
+            for (int r = 0; r < ADAFACE_ACC_ROWS; ++r) {
+                const int lr = adaface_acc_row(r);
+                const int64_t i = row0 + lr;
+                const bool row_ok = i < batch;
+                const int64_t label = row_ok ? adaface_label_at(labels, i) : -1;
+                const float a = row_ok ? ((const float*)p.row_a)[i] : 0.0f;
+                const float b = row_ok ? ((const float*)p.row_b)[i] : 0.0f;
+                const float lse = row_ok ? ((const float*)p.lse)[i] : 0.0f;
+#pragma unroll
+                for (int q = 0; q < ADAFACE_ACC_COLS; ++q) {
+                    const int lc = adaface_acc_col(q);
+                    const int64_t j = c0 + lc;
+                    float g = 0.0f;
+                    if (row_ok && j < classes) {
+                        const float dot = acc[r][q] * row_inv_norm[lr] * inv_class_norm[lc];
+                        const bool is_target = j == label;
+                        float dlogit;
+                        const float logit = adaface_logit(dot, is_target, a, b, p.s, p.m1, p.eps, &dlogit);
+                        const float prob = expf(logit - lse);
+                        g = (prob - (is_target ? 1.0f : 0.0f)) * p.inv_batch * dlogit;
+                    }
+                    grad_tile[lr][lc] = g;
+                }
+            }
+
+            /* 3. gw and gx, one depth slice at a time. */
+            for (int64_t k0 = 0; k0 < dim; k0 += ADAFACE_TILE_DEPTH) {
+                __syncthreads();
+                adaface_stage_rows(tiles.x, x, row0, batch, k0, dim, row_inv_norm);
+                adaface_stage_classes(tiles.w, w, c0, classes, k0, dim, inv_class_norm,
+                                      (AdafaceStepRecord*)0);
+                __syncthreads();
+                const int kk = lane;
+                const int64_t k = k0 + kk;
+                /* gw[c][kk] = sum_r A[r][c] xh[r][kk], rows in order. */
+                for (int c = warp; c < ADAFACE_TILE_CLASSES; c += ADAFACE_WARPS) {
+                    float s = 0.0f;
+#pragma unroll 8
+                    for (int r = 0; r < ADAFACE_TILE_ROWS; ++r) s = fmaf(grad_tile[r][c], tiles.x[kk][r], s);
+                    const int64_t j = c0 + c;
+                    if (j < classes && k < dim) {
+                        float* out = dw + j * dim + k;
+                        *out = row0 == 0 ? s : *out + s;
+                    }
+                }
+                /* gx[r][kk] = sum_c A[r][c] wh[c][kk], classes in order. */
+                for (int r = warp; r < ADAFACE_TILE_ROWS; r += ADAFACE_WARPS) {
+                    float s = 0.0f;
+#pragma unroll 8
+                    for (int c = 0; c < ADAFACE_TILE_CLASSES; ++c) s = fmaf(grad_tile[r][c], tiles.w[kk][c], s);
+                    const int64_t i = row0 + r;
+                    if (i < batch && k < dim) {
+                        float* out = dxp + i * dim + k;
+                        *out = first_tile ? s : *out + s;
+                    }
+                }
+            }
+        }
+
+        /* The Jacobian of w -> w / ||w|| on this tile's dW rows, one warp per
+         * class: dw = (gw - wh (wh . gw)) / r. */
+        __syncthreads();
+        for (int c = warp; c < ADAFACE_TILE_CLASSES; c += ADAFACE_WARPS) {
+            const int64_t j = c0 + c;
+            if (j >= classes) continue;
+            const float inv_r = inv_class_norm[c];
+            float along = 0.0f;
+            for (int64_t k = lane; k < dim; k += 32) along = fmaf(to_float(w[j * dim + k]), dw[j * dim + k], along);
+            along = adaface_warp_sum(along) * inv_r;
+            for (int64_t k = lane; k < dim; k += 32) {
+                const float wh = to_float(w[j * dim + k]) * inv_r;
+                dw[j * dim + k] = (dw[j * dim + k] - wh * along) * inv_r;
+            }
+        }
+    }
+}
+
+template <typename T>
+__device__ void adaface_dx_finish_impl(const AdafaceDxParams& p) {
+    const AdafaceStepRecord* rec = (const AdafaceStepRecord*)p.record;
+    if (adaface_block_should_abort(rec)) return;
+    const T* x = (const T*)p.x;
+    const float* dxp = (const float*)p.dx_partial;
+    float* dx = (float*)p.dx;
+    const int64_t i = blockIdx.x;
+    const int64_t dim = p.dim;
+    const int64_t row_stride = p.batch * dim;
+    const float inv_n = 1.0f / ((const float*)p.row_norm)[i];
+
+    /* gx into dx (this thread's elements), and x . gx. */
+    float along = 0.0f;
+    for (int64_t k = threadIdx.x; k < dim; k += ADAFACE_THREADS) {
+        float g = 0.0f;
+        for (int64_t s = 0; s < p.splits; ++s) g += dxp[s * row_stride + i * dim + k];
+        dx[i * dim + k] = g;
+        along = fmaf(to_float(x[i * dim + k]), g, along);
+    }
+    along = adaface_block_sum_f32(along) * inv_n;
+    for (int64_t k = threadIdx.x; k < dim; k += ADAFACE_THREADS) {
+        const float xh = to_float(x[i * dim + k]) * inv_n;
+        dx[i * dim + k] = (dx[i * dim + k] - xh * along) * inv_n;
+    }
+}
+
+ADAFACE_KERNEL(adaface_backward_f32_i32, AdafaceTileParams, (adaface_backward_impl<float, int32_t>(p)))
+ADAFACE_KERNEL(adaface_backward_f32_i64, AdafaceTileParams, (adaface_backward_impl<float, int64_t>(p)))
+ADAFACE_KERNEL(adaface_backward_bf16_i32, AdafaceTileParams, (adaface_backward_impl<adaface_bf16, int32_t>(p)))
+ADAFACE_KERNEL(adaface_backward_bf16_i64, AdafaceTileParams, (adaface_backward_impl<adaface_bf16, int64_t>(p)))
+ADAFACE_KERNEL(adaface_backward_f16_i32, AdafaceTileParams, (adaface_backward_impl<adaface_f16, int32_t>(p)))
+ADAFACE_KERNEL(adaface_backward_f16_i64, AdafaceTileParams, (adaface_backward_impl<adaface_f16, int64_t>(p)))
+ADAFACE_KERNEL(adaface_dx_finish_f32, AdafaceDxParams, (adaface_dx_finish_impl<float>(p)))
+ADAFACE_KERNEL(adaface_dx_finish_bf16, AdafaceDxParams, (adaface_dx_finish_impl<adaface_bf16>(p)))
+ADAFACE_KERNEL(adaface_dx_finish_f16, AdafaceDxParams, (adaface_dx_finish_impl<adaface_f16>(p)))

@@ -1,0 +1,139 @@
+/* Parameter structs of the AdaFace kernels: one per launch family.
+ *
+ * Plain C with fixed-width fields only, so that the same bytes are passed by
+ * value to a CUDA launch and by pointer to a simulated launch (`*_sim`).
+ * Device addresses are uint64_t: a CUdeviceptr on the GPU, a host pointer in
+ * the simulator. Mirrored into Rust by bindgen (src/kernel_params.rs).
+ *
+ * A step is: stats -> forward -> combine [-> backward -> dx_finish].
+ * Every kernel after `stats` reads the step record's error key first and
+ * exits when an error has been recorded, so an error writes nothing else.
+ */
+#ifndef ADAFACE_PARAMS_H
+#define ADAFACE_PARAMS_H
+
+/* Tile sizes shared by the kernels and the Rust launch plan. */
+enum AdafaceTileSizes {
+    /* Threads per block of every kernel. */
+    ADAFACE_THREADS = 256,
+    /* Rows (batch) per tile of the logit product. */
+    ADAFACE_TILE_ROWS = 32,
+    /* Classes per tile of the logit product. */
+    ADAFACE_TILE_CLASSES = 64,
+    /* Depth (embedding dimension) per staged tile. */
+    ADAFACE_TILE_DEPTH = 32
+};
+
+/* Error kinds, in the order the host reports them (lower wins). The error
+ * key is (kind << 56) | detail, combined with an atomic minimum, so the
+ * record always holds the error the host-side checks would report first. */
+enum AdafaceErrorKind {
+    ADAFACE_ERR_LABEL = 1,            /* detail: row; value: the label */
+    ADAFACE_ERR_NONFINITE_X = 2,      /* detail: flat index into x */
+    ADAFACE_ERR_NONFINITE_W = 3,      /* detail: flat index into W */
+    ADAFACE_ERR_ROWNORM_X = 4,        /* detail: (row << 1) | overflow */
+    ADAFACE_ERR_ROWNORM_W = 5         /* detail: (row << 1) | overflow */
+};
+
+/* Results of one step, written on the device, read by the host in one copy. */
+typedef struct AdafaceStepRecord {
+    /* All ones: no error. Otherwise the key described above. */
+    uint64_t error_key;
+    /* The offending label for ADAFACE_ERR_LABEL. */
+    int64_t error_value;
+    /* Mean loss over the batch. */
+    double loss;
+    /* Mean and unbiased std of this batch's clipped norms (std -1: B = 1, none). */
+    double norm_mean;
+    double norm_std;
+    /* EMA state after this step (committed to the state buffer only when
+     * the step asked for it and no error was recorded). */
+    double state_mean;
+    double state_std;
+} AdafaceStepRecord;
+
+/* Norm statistics: one block. Validates labels and x, computes row norms,
+ * the batch statistics, the updated EMA state and the per-row margin terms. */
+typedef struct AdafaceStatsParams {
+    uint64_t x;            /* const T[B * D] */
+    uint64_t labels;       /* const int32 or int64 [B] */
+    uint64_t state;        /* const double[2]: EMA state before the step */
+    uint64_t record;       /* AdafaceStepRecord*, reset by this kernel */
+    uint64_t row_norm;     /* float[B]: ||x_i|| */
+    uint64_t row_a;        /* float[B]: angular offset a_i */
+    uint64_t row_b;        /* float[B]: additive offset b_i */
+    uint64_t row_z;        /* float[B]: margin scaler z_i */
+    int64_t batch;
+    int64_t dim;
+    int64_t classes;
+    double t_alpha;
+    double eps;
+    double clip_min;
+    double clip_max;
+    double h;
+    /* (a_i, b_i) = (a0 + a1 z_i, b0 + b1 z_i): every margin policy. */
+    double a0;
+    double a1;
+    double b0;
+    double b1;
+} AdafaceStatsParams;
+
+/* Shared by the forward and backward tile kernels. */
+typedef struct AdafaceTileParams {
+    uint64_t x;            /* const T[B * D] */
+    uint64_t w;            /* const T[C * D] */
+    uint64_t labels;       /* const int32 or int64 [B] */
+    uint64_t record;       /* AdafaceStepRecord* */
+    uint64_t row_norm;     /* const float[B] */
+    uint64_t row_a;        /* const float[B] */
+    uint64_t row_b;        /* const float[B] */
+    uint64_t class_norm;   /* float[C]: written by the forward, read by the backward */
+    uint64_t partial_max;  /* float[splits * B]: forward running max per split */
+    uint64_t partial_sum;  /* float[splits * B]: forward running sum-exp per split */
+    uint64_t target_logit; /* float[B]: forward writes the margin target logit */
+    uint64_t target_cos;   /* float[B]: forward writes the clamped target cosine */
+    uint64_t lse;          /* const float[B]: backward reads the log-sum-exp */
+    uint64_t dx_partial;   /* float[splits * B * D]: backward's per-split gx */
+    uint64_t dw;           /* float[C * D]: backward writes dW */
+    int64_t batch;
+    int64_t dim;
+    int64_t classes;
+    /* Class tiles are dealt to splits round-robin: split k owns tiles
+     * k, k + splits, ... (grid x of the forward and of the backward). */
+    int64_t splits;
+    float s;
+    float eps;
+    float m1;
+    float inv_batch;
+} AdafaceTileParams;
+
+/* Combine: one block. Log-sum-exp per row from the forward partials in
+ * split order, the mean loss, and the EMA commit. */
+typedef struct AdafaceCombineParams {
+    uint64_t record;       /* AdafaceStepRecord* */
+    uint64_t state;        /* double[2]: EMA state, updated when commit_state */
+    uint64_t partial_max;  /* const float[splits * B] */
+    uint64_t partial_sum;  /* const float[splits * B] */
+    uint64_t target_logit; /* const float[B] */
+    uint64_t lse;          /* float[B] */
+    uint64_t sample_loss;  /* float[B] */
+    int64_t batch;
+    int64_t splits;
+    uint32_t commit_state;
+    uint32_t pad0;
+} AdafaceCombineParams;
+
+/* dX finish: one block per row. Sums the backward's per-split gx in split
+ * order and applies the Jacobian of x -> x / ||x||. */
+typedef struct AdafaceDxParams {
+    uint64_t x;            /* const T[B * D] */
+    uint64_t record;       /* const AdafaceStepRecord* */
+    uint64_t row_norm;     /* const float[B] */
+    uint64_t dx_partial;   /* const float[splits * B * D] */
+    uint64_t dx;           /* float[B * D] */
+    int64_t batch;
+    int64_t dim;
+    int64_t splits;
+} AdafaceDxParams;
+
+#endif

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Compile check of every kernel variant for sm_80 and sm_90 with NVRTC 13.0
+# (through the crate's own NVRTC path), then ptxas -v on each PTX: prints a
+# table of registers / shared memory / stack / spills and FAILS on any spill
+# in the main kernels (stats, forward, combine, backward, dx_finish).
+#
+# Installs NVRTC and nvcc/ptxas 13.0 from PyPI into a venv (default
+# .venv/cuda13, git-ignored; override with ADAFACE_CUDA_VENV). 13.0 is
+# pinned: the target machine's driver (580, CUDA 13.0) cannot load PTX from
+# a newer compiler, and the nvcc wheels must all be the same version.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${ADAFACE_CUDA_VENV:-$PWD/.venv/cuda13}"
+ARCHES="${ADAFACE_ARCHES:-sm_80 sm_90}"
+OUT="${ADAFACE_PTX_OUT:-$PWD/target/kernel-check}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import nvidia" 2>/dev/null || [ ! -e "$VENV/.adaface-cuda13" ]; then
+    "$VENV/bin/pip" install --quiet \
+        "nvidia-cuda-nvrtc==13.0.*" "nvidia-cuda-nvcc==13.0.*" \
+        "nvidia-nvvm==13.0.*" "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*"
+    touch "$VENV/.adaface-cuda13"
+fi
+SITE="$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
+CU="$SITE/nvidia/cu13"
+export LD_LIBRARY_PATH="$CU/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+PTXAS="$CU/bin/ptxas"
+"$PTXAS" --version | tail -1
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+cargo build --quiet --example compile_kernels
+for arch in $ARCHES; do
+    cargo run --quiet --example compile_kernels -- --arch "$arch" --out "$OUT" >/dev/null
+    "$PTXAS" -arch="$arch" -v "$OUT/adaface_$arch.ptx" -o "$OUT/adaface_$arch.cubin" 2>"$OUT/ptxas_$arch.log"
+done
+
+python3 - "$OUT" $ARCHES <<'PY'
+import re, sys
+out, arches = sys.argv[1], sys.argv[2:]
+main = re.compile(r"^adaface_(stats|forward|combine|backward|dx_finish)")
+rows, bad = [], []
+for arch in arches:
+    fn = None
+    info = {}
+    for line in open(f"{out}/ptxas_{arch}.log"):
+        m = re.search(r"Compiling entry function '([^']+)'", line)
+        if m:
+            fn = m.group(1)
+            info[fn] = {"regs": 0, "smem": 0, "stack": 0, "st": 0, "ld": 0}
+            continue
+        if fn is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            info[fn].update(stack=int(m.group(1)), st=int(m.group(2)), ld=int(m.group(3)))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            info[fn]["regs"] = int(m.group(1))
+            s = re.search(r"(\d+) bytes smem", line)
+            info[fn]["smem"] = int(s.group(1)) if s else 0
+    if not info:
+        bad.append(f"{arch}: ptxas reported no entry functions")
+    for fn in sorted(info):
+        i = info[fn]
+        rows.append((arch, fn, i))
+        if main.match(fn) and (i["st"] > 0 or i["ld"] > 0):
+            bad.append(f"{arch} {fn}: {i['st']} bytes spill stores, {i['ld']} bytes spill loads")
+print(f"{'arch':6} {'kernel':28} {'regs':>5} {'smem B':>7} {'stack B':>7} {'spill st':>8} {'spill ld':>8}")
+for arch, fn, i in rows:
+    print(f"{arch:6} {fn:28} {i['regs']:5} {i['smem']:7} {i['stack']:7} {i['st']:8} {i['ld']:8}")
+if bad:
+    print("FAIL: register spills in main kernels:", *bad, sep="\n  ")
+    sys.exit(1)
+print(f"OK: {len(rows)} kernel variants, no spills")
+PY

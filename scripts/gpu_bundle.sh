@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Builds everything the GPU machine needs and copies it into ./gpu-bundle/
+# (git-ignored): the release test binaries, the example binaries (eval tool,
+# compile check, and the bench tool when it exists), the golden case files
+# and scripts/gpu_check.sh. The GPU machine (CUDA 13.0, driver 580, no Rust)
+# then runs `bash gpu-bundle/gpu_check.sh`. Both machines are x86-64 Linux.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+BUNDLE="$ROOT/gpu-bundle"
+GOLDEN="${ADAFACE_GOLDEN_DIR:-$ROOT/../shared/golden}"
+
+rm -rf "$BUNDLE"
+mkdir -p "$BUNDLE/tests" "$BUNDLE/examples" "$BUNDLE/golden" "$BUNDLE/cases"
+
+# Test binaries: ask cargo for their paths rather than guessing hashes.
+cargo test --release --no-run --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys, shutil, os
+dest = sys.argv[1]
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m.get("profile", {}).get("test"):
+        name = m["target"]["name"]
+        kind = m["target"]["kind"][0]
+        out = os.path.join(dest, name if kind == "test" else f"{name}-{kind}")
+        shutil.copy2(m["executable"], out)
+        print("test binary:", os.path.basename(out))
+' "$BUNDLE/tests"
+
+cargo build --release --examples --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys, shutil, os
+dest = sys.argv[1]
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "example" in m["target"]["kind"]:
+        shutil.copy2(m["executable"], os.path.join(dest, m["target"]["name"]))
+        print("example:", m["target"]["name"])
+' "$BUNDLE/examples"
+
+cp "$GOLDEN"/*.json "$BUNDLE/golden/"
+cp "$GOLDEN/a_small_default_float64.json" "$BUNDLE/cases/small.json"
+cp "$GOLDEN/f_large_float32.json" "$BUNDLE/cases/large.json"
+cp scripts/gpu_check.sh "$BUNDLE/gpu_check.sh"
+chmod +x "$BUNDLE/gpu_check.sh"
+{
+    echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (dirty)')"
+} > "$BUNDLE/BUILD_INFO"
+du -sh "$BUNDLE"
+ls "$BUNDLE/tests" "$BUNDLE/examples"

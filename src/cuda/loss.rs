@@ -1,0 +1,311 @@
+//! The loss object of the CUDA backend.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+
+use super::{backend, compile::module_for, probe};
+use crate::config::AdaFaceConfig;
+use crate::error::{Error, Result};
+use crate::kernel_params::{
+    AdafaceCombineParams, AdafaceDxParams, AdafaceStatsParams, AdafaceStepRecord, AdafaceTileParams,
+};
+use crate::launch::{
+    check_call, KernelElement, KernelLabel, KernelNames, LaunchDims, Pass, PlanLimits, StepBuffers,
+    StepPlan, StepSummary,
+};
+use crate::shape::Shape;
+use crate::state::EmaState;
+
+// SAFETY: plain #[repr(C)] structs of integers and floats (bindgen output),
+// laid out as the kernels declare them.
+unsafe impl DeviceRepr for AdafaceStatsParams {}
+unsafe impl DeviceRepr for AdafaceTileParams {}
+unsafe impl DeviceRepr for AdafaceCombineParams {}
+unsafe impl DeviceRepr for AdafaceDxParams {}
+unsafe impl DeviceRepr for AdafaceStepRecord {}
+// SAFETY: all-zero bits are a valid record (integers and floats).
+unsafe impl ValidAsZeroBits for AdafaceStepRecord {}
+
+/// The AdaFace loss on one CUDA stream: owns the device EMA state and a
+/// reusable workspace; every call is asynchronous on the stream.
+pub struct CudaAdaFace {
+    stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    cfg: AdaFaceConfig,
+    limits: PlanLimits,
+    state: CudaSlice<f64>,
+    workspace: Option<CudaSlice<f32>>,
+    last_plan: Option<StepPlan>,
+}
+
+/// A launched step: its record stays on the device until the host asks for
+/// it. Reading it synchronises with the stream and reports any error the
+/// kernels detected (label out of range, non-finite input, zero norm).
+pub struct CudaStep {
+    stream: Arc<CudaStream>,
+    record: CudaSlice<AdafaceStepRecord>,
+    shape: Shape,
+}
+
+impl CudaStep {
+    /// Loss, batch statistics and EMA state after the step (synchronises).
+    pub fn summary(&self) -> Result<StepSummary> {
+        let rec = self
+            .stream
+            .clone_dtoh(&self.record)
+            .map_err(backend("read step record"))?;
+        let rec = rec.first().ok_or(Error::Backend {
+            message: "empty step record".into(),
+        })?;
+        StepSummary::from_record(rec, &self.shape)
+    }
+
+    /// The mean loss (synchronises; reports device-detected errors).
+    pub fn loss(&self) -> Result<f64> {
+        Ok(self.summary()?.loss)
+    }
+}
+
+fn to_cfg(d: &LaunchDims) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: d.grid,
+        block_dim: d.block,
+        shared_mem_bytes: d.shared_bytes,
+    }
+}
+
+impl CudaAdaFace {
+    /// Compiles (or takes from the cache) the kernels for the stream's
+    /// device and uploads the config's initial EMA state.
+    pub fn new(stream: Arc<CudaStream>, cfg: AdaFaceConfig) -> Result<Self> {
+        probe()?;
+        let module = module_for(stream.context())?;
+        let init = cfg.initial_state();
+        let state = stream
+            .clone_htod(&[init.batch_mean, init.batch_std])
+            .map_err(backend("upload EMA state"))?;
+        Ok(CudaAdaFace {
+            stream,
+            module,
+            cfg,
+            limits: PlanLimits::default(),
+            state,
+            workspace: None,
+            last_plan: None,
+        })
+    }
+
+    /// Replaces the planning limits (tests use small ones).
+    pub fn with_limits(mut self, limits: PlanLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The config.
+    pub fn config(&self) -> &AdaFaceConfig {
+        &self.cfg
+    }
+
+    /// The stream every call runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Reads the EMA state (synchronises), e.g. for a checkpoint.
+    pub fn state(&self) -> Result<EmaState> {
+        let v = self
+            .stream
+            .clone_dtoh(&self.state)
+            .map_err(backend("read EMA state"))?;
+        Ok(EmaState {
+            batch_mean: v[0],
+            batch_std: v[1],
+        })
+    }
+
+    /// Restores the EMA state (validated first), e.g. from a checkpoint.
+    pub fn set_state(&mut self, state: EmaState) -> Result<()> {
+        state.validate()?;
+        self.stream
+            .memcpy_htod(&[state.batch_mean, state.batch_std], &mut self.state)
+            .map_err(backend("write EMA state"))
+    }
+
+    /// Evaluation: the loss only. `update_state` chooses whether the EMA
+    /// state moves (the official head updates it on every forward).
+    pub fn forward<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr>(
+        &mut self,
+        shape: Shape,
+        x: &CudaSlice<E>,
+        w: &CudaSlice<E>,
+        labels: &CudaSlice<L>,
+        update_state: bool,
+    ) -> Result<CudaStep> {
+        check_call(&shape, x.len(), w.len(), labels.len(), None)?;
+        self.run::<E, L>(shape, Pass::Forward, x, w, labels, None, update_state)
+    }
+
+    /// A training step: loss, `dX` (`B x D`, f32) and `dW` (`C x D`, f32),
+    /// and the EMA update. On a device-detected error `dX`, `dW` and the
+    /// state are left untouched and [`CudaStep::summary`] reports it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr>(
+        &mut self,
+        shape: Shape,
+        x: &CudaSlice<E>,
+        w: &CudaSlice<E>,
+        labels: &CudaSlice<L>,
+        dx: &mut CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
+    ) -> Result<CudaStep> {
+        check_call(
+            &shape,
+            x.len(),
+            w.len(),
+            labels.len(),
+            Some((dx.len(), dw.len())),
+        )?;
+        self.run::<E, L>(
+            shape,
+            Pass::ForwardBackward,
+            x,
+            w,
+            labels,
+            Some((dx, dw)),
+            true,
+        )
+    }
+
+    /// Per-row `||x_i||` and margin scaler `z_i` of the latest step
+    /// (synchronises).
+    pub fn row_diagnostics(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (Some(plan), Some(ws)) = (self.last_plan.as_ref(), self.workspace.as_ref()) else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let b = plan.shape.batch;
+        let l = &plan.workspace;
+        let read = |start: usize| {
+            self.stream
+                .clone_dtoh(&ws.slice(start..start + b))
+                .map_err(backend("read row diagnostics"))
+        };
+        Ok((read(l.row_norm)?, read(l.row_z)?))
+    }
+
+    fn function(&self, name: &str) -> Result<CudaFunction> {
+        self.module
+            .load_function(name)
+            .map_err(backend("load kernel"))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr>(
+        &mut self,
+        shape: Shape,
+        pass: Pass,
+        x: &CudaSlice<E>,
+        w: &CudaSlice<E>,
+        labels: &CudaSlice<L>,
+        grads: Option<(&mut CudaSlice<f32>, &mut CudaSlice<f32>)>,
+        commit_state: bool,
+    ) -> Result<CudaStep> {
+        let plan = StepPlan::new(shape, pass, self.limits)?;
+        let names = KernelNames::of::<E, L>();
+        let f_stats = self.function(&names.stats)?;
+        let f_forward = self.function(&names.forward)?;
+        let f_combine = self.function(&names.combine)?;
+        let f_backward = self.function(&names.backward)?;
+        let f_dx = self.function(&names.dx_finish)?;
+
+        let need = plan.workspace.len.max(1);
+        if self.workspace.as_ref().map_or(true, |ws| ws.len() < need) {
+            // SAFETY: every region is written by a kernel before it is read.
+            self.workspace = Some(
+                unsafe { self.stream.alloc::<f32>(need) }.map_err(backend("alloc workspace"))?,
+            );
+        }
+        let mut record = self
+            .stream
+            .alloc_zeros::<AdafaceStepRecord>(1)
+            .map_err(backend("alloc step record"))?;
+        let stream = self.stream.clone();
+        let ws = self.workspace.as_mut().ok_or(Error::Backend {
+            message: "workspace".into(),
+        })?;
+
+        let (x_ptr, _gx) = x.device_ptr(&stream);
+        let (w_ptr, _gw) = w.device_ptr(&stream);
+        let (l_ptr, _gl) = labels.device_ptr(&stream);
+        let (s_ptr, _gs) = self.state.device_ptr_mut(&stream);
+        let (r_ptr, _gr) = record.device_ptr_mut(&stream);
+        let (ws_ptr, _gws) = ws.device_ptr_mut(&stream);
+        let mut bufs = StepBuffers {
+            x: x_ptr,
+            w: w_ptr,
+            labels: l_ptr,
+            state: s_ptr,
+            record: r_ptr,
+            workspace: ws_ptr,
+            dx: 0,
+            dw: 0,
+        };
+        let mut guards = Vec::new();
+        if let Some((dx, dw)) = grads {
+            let (dx_ptr, g1) = dx.device_ptr_mut(&stream);
+            let (dw_ptr, g2) = dw.device_ptr_mut(&stream);
+            bufs.dx = dx_ptr;
+            bufs.dw = dw_ptr;
+            guards.push(g1);
+            guards.push(g2);
+        }
+
+        let sp = plan.stats_params(&self.cfg, &bufs);
+        let fp = plan.forward_params(&self.cfg, &bufs);
+        let cp = plan.combine_params(&bufs, commit_state);
+        // SAFETY: the parameter structs point at live buffers whose lengths
+        // check_call and the plan verified; the kernels bound every index.
+        unsafe {
+            stream
+                .launch_builder(&f_stats)
+                .arg(&sp)
+                .launch(to_cfg(&plan.stats))
+                .map_err(backend("launch stats"))?;
+            stream
+                .launch_builder(&f_forward)
+                .arg(&fp)
+                .launch(to_cfg(&plan.forward))
+                .map_err(backend("launch forward"))?;
+            stream
+                .launch_builder(&f_combine)
+                .arg(&cp)
+                .launch(to_cfg(&plan.combine))
+                .map_err(backend("launch combine"))?;
+            if pass == Pass::ForwardBackward {
+                let bp = plan.backward_params(&self.cfg, &bufs);
+                let dp = plan.dx_params(&bufs);
+                stream
+                    .launch_builder(&f_backward)
+                    .arg(&bp)
+                    .launch(to_cfg(&plan.backward))
+                    .map_err(backend("launch backward"))?;
+                stream
+                    .launch_builder(&f_dx)
+                    .arg(&dp)
+                    .launch(to_cfg(&plan.dx_finish))
+                    .map_err(backend("launch dx_finish"))?;
+            }
+        }
+        drop(guards);
+        drop((_gx, _gw, _gl, _gs, _gr, _gws));
+        self.last_plan = Some(plan);
+        Ok(CudaStep {
+            stream,
+            record,
+            shape,
+        })
+    }
+}

@@ -1,0 +1,103 @@
+//! The CUDA backend: the kernels in `kernels/`, compiled at run time by
+//! NVRTC and launched through cudarc on a caller's stream.
+//!
+//! Nothing here touches cudarc before [`probe`] has checked that libcuda
+//! and libnvrtc can be loaded, so a machine without a GPU gets
+//! [`Error::DeviceUnavailable`](crate::Error::DeviceUnavailable), never a panic.
+
+mod compile;
+mod loss;
+
+pub use compile::{compile_ptx, kernel_source};
+pub use loss::{CudaAdaFace, CudaStep};
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaStream};
+
+use crate::error::{Error, Result};
+
+/// Checks that the CUDA driver library and NVRTC can be loaded.
+pub fn probe() -> Result<()> {
+    // SAFETY: these only try to dlopen the libraries.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error::DeviceUnavailable {
+            reason: "libcuda (the CUDA driver) cannot be loaded".into(),
+        });
+    }
+    probe_nvrtc()
+}
+
+/// Checks that NVRTC can be loaded (enough to compile, no GPU needed).
+pub fn probe_nvrtc() -> Result<()> {
+    // SAFETY: only tries to dlopen the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(Error::DeviceUnavailable {
+            reason: "libnvrtc cannot be loaded (set LD_LIBRARY_PATH to CUDA's lib directory)"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// The default stream of GPU `ordinal`, after [`probe`] and a device count check.
+pub fn default_stream(ordinal: usize) -> Result<Arc<CudaStream>> {
+    probe()?;
+    let count = CudaContext::device_count().map_err(|e| Error::DeviceUnavailable {
+        reason: format!("CUDA driver: {e}"),
+    })?;
+    if ordinal >= count.max(0) as usize {
+        return Err(Error::DeviceUnavailable {
+            reason: format!("no CUDA device {ordinal} ({count} visible)"),
+        });
+    }
+    let ctx = CudaContext::new(ordinal).map_err(|e| Error::DeviceUnavailable {
+        reason: format!("CUDA context: {e}"),
+    })?;
+    Ok(ctx.default_stream())
+}
+
+pub(crate) fn backend<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Error + '_ {
+    move |e| Error::Backend {
+        message: format!("{what}: {e}"),
+    }
+}
+
+/// Runs every step of a case file on GPU 0 with inputs rounded to `E` (the
+/// eval tool's `--device cuda`), carrying the EMA state on the device.
+pub fn eval_case<E: crate::launch::KernelElement + cudarc::driver::DeviceRepr>(
+    case: &crate::golden::Case,
+) -> Result<Vec<crate::golden::EvalStep>> {
+    let stream = default_stream(0)?;
+    let shape = case.shape;
+    let weight: Vec<E> = case.weight.iter().map(|&v| E::from_f64(v)).collect();
+    let w = stream.clone_htod(&weight).map_err(backend("upload"))?;
+    let mut loss = CudaAdaFace::new(stream.clone(), case.config)?;
+    let mut out = Vec::with_capacity(case.steps.len());
+    for step in &case.steps {
+        let features: Vec<E> = step.features.iter().map(|&v| E::from_f64(v)).collect();
+        let x = stream.clone_htod(&features).map_err(backend("upload"))?;
+        let labels = stream.clone_htod(&step.labels).map_err(backend("upload"))?;
+        let mut dx = stream
+            .alloc_zeros::<f32>(shape.features_len()?)
+            .map_err(backend("alloc"))?;
+        let mut dw = stream
+            .alloc_zeros::<f32>(shape.weight_len()?)
+            .map_err(backend("alloc"))?;
+        let summary = loss
+            .forward_backward(shape, &x, &w, &labels, &mut dx, &mut dw)?
+            .summary()?;
+        let (norms, z) = loss.row_diagnostics()?;
+        let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
+        out.push(crate::golden::EvalStep {
+            loss: summary.loss,
+            norms: widen(norms),
+            margin_scaler: widen(z),
+            grad_features: widen(stream.clone_dtoh(&dx).map_err(backend("download"))?),
+            grad_weight: widen(stream.clone_dtoh(&dw).map_err(backend("download"))?),
+            state_after: summary.state_after,
+            logits: None,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,659 @@
+//! Launch planning shared by the CUDA backend and the simulator: grid and
+//! block sizes, the workspace layout, the kernel names and the parameter
+//! structs. Both backends call the same functions, so every simulated run
+//! exercises the arithmetic the GPU launch uses.
+//!
+//! # Kernels of one step
+//!
+//! | kernel | grid | block | does |
+//! |---|---|---|---|
+//! | `stats` | 1 | 256 | validate labels and `x`, row norms, batch mean/std, EMA, `z_i`, `(a_i, b_i)` |
+//! | `forward` | `(S_f, ceil(B/32))` | 256 | 32 x 64 logit tiles, class norms, running max/sum-exp per split |
+//! | `combine` | 1 | 256 | log-sum-exp per row (splits in order), mean loss, EMA commit |
+//! | `backward` | `S_b` | 256 | recompute tiles, `A`, `dW` (owned rows), per-split `gx` |
+//! | `dx_finish` | `B` | 256 | sum `gx` over splits in order, Jacobian of `x / \|\|x\|\|` |
+//!
+//! # Workspace
+//!
+//! One `f32` buffer of `8 B + C + 2 S_f B + S_b B D` elements (the last
+//! term only for training steps), plus the 56-byte step record and the
+//! 16-byte EMA state. `S_f = min(tiles, ceil(target_blocks / ceil(B/32)))`
+//! and `S_b = min(tiles, max(1, dx_budget / (4 B D)), max_backward_splits)`
+//! with `tiles = ceil(C / 64)`, so the workspace is bounded by the budget
+//! (64 MiB by default) plus `O(B + C)`: at `B = D = 512`, `C = 1M` it is
+//! 64 + 4.3 MB against 2 GB for one `B x C` f32 matrix.
+
+use crate::config::AdaFaceConfig;
+use crate::element::{Dtype, Element, Label};
+use crate::error::{Error, Result, Tensor};
+use crate::kernel_params::{
+    AdafaceCombineParams, AdafaceDxParams, AdafaceStatsParams, AdafaceStepRecord,
+    AdafaceTileParams, ADAFACE_ERR_LABEL, ADAFACE_ERR_NONFINITE_W, ADAFACE_ERR_NONFINITE_X,
+    ADAFACE_ERR_ROWNORM_W, ADAFACE_ERR_ROWNORM_X, ADAFACE_THREADS, ADAFACE_TILE_CLASSES,
+    ADAFACE_TILE_ROWS,
+};
+use crate::shape::Shape;
+use crate::state::EmaState;
+
+/// The key of a step record that holds no error.
+pub const NO_ERROR: u64 = u64::MAX;
+
+/// Grid, block and dynamic shared memory of one launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchDims {
+    /// Blocks in x, y, z.
+    pub grid: (u32, u32, u32),
+    /// Threads per block in x, y, z.
+    pub block: (u32, u32, u32),
+    /// Dynamic shared memory per block, bytes (the kernels use static shared memory only).
+    pub shared_bytes: u32,
+}
+
+impl LaunchDims {
+    fn new(gx: usize, gy: usize) -> Result<Self> {
+        let gx = u32::try_from(gx).map_err(|_| Error::TooLarge { what: "grid x" })?;
+        let gy = u32::try_from(gy)
+            .ok()
+            .filter(|&g| g <= 65_535)
+            .ok_or(Error::TooLarge {
+                what: "grid y (batch)",
+            })?;
+        Ok(LaunchDims {
+            grid: (gx, gy, 1),
+            block: (ADAFACE_THREADS, 1, 1),
+            shared_bytes: 0,
+        })
+    }
+}
+
+/// Knobs of the plan. The defaults suit a large GPU; tests shrink them to
+/// make several class tiles share one split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanLimits {
+    /// Forward blocks to aim for (the forward grid is about this size).
+    pub target_blocks: usize,
+    /// Bytes the backward's per-split `gx` partials may take.
+    pub dx_budget_bytes: usize,
+    /// Most backward splits.
+    pub max_backward_splits: usize,
+}
+
+impl Default for PlanLimits {
+    fn default() -> Self {
+        PlanLimits {
+            target_blocks: 2048,
+            dx_budget_bytes: 64 << 20,
+            max_backward_splits: 1024,
+        }
+    }
+}
+
+/// Which kernels a call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Loss only: stats, forward, combine.
+    Forward,
+    /// Training step: also backward and dx_finish.
+    ForwardBackward,
+}
+
+/// Element offsets of the regions of the `f32` workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkspaceLayout {
+    /// `||x_i||`, `B`.
+    pub row_norm: usize,
+    /// Angular offsets `a_i`, `B`.
+    pub row_a: usize,
+    /// Additive offsets `b_i`, `B`.
+    pub row_b: usize,
+    /// Margin scaler `z_i`, `B`.
+    pub row_z: usize,
+    /// Margin target logits, `B`.
+    pub target_logit: usize,
+    /// Clamped target cosines, `B`.
+    pub target_cos: usize,
+    /// Log-sum-exp per row, `B`.
+    pub lse: usize,
+    /// Per-row loss, `B`.
+    pub sample_loss: usize,
+    /// `||w_j||`, `C`.
+    pub class_norm: usize,
+    /// Forward running max per split and row, `S_f B`.
+    pub partial_max: usize,
+    /// Forward running sum-exp per split and row, `S_f B`.
+    pub partial_sum: usize,
+    /// Backward `gx` per split, `S_b B D` (training steps only).
+    pub dx_partial: usize,
+    /// Total elements.
+    pub len: usize,
+}
+
+/// Everything a backend needs to launch one step of a given shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepPlan {
+    /// The problem shape.
+    pub shape: Shape,
+    /// Which kernels run.
+    pub pass: Pass,
+    /// Class tiles, `ceil(C / 64)`.
+    pub class_tiles: usize,
+    /// `S_f`.
+    pub forward_splits: usize,
+    /// `S_b` (0 for a forward).
+    pub backward_splits: usize,
+    /// The stats launch.
+    pub stats: LaunchDims,
+    /// The forward launch.
+    pub forward: LaunchDims,
+    /// The combine launch.
+    pub combine: LaunchDims,
+    /// The backward launch (training steps).
+    pub backward: LaunchDims,
+    /// The dx_finish launch (training steps).
+    pub dx_finish: LaunchDims,
+    /// Workspace regions.
+    pub workspace: WorkspaceLayout,
+}
+
+/// Device addresses (or, in the simulator, host addresses) of one step's buffers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepBuffers {
+    /// Features, `B x D` elements of the input type.
+    pub x: u64,
+    /// Weight, `C x D`.
+    pub w: u64,
+    /// Labels, `B` (i32 or i64).
+    pub labels: u64,
+    /// EMA state, `f64[2]`.
+    pub state: u64,
+    /// The step record ([`AdafaceStepRecord`]).
+    pub record: u64,
+    /// The `f32` workspace of [`StepPlan::workspace`].
+    pub workspace: u64,
+    /// `dX`, `B x D` f32 (training steps).
+    pub dx: u64,
+    /// `dW`, `C x D` f32 (training steps).
+    pub dw: u64,
+}
+
+fn div_ceil(a: usize, b: usize) -> usize {
+    a.div_ceil(b)
+}
+
+impl StepPlan {
+    /// Plans a step; checks that the shape is non-empty and that every
+    /// count fits the kernels' index types (64-bit offsets, 32-bit grids).
+    pub fn new(shape: Shape, pass: Pass, limits: PlanLimits) -> Result<Self> {
+        shape.check_nonempty()?;
+        shape.features_len()?;
+        shape.weight_len()?;
+        let Shape {
+            batch: b,
+            dim: d,
+            classes: c,
+        } = shape;
+        if i64::try_from(shape.weight_len()?).is_err()
+            || i64::try_from(shape.features_len()?).is_err()
+        {
+            return Err(Error::TooLarge { what: "C * D" });
+        }
+        let tiles = div_ceil(c, ADAFACE_TILE_CLASSES as usize);
+        let row_tiles = div_ceil(b, ADAFACE_TILE_ROWS as usize);
+        let forward_splits = tiles
+            .min(div_ceil(limits.target_blocks.max(1), row_tiles))
+            .max(1);
+        let backward_splits = match pass {
+            Pass::Forward => 0,
+            Pass::ForwardBackward => {
+                let per_split = b.saturating_mul(d).saturating_mul(4).max(1);
+                tiles
+                    .min((limits.dx_budget_bytes / per_split).max(1))
+                    .min(limits.max_backward_splits.max(1))
+            }
+        };
+        let too_large = Error::TooLarge { what: "workspace" };
+        let mut at = 0usize;
+        let mut take = |n: usize| -> Result<usize> {
+            let start = at;
+            at = at.checked_add(n).ok_or(too_large.clone())?;
+            Ok(start)
+        };
+        let workspace = WorkspaceLayout {
+            row_norm: take(b)?,
+            row_a: take(b)?,
+            row_b: take(b)?,
+            row_z: take(b)?,
+            target_logit: take(b)?,
+            target_cos: take(b)?,
+            lse: take(b)?,
+            sample_loss: take(b)?,
+            class_norm: take(c)?,
+            partial_max: take(forward_splits * b)?,
+            partial_sum: take(forward_splits * b)?,
+            dx_partial: take(
+                backward_splits
+                    .checked_mul(b)
+                    .and_then(|v| v.checked_mul(d))
+                    .ok_or(too_large.clone())?,
+            )?,
+            len: 0,
+        };
+        let workspace = WorkspaceLayout {
+            len: at,
+            ..workspace
+        };
+        Ok(StepPlan {
+            shape,
+            pass,
+            class_tiles: tiles,
+            forward_splits,
+            backward_splits,
+            stats: LaunchDims::new(1, 1)?,
+            forward: LaunchDims::new(forward_splits, row_tiles)?,
+            combine: LaunchDims::new(1, 1)?,
+            backward: LaunchDims::new(backward_splits.max(1), 1)?,
+            dx_finish: LaunchDims::new(b, 1)?,
+            workspace,
+        })
+    }
+
+    /// Bytes of the `f32` workspace.
+    pub fn workspace_bytes(&self) -> usize {
+        self.workspace.len * 4
+    }
+
+    fn ws(&self, buf: &StepBuffers, offset: usize) -> u64 {
+        buf.workspace + 4 * offset as u64
+    }
+
+    /// Parameters of the stats kernel.
+    pub fn stats_params(&self, cfg: &AdaFaceConfig, buf: &StepBuffers) -> AdafaceStatsParams {
+        let policy = cfg.margin();
+        let (a0, b0) = policy.row_offsets(0.0);
+        let (a1, b1) = policy.row_offsets(1.0);
+        let l = &self.workspace;
+        AdafaceStatsParams {
+            x: buf.x,
+            labels: buf.labels,
+            state: buf.state,
+            record: buf.record,
+            row_norm: self.ws(buf, l.row_norm),
+            row_a: self.ws(buf, l.row_a),
+            row_b: self.ws(buf, l.row_b),
+            row_z: self.ws(buf, l.row_z),
+            batch: self.shape.batch as i64,
+            dim: self.shape.dim as i64,
+            classes: self.shape.classes as i64,
+            t_alpha: cfg.t_alpha(),
+            eps: cfg.eps(),
+            clip_min: cfg.norm_clip_min(),
+            clip_max: cfg.norm_clip_max(),
+            h: cfg.h(),
+            a0,
+            a1: a1 - a0,
+            b0,
+            b1: b1 - b0,
+        }
+    }
+
+    fn tile_params(
+        &self,
+        cfg: &AdaFaceConfig,
+        buf: &StepBuffers,
+        splits: usize,
+    ) -> AdafaceTileParams {
+        let l = &self.workspace;
+        AdafaceTileParams {
+            x: buf.x,
+            w: buf.w,
+            labels: buf.labels,
+            record: buf.record,
+            row_norm: self.ws(buf, l.row_norm),
+            row_a: self.ws(buf, l.row_a),
+            row_b: self.ws(buf, l.row_b),
+            class_norm: self.ws(buf, l.class_norm),
+            partial_max: self.ws(buf, l.partial_max),
+            partial_sum: self.ws(buf, l.partial_sum),
+            target_logit: self.ws(buf, l.target_logit),
+            target_cos: self.ws(buf, l.target_cos),
+            lse: self.ws(buf, l.lse),
+            dx_partial: self.ws(buf, l.dx_partial),
+            dw: buf.dw,
+            batch: self.shape.batch as i64,
+            dim: self.shape.dim as i64,
+            classes: self.shape.classes as i64,
+            splits: splits as i64,
+            s: cfg.s() as f32,
+            eps: cfg.eps() as f32,
+            m1: cfg.margin().angle_scale() as f32,
+            inv_batch: (1.0 / self.shape.batch as f64) as f32,
+        }
+    }
+
+    /// Parameters of the forward tile kernel.
+    pub fn forward_params(&self, cfg: &AdaFaceConfig, buf: &StepBuffers) -> AdafaceTileParams {
+        self.tile_params(cfg, buf, self.forward_splits)
+    }
+
+    /// Parameters of the backward tile kernel.
+    pub fn backward_params(&self, cfg: &AdaFaceConfig, buf: &StepBuffers) -> AdafaceTileParams {
+        self.tile_params(cfg, buf, self.backward_splits)
+    }
+
+    /// Parameters of the combine kernel; `commit_state` stores the updated
+    /// EMA state (when no error was recorded).
+    pub fn combine_params(&self, buf: &StepBuffers, commit_state: bool) -> AdafaceCombineParams {
+        let l = &self.workspace;
+        AdafaceCombineParams {
+            record: buf.record,
+            state: buf.state,
+            partial_max: self.ws(buf, l.partial_max),
+            partial_sum: self.ws(buf, l.partial_sum),
+            target_logit: self.ws(buf, l.target_logit),
+            lse: self.ws(buf, l.lse),
+            sample_loss: self.ws(buf, l.sample_loss),
+            batch: self.shape.batch as i64,
+            splits: self.forward_splits as i64,
+            commit_state: commit_state as u32,
+            pad0: 0,
+        }
+    }
+
+    /// Parameters of the dx_finish kernel.
+    pub fn dx_params(&self, buf: &StepBuffers) -> AdafaceDxParams {
+        let l = &self.workspace;
+        AdafaceDxParams {
+            x: buf.x,
+            record: buf.record,
+            row_norm: self.ws(buf, l.row_norm),
+            dx_partial: self.ws(buf, l.dx_partial),
+            dx: buf.dx,
+            batch: self.shape.batch as i64,
+            dim: self.shape.dim as i64,
+            splits: self.backward_splits as i64,
+        }
+    }
+}
+
+/// Element types the kernels are instantiated for.
+pub trait KernelElement: Element {
+    /// Suffix of the kernel names (`f32`, `bf16`, `f16`).
+    const SUFFIX: &'static str;
+}
+impl KernelElement for f32 {
+    const SUFFIX: &'static str = "f32";
+}
+impl KernelElement for half::bf16 {
+    const SUFFIX: &'static str = "bf16";
+}
+impl KernelElement for half::f16 {
+    const SUFFIX: &'static str = "f16";
+}
+
+/// Label types the kernels are instantiated for.
+pub trait KernelLabel: Label {
+    /// Suffix of the kernel names (`i32`, `i64`).
+    const SUFFIX: &'static str;
+}
+impl KernelLabel for i32 {
+    const SUFFIX: &'static str = "i32";
+}
+impl KernelLabel for i64 {
+    const SUFFIX: &'static str = "i64";
+}
+
+/// The entry points of one (element, label) specialisation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelNames {
+    /// Norm statistics.
+    pub stats: String,
+    /// Forward tiles.
+    pub forward: String,
+    /// Combine (untyped).
+    pub combine: String,
+    /// Backward tiles.
+    pub backward: String,
+    /// dX finish.
+    pub dx_finish: String,
+}
+
+impl KernelNames {
+    /// Names for element `E` and label `L`.
+    pub fn of<E: KernelElement, L: KernelLabel>() -> Self {
+        Self::for_suffixes(E::SUFFIX, L::SUFFIX)
+    }
+
+    /// Names for the given suffixes.
+    pub fn for_suffixes(e: &str, l: &str) -> Self {
+        KernelNames {
+            stats: format!("adaface_stats_{e}_{l}"),
+            forward: format!("adaface_forward_{e}_{l}"),
+            combine: "adaface_combine".to_string(),
+            backward: format!("adaface_backward_{e}_{l}"),
+            dx_finish: format!("adaface_dx_finish_{e}"),
+        }
+    }
+
+    /// Every entry point in the kernel source, for compile checks.
+    pub fn all() -> Vec<String> {
+        let mut out = vec!["adaface_combine".to_string()];
+        for e in [Dtype::F32, Dtype::BF16, Dtype::F16] {
+            out.push(format!("adaface_dx_finish_{}", e.name()));
+            for l in ["i32", "i64"] {
+                let n = Self::for_suffixes(e.name(), l);
+                out.extend([n.stats, n.forward, n.backward]);
+            }
+        }
+        out
+    }
+}
+
+/// Host-side checks of one call before anything is launched: shape,
+/// buffer lengths and output lengths. Labels, non-finite values and zero
+/// norms are checked on the device.
+pub fn check_call(
+    shape: &Shape,
+    x_len: usize,
+    w_len: usize,
+    labels_len: usize,
+    outputs: Option<(usize, usize)>,
+) -> Result<()> {
+    shape.check_nonempty()?;
+    shape.check_len(Tensor::Features, x_len)?;
+    shape.check_len(Tensor::Weight, w_len)?;
+    shape.check_len(Tensor::Labels, labels_len)?;
+    if let Some((dx_len, dw_len)) = outputs {
+        for (expected, actual) in [
+            (shape.features_len()?, dx_len),
+            (shape.weight_len()?, dw_len),
+        ] {
+            if expected != actual {
+                return Err(Error::ShapeMismatch {
+                    tensor: Tensor::Output,
+                    expected,
+                    actual,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Turns a step record into `Ok` or the typed error the host-side checks
+/// would have reported for the same inputs.
+pub fn check_record(rec: &AdafaceStepRecord, shape: &Shape) -> Result<()> {
+    if rec.error_key == NO_ERROR {
+        return Ok(());
+    }
+    let kind = (rec.error_key >> 56) as u32;
+    let detail = (rec.error_key & ((1u64 << 56) - 1)) as usize;
+    Err(match kind {
+        ADAFACE_ERR_LABEL => Error::LabelOutOfRange {
+            row: detail,
+            label: rec.error_value,
+            classes: shape.classes,
+        },
+        ADAFACE_ERR_NONFINITE_X => Error::NonFinite {
+            tensor: Tensor::Features,
+            index: detail,
+        },
+        ADAFACE_ERR_NONFINITE_W => Error::NonFinite {
+            tensor: Tensor::Weight,
+            index: detail,
+        },
+        ADAFACE_ERR_ROWNORM_X | ADAFACE_ERR_ROWNORM_W => {
+            let tensor = if kind == ADAFACE_ERR_ROWNORM_X {
+                Tensor::Features
+            } else {
+                Tensor::Weight
+            };
+            let row = detail >> 1;
+            if detail & 1 == 0 {
+                Error::ZeroNorm { tensor, row }
+            } else {
+                Error::NormOverflow { tensor, row }
+            }
+        }
+        _ => Error::Backend {
+            message: format!("unknown device error key {:#x}", rec.error_key),
+        },
+    })
+}
+
+/// Results of a step the host reads from the record: loss, batch
+/// statistics, and the EMA state the step led to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepSummary {
+    /// Mean loss.
+    pub loss: f64,
+    /// Mean of this batch's clipped norms.
+    pub norm_mean: f64,
+    /// Unbiased std of this batch's clipped norms; `None` when `B = 1`.
+    pub norm_std: Option<f64>,
+    /// EMA state after this step (stored only if the call asked for it).
+    pub state_after: EmaState,
+}
+
+impl StepSummary {
+    /// Reads a record, failing with its error if it holds one.
+    pub fn from_record(rec: &AdafaceStepRecord, shape: &Shape) -> Result<Self> {
+        check_record(rec, shape)?;
+        Ok(StepSummary {
+            loss: rec.loss,
+            norm_mean: rec.norm_mean,
+            norm_std: (rec.norm_std >= 0.0).then_some(rec.norm_std),
+            state_after: EmaState {
+                batch_mean: rec.state_mean,
+                batch_std: rec.state_std,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_follows_the_documented_formula() {
+        for &(b, d, c) in &[
+            (1, 16, 50),
+            (33, 96, 300),
+            (512, 512, 1_000_000),
+            (129, 512, 77),
+        ] {
+            let shape = Shape::new(b, d, c);
+            let plan = StepPlan::new(shape, Pass::ForwardBackward, PlanLimits::default()).unwrap();
+            let (sf, sb) = (plan.forward_splits, plan.backward_splits);
+            assert_eq!(plan.workspace.len, 8 * b + c + 2 * sf * b + sb * b * d);
+            assert!(sf >= 1 && sf <= plan.class_tiles && sb >= 1 && sb <= plan.class_tiles);
+            assert!(sb * b * d * 4 <= (64 << 20) || sb == 1);
+            assert_eq!(plan.forward.grid, (sf as u32, b.div_ceil(32) as u32, 1));
+            let fwd = StepPlan::new(shape, Pass::Forward, PlanLimits::default()).unwrap();
+            assert_eq!(fwd.workspace.len, 8 * b + c + 2 * sf * b);
+        }
+        // The training shape of the target GPU: far below one B x C matrix.
+        let big = StepPlan::new(
+            Shape::new(512, 512, 1_000_000),
+            Pass::ForwardBackward,
+            PlanLimits::default(),
+        )
+        .unwrap();
+        assert!(
+            big.workspace_bytes() < 80 << 20,
+            "{}",
+            big.workspace_bytes()
+        );
+    }
+
+    #[test]
+    fn shapes_the_grid_cannot_hold_are_rejected() {
+        let huge_batch = Shape::new(65_536 * 32 + 1, 4, 4);
+        assert!(matches!(
+            StepPlan::new(huge_batch, Pass::Forward, PlanLimits::default()),
+            Err(Error::TooLarge { .. })
+        ));
+        assert_eq!(
+            StepPlan::new(Shape::new(0, 4, 4), Pass::Forward, PlanLimits::default()).unwrap_err(),
+            Error::EmptyBatch
+        );
+    }
+
+    #[test]
+    fn error_records_decode_to_typed_errors() {
+        let shape = Shape::new(8, 4, 10);
+        let rec = |kind: u32, detail: u64, value: i64| AdafaceStepRecord {
+            error_key: ((kind as u64) << 56) | detail,
+            error_value: value,
+            ..Default::default()
+        };
+        assert_eq!(
+            check_record(&rec(ADAFACE_ERR_LABEL, 3, -2), &shape),
+            Err(Error::LabelOutOfRange {
+                row: 3,
+                label: -2,
+                classes: 10
+            })
+        );
+        assert_eq!(
+            check_record(&rec(ADAFACE_ERR_NONFINITE_W, 39, 0), &shape),
+            Err(Error::NonFinite {
+                tensor: Tensor::Weight,
+                index: 39
+            })
+        );
+        assert_eq!(
+            check_record(&rec(ADAFACE_ERR_ROWNORM_X, 5 << 1, 0), &shape),
+            Err(Error::ZeroNorm {
+                tensor: Tensor::Features,
+                row: 5
+            })
+        );
+        assert_eq!(
+            check_record(&rec(ADAFACE_ERR_ROWNORM_W, (7 << 1) | 1, 0), &shape),
+            Err(Error::NormOverflow {
+                tensor: Tensor::Weight,
+                row: 7
+            })
+        );
+        let ok = AdafaceStepRecord {
+            error_key: NO_ERROR,
+            norm_std: -1.0,
+            ..Default::default()
+        };
+        assert_eq!(
+            StepSummary::from_record(&ok, &shape).unwrap().norm_std,
+            None
+        );
+    }
+
+    #[test]
+    fn every_kernel_name_is_listed_once() {
+        let all = KernelNames::all();
+        assert_eq!(all.len(), 1 + 3 * (1 + 2 * 3));
+        let n = KernelNames::of::<half::bf16, i32>();
+        for name in [&n.stats, &n.forward, &n.combine, &n.backward, &n.dx_finish] {
+            assert_eq!(all.iter().filter(|a| *a == name).count(), 1, "{name}");
+        }
+    }
+}

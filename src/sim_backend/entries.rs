@@ -1,0 +1,103 @@
+//! The `_sim` entry points of every kernel instantiation, picked by the
+//! element and label types.
+
+use crate::error::{Error, Result};
+use crate::kernel_params::{
+    AdafaceCombineParams, AdafaceDxParams, AdafaceStatsParams, AdafaceTileParams,
+};
+use crate::launch::{KernelElement, KernelLabel};
+use crate::sim::SimEntry;
+
+macro_rules! declare {
+    ($params:ty => $($name:ident),* $(,)?) => {
+        extern "C" {
+            $(fn $name(launch: *const crate::sim::SimLaunch, params: *const $params) -> std::ffi::c_int;)*
+        }
+    };
+}
+
+declare!(AdafaceStatsParams =>
+    adaface_stats_f32_i32_sim, adaface_stats_f32_i64_sim,
+    adaface_stats_bf16_i32_sim, adaface_stats_bf16_i64_sim,
+    adaface_stats_f16_i32_sim, adaface_stats_f16_i64_sim);
+declare!(AdafaceTileParams =>
+    adaface_forward_f32_i32_sim, adaface_forward_f32_i64_sim,
+    adaface_forward_bf16_i32_sim, adaface_forward_bf16_i64_sim,
+    adaface_forward_f16_i32_sim, adaface_forward_f16_i64_sim,
+    adaface_backward_f32_i32_sim, adaface_backward_f32_i64_sim,
+    adaface_backward_bf16_i32_sim, adaface_backward_bf16_i64_sim,
+    adaface_backward_f16_i32_sim, adaface_backward_f16_i64_sim);
+declare!(AdafaceCombineParams => adaface_combine_sim);
+declare!(AdafaceDxParams => adaface_dx_finish_f32_sim, adaface_dx_finish_bf16_sim, adaface_dx_finish_f16_sim);
+
+/// The five entries of one (element, label) specialisation.
+pub(super) struct Entries {
+    pub stats: SimEntry<AdafaceStatsParams>,
+    pub forward: SimEntry<AdafaceTileParams>,
+    pub combine: SimEntry<AdafaceCombineParams>,
+    pub backward: SimEntry<AdafaceTileParams>,
+    pub dx_finish: SimEntry<AdafaceDxParams>,
+}
+
+impl Entries {
+    pub(super) fn of<E: KernelElement, L: KernelLabel>() -> Result<Self> {
+        let (stats, forward, backward): (SimEntry<_>, SimEntry<_>, SimEntry<_>) =
+            match (E::SUFFIX, L::SUFFIX) {
+                ("f32", "i32") => (
+                    adaface_stats_f32_i32_sim,
+                    adaface_forward_f32_i32_sim,
+                    adaface_backward_f32_i32_sim,
+                ),
+                ("f32", "i64") => (
+                    adaface_stats_f32_i64_sim,
+                    adaface_forward_f32_i64_sim,
+                    adaface_backward_f32_i64_sim,
+                ),
+                ("bf16", "i32") => (
+                    adaface_stats_bf16_i32_sim,
+                    adaface_forward_bf16_i32_sim,
+                    adaface_backward_bf16_i32_sim,
+                ),
+                ("bf16", "i64") => (
+                    adaface_stats_bf16_i64_sim,
+                    adaface_forward_bf16_i64_sim,
+                    adaface_backward_bf16_i64_sim,
+                ),
+                ("f16", "i32") => (
+                    adaface_stats_f16_i32_sim,
+                    adaface_forward_f16_i32_sim,
+                    adaface_backward_f16_i32_sim,
+                ),
+                ("f16", "i64") => (
+                    adaface_stats_f16_i64_sim,
+                    adaface_forward_f16_i64_sim,
+                    adaface_backward_f16_i64_sim,
+                ),
+                (e, l) => return Err(unsupported(e, l)),
+            };
+        let dx_finish: SimEntry<AdafaceDxParams> = match E::SUFFIX {
+            "f32" => adaface_dx_finish_f32_sim,
+            "bf16" => adaface_dx_finish_bf16_sim,
+            "f16" => adaface_dx_finish_f16_sim,
+            e => return Err(unsupported(e, L::SUFFIX)),
+        };
+        Ok(Entries {
+            stats,
+            forward,
+            combine: adaface_combine_sim,
+            backward,
+            dx_finish,
+        })
+    }
+}
+
+fn unsupported(element: &'static str, label: &'static str) -> Error {
+    Error::DtypeMismatch {
+        expected: "f32, bf16 or f16 elements with i32 or i64 labels",
+        actual: if matches!(element, "f32" | "bf16" | "f16") {
+            label
+        } else {
+            element
+        },
+    }
+}

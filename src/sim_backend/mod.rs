@@ -1,0 +1,232 @@
+//! The simulated backend: the CUDA backend's API over host buffers, running
+//! the same kernel source on the CPU simulator ([`crate::sim`]) with the same
+//! launch plan ([`crate::launch`]). This is how the kernels are tested on
+//! machines without a GPU.
+
+mod entries;
+
+use crate::config::AdaFaceConfig;
+use crate::error::Result;
+use crate::kernel_params::AdafaceStepRecord;
+use crate::launch::{
+    check_call, KernelElement, KernelLabel, LaunchDims, Pass, PlanLimits, StepBuffers, StepPlan,
+    StepSummary,
+};
+use crate::shape::Shape;
+use crate::sim::{launch, SimLaunch};
+use crate::state::EmaState;
+
+use entries::Entries;
+
+/// The AdaFace loss on the simulator: owns the EMA state (a host buffer the
+/// kernels update, as the device buffer on a GPU) and a reusable workspace.
+#[derive(Debug, Clone)]
+pub struct SimAdaFace {
+    cfg: AdaFaceConfig,
+    limits: PlanLimits,
+    state: [f64; 2],
+    workspace: Vec<f32>,
+    last_plan: Option<StepPlan>,
+}
+
+/// A finished simulated step: the same accessors as [`crate::cuda::CudaStep`].
+#[derive(Debug, Clone, Copy)]
+pub struct SimStep {
+    record: AdafaceStepRecord,
+    shape: Shape,
+}
+
+impl SimStep {
+    /// Loss, batch statistics and EMA state after the step, or the error
+    /// the kernels detected.
+    pub fn summary(&self) -> Result<StepSummary> {
+        StepSummary::from_record(&self.record, &self.shape)
+    }
+
+    /// The mean loss, or the error the kernels detected.
+    pub fn loss(&self) -> Result<f64> {
+        Ok(self.summary()?.loss)
+    }
+}
+
+fn sim_launch(d: &LaunchDims) -> SimLaunch {
+    SimLaunch::new(d.grid, d.block, d.shared_bytes)
+}
+
+impl SimAdaFace {
+    /// A loss with the config's initial EMA state.
+    pub fn new(cfg: AdaFaceConfig) -> Self {
+        let init = cfg.initial_state();
+        SimAdaFace {
+            cfg,
+            limits: PlanLimits::default(),
+            state: [init.batch_mean, init.batch_std],
+            workspace: Vec::new(),
+            last_plan: None,
+        }
+    }
+
+    /// Replaces the planning limits (tests force several tiles per split).
+    pub fn with_limits(mut self, limits: PlanLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The config.
+    pub fn config(&self) -> &AdaFaceConfig {
+        &self.cfg
+    }
+
+    /// The EMA state.
+    pub fn state(&self) -> Result<EmaState> {
+        Ok(EmaState {
+            batch_mean: self.state[0],
+            batch_std: self.state[1],
+        })
+    }
+
+    /// Restores the EMA state (validated first).
+    pub fn set_state(&mut self, state: EmaState) -> Result<()> {
+        state.validate()?;
+        self.state = [state.batch_mean, state.batch_std];
+        Ok(())
+    }
+
+    /// Evaluation: the loss only; `update_state` chooses whether the EMA moves.
+    pub fn forward<E: KernelElement, L: KernelLabel>(
+        &mut self,
+        shape: Shape,
+        x: &[E],
+        w: &[E],
+        labels: &[L],
+        update_state: bool,
+    ) -> Result<SimStep> {
+        check_call(&shape, x.len(), w.len(), labels.len(), None)?;
+        self.run(shape, Pass::Forward, x, w, labels, None, update_state)
+    }
+
+    /// A training step: loss, `dX` and `dW` (f32), and the EMA update. On a
+    /// device-detected error `dX`, `dW` and the state are untouched.
+    pub fn forward_backward<E: KernelElement, L: KernelLabel>(
+        &mut self,
+        shape: Shape,
+        x: &[E],
+        w: &[E],
+        labels: &[L],
+        dx: &mut [f32],
+        dw: &mut [f32],
+    ) -> Result<SimStep> {
+        check_call(
+            &shape,
+            x.len(),
+            w.len(),
+            labels.len(),
+            Some((dx.len(), dw.len())),
+        )?;
+        self.run(
+            shape,
+            Pass::ForwardBackward,
+            x,
+            w,
+            labels,
+            Some((dx, dw)),
+            true,
+        )
+    }
+
+    /// Per-row `||x_i||` and margin scaler `z_i` of the latest step.
+    pub fn row_diagnostics(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let Some(plan) = self.last_plan.as_ref() else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let b = plan.shape.batch;
+        let l = &plan.workspace;
+        Ok((
+            self.workspace[l.row_norm..l.row_norm + b].to_vec(),
+            self.workspace[l.row_z..l.row_z + b].to_vec(),
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run<E: KernelElement, L: KernelLabel>(
+        &mut self,
+        shape: Shape,
+        pass: Pass,
+        x: &[E],
+        w: &[E],
+        labels: &[L],
+        grads: Option<(&mut [f32], &mut [f32])>,
+        commit_state: bool,
+    ) -> Result<SimStep> {
+        let plan = StepPlan::new(shape, pass, self.limits)?;
+        let entries = Entries::of::<E, L>()?;
+        if self.workspace.len() < plan.workspace.len {
+            self.workspace.resize(plan.workspace.len, 0.0);
+        }
+        let mut record = AdafaceStepRecord::default();
+        let mut bufs = StepBuffers {
+            x: x.as_ptr() as u64,
+            w: w.as_ptr() as u64,
+            labels: labels.as_ptr() as u64,
+            state: self.state.as_mut_ptr() as u64,
+            record: &mut record as *mut AdafaceStepRecord as u64,
+            workspace: self.workspace.as_mut_ptr() as u64,
+            dx: 0,
+            dw: 0,
+        };
+        if let Some((dx, dw)) = grads {
+            bufs.dx = dx.as_mut_ptr() as u64;
+            bufs.dw = dw.as_mut_ptr() as u64;
+        }
+        let sp = plan.stats_params(&self.cfg, &bufs);
+        let fp = plan.forward_params(&self.cfg, &bufs);
+        let cp = plan.combine_params(&bufs, commit_state);
+        // SAFETY: every address points into a buffer borrowed for this call
+        // whose length check_call and the plan verified (x, w, labels, dx,
+        // dw, the workspace of plan.workspace.len elements, the state and
+        // the record); the kernels bound every index by the shape.
+        unsafe {
+            launch(entries.stats, &sim_launch(&plan.stats), &sp)?;
+            launch(entries.forward, &sim_launch(&plan.forward), &fp)?;
+            launch(entries.combine, &sim_launch(&plan.combine), &cp)?;
+            if pass == Pass::ForwardBackward {
+                let bp = plan.backward_params(&self.cfg, &bufs);
+                let dp = plan.dx_params(&bufs);
+                launch(entries.backward, &sim_launch(&plan.backward), &bp)?;
+                launch(entries.dx_finish, &sim_launch(&plan.dx_finish), &dp)?;
+            }
+        }
+        self.last_plan = Some(plan);
+        Ok(SimStep { record, shape })
+    }
+}
+
+/// Runs every step of a case file on the simulator with inputs rounded to
+/// `E` (the eval tool's `--device sim`), carrying the EMA state.
+pub fn eval_case<E: KernelElement>(
+    case: &crate::golden::Case,
+) -> Result<Vec<crate::golden::EvalStep>> {
+    let shape = case.shape;
+    let weight: Vec<E> = case.weight.iter().map(|&v| E::from_f64(v)).collect();
+    let mut loss = SimAdaFace::new(case.config);
+    let mut out = Vec::with_capacity(case.steps.len());
+    for step in &case.steps {
+        let features: Vec<E> = step.features.iter().map(|&v| E::from_f64(v)).collect();
+        let mut dx = vec![0.0f32; shape.features_len()?];
+        let mut dw = vec![0.0f32; shape.weight_len()?];
+        let summary = loss
+            .forward_backward(shape, &features, &weight, &step.labels, &mut dx, &mut dw)?
+            .summary()?;
+        let (norms, z) = loss.row_diagnostics()?;
+        out.push(crate::golden::EvalStep {
+            loss: summary.loss,
+            norms: norms.iter().map(|&v| v as f64).collect(),
+            margin_scaler: z.iter().map(|&v| v as f64).collect(),
+            grad_features: dx.iter().map(|&v| v as f64).collect(),
+            grad_weight: dw.iter().map(|&v| v as f64).collect(),
+            state_after: summary.state_after,
+            logits: None,
+        });
+    }
+    Ok(out)
+}
