@@ -16,7 +16,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use adaface::cpu::{CpuAdaFace, EmaUpdate};
+use adaface::cpu::CpuAdaFace;
 use adaface::memory::CountingAllocator;
 use adaface::{naive, AdaFaceConfig, Shape};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -109,18 +109,11 @@ fn bench(c: &mut Criterion) {
             .warm_up_time(Duration::from_millis(300))
             .measurement_time(Duration::from_secs(1))
             .throughput(Throughput::Elements(step_flops / 4));
-        let (_, mem) = ALLOC.measure(|| {
-            loss.forward(s, &inp.x, &inp.w, &inp.labels, EmaUpdate::Keep)
-                .unwrap()
-        });
+        let (_, mem) =
+            ALLOC.measure(|| loss.forward(s, &inp.x, &inp.w, &inp.labels, false).unwrap());
         report_memory(&format!("fused forward {case}"), mem);
         group.bench_function(BenchmarkId::new("fused", &case), |b| {
-            b.iter(|| {
-                black_box(
-                    loss.forward(s, &inp.x, &inp.w, &inp.labels, EmaUpdate::Keep)
-                        .unwrap(),
-                )
-            })
+            b.iter(|| black_box(loss.forward(s, &inp.x, &inp.w, &inp.labels, false).unwrap()))
         });
         let (_, mem) = ALLOC
             .measure(|| naive::cpu::forward(&cfg, &state, s, &inp.x, &inp.w, &inp.labels).unwrap());

@@ -29,7 +29,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use adaface::cpu::{CpuAdaFace, CpuElement, CpuOptions, EmaUpdate};
+use adaface::cpu::{CpuAdaFace, CpuElement, CpuOptions};
 use adaface::memory::CountingAllocator;
 use adaface::{AdaFaceConfig, Dtype, Shape};
 use half::{bf16, f16};
@@ -228,8 +228,7 @@ fn bench_cpu<E: CpuElement>(args: &Args) -> Result<Vec<Measurement>, String> {
 
     if args.forward {
         let timing = time(args.iters, 0, || {
-            loss.forward(s, &x, &w, &labels, EmaUpdate::Keep)
-                .map(|o| o.loss)
+            loss.forward(s, &x, &w, &labels, false).map(|o| o.loss)
         });
         out.push(Measurement {
             path: "fused_forward",

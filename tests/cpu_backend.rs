@@ -4,7 +4,7 @@
 
 mod common;
 
-use adaface::cpu::{self, CpuAdaFace, CpuElement, CpuOptions, EmaUpdate};
+use adaface::cpu::{self, CpuAdaFace, CpuElement, CpuOptions};
 use adaface::eval::{run_case, Device};
 use adaface::golden::parse_case;
 use adaface::{reference, AdaFaceConfig, Dtype, EmaState, Error, Shape, Tensor};
@@ -228,14 +228,10 @@ fn forward_matches_the_training_step_and_honours_the_ema_choice() {
     let start = loss.state();
     assert_eq!(start, p.cfg.initial_state());
 
-    let kept = loss
-        .forward(p.shape, &x, &w, &p.labels, EmaUpdate::Keep)
-        .unwrap();
+    let kept = loss.forward(p.shape, &x, &w, &p.labels, false).unwrap();
     assert_eq!(loss.state(), start, "Keep must not move the state");
     assert!(kept.logits.is_empty());
-    let updated = loss
-        .forward(p.shape, &x, &w, &p.labels, EmaUpdate::Update)
-        .unwrap();
+    let updated = loss.forward(p.shape, &x, &w, &p.labels, true).unwrap();
     assert_eq!(kept.loss, updated.loss);
     assert_eq!(loss.state(), updated.stats.state_after);
     assert_ne!(loss.state(), start);
@@ -383,10 +379,7 @@ fn errors_write_nothing_and_keep_the_state() {
         assert_eq!(loss.state(), state, "{want:?}: state moved");
         if nx == 96 && nw == 160 {
             // An input error: the forward rejects it too, state untouched.
-            assert_eq!(
-                loss.forward(shape, &xs, &ws, &ls, EmaUpdate::Update).err(),
-                Some(want)
-            );
+            assert_eq!(loss.forward(shape, &xs, &ws, &ls, true).err(), Some(want));
             assert_eq!(loss.state(), state);
         }
     }

@@ -146,17 +146,6 @@ pub struct CpuAdaFace {
     options: CpuOptions,
 }
 
-/// Whether a forward-only call advances the EMA state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EmaUpdate {
-    /// Store the updated state (what the official head does on every call).
-    Update,
-    /// Leave the stored state as it was (e.g. validation batches); the loss
-    /// is still computed against this batch's updated statistics, exactly as
-    /// the official head would compute it.
-    Keep,
-}
-
 impl CpuAdaFace {
     /// A loss with default [`CpuOptions`], starting from the config's
     /// initial EMA state.
@@ -200,15 +189,19 @@ impl CpuAdaFace {
         Ok(())
     }
 
-    /// The loss only (pass 1): no gradients, no `B x C` logits (the
-    /// returned `logits` is empty).
+    /// Evaluation: the loss only (pass 1; no gradients, and the returned
+    /// `logits` is empty: the fused backend never forms them).
+    /// `update_state` chooses whether the stored EMA state moves (the
+    /// official head updates it on every forward); either way the loss is
+    /// computed against this batch's updated statistics, as the official
+    /// head computes it. Same signature shape as the CUDA loss.
     pub fn forward<E: CpuElement, L: Label>(
         &mut self,
         shape: Shape,
         features: &[E],
         weight: &[E],
         labels: &[L],
-        ema: EmaUpdate,
+        update_state: bool,
     ) -> Result<ForwardOutput<f32>> {
         let out = forward(
             &self.cfg,
@@ -219,7 +212,7 @@ impl CpuAdaFace {
             weight,
             labels,
         )?;
-        if ema == EmaUpdate::Update {
+        if update_state {
             self.state = out.stats.state_after;
         }
         Ok(out)
@@ -261,21 +254,17 @@ impl CpuAdaFace {
         weight: &[E],
         labels: &[L],
     ) -> Result<StepOutput<f32>> {
-        // Sizes are checked against the inputs before allocating, so a wrong
-        // shape is an error, never a huge allocation.
-        shape.check_nonempty()?;
-        shape.check_len(Tensor::Features, features.len())?;
-        shape.check_len(Tensor::Weight, weight.len())?;
-        let mut gx = vec![0.0; features.len()];
-        let mut gw = vec![0.0; weight.len()];
-        let step = self.forward_backward(shape, features, weight, labels, &mut gx, &mut gw)?;
-        Ok(StepOutput {
-            loss: step.loss,
-            grad_features: gx,
-            grad_weight: gw,
-            diagnostics: step.diagnostics,
-            stats: step.stats,
-        })
+        let out = forward_backward_alloc(
+            &self.cfg,
+            &self.state,
+            &self.options,
+            shape,
+            features,
+            weight,
+            labels,
+        )?;
+        self.state = out.stats.state_after;
+        Ok(out)
     }
 }
 
@@ -333,6 +322,36 @@ pub fn forward_backward<E: CpuElement, L: Label>(
         loss,
         diagnostics,
         stats,
+    })
+}
+
+/// Stateless training step returning freshly allocated gradients, like
+/// [`reference::forward_backward`](crate::reference::forward_backward).
+pub fn forward_backward_alloc<E: CpuElement, L: Label>(
+    cfg: &AdaFaceConfig,
+    state: &EmaState,
+    options: &CpuOptions,
+    shape: Shape,
+    features: &[E],
+    weight: &[E],
+    labels: &[L],
+) -> Result<StepOutput<f32>> {
+    // Sizes are checked against the inputs before allocating, so a wrong
+    // shape is reported as such, never a huge allocation.
+    shape.check_nonempty()?;
+    shape.check_len(Tensor::Features, features.len())?;
+    shape.check_len(Tensor::Weight, weight.len())?;
+    let mut gx = vec![0.0; features.len()];
+    let mut gw = vec![0.0; weight.len()];
+    let step = forward_backward(
+        cfg, state, options, shape, features, weight, labels, &mut gx, &mut gw,
+    )?;
+    Ok(StepOutput {
+        loss: step.loss,
+        grad_features: gx,
+        grad_weight: gw,
+        diagnostics: step.diagnostics,
+        stats: step.stats,
     })
 }
 
