@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example adaface_eval -- \
-//!     --input CASE.json --output OUT.json --device reference|sim|cuda [--dtype f64|f32|bf16|f16]
+//!     --input CASE.json --output OUT.json --device reference|cpu|sim|cuda [--dtype f64|f32|bf16|f16]
 //! ```
 //!
 //! On any error: one line on stderr, a non-zero exit, and no output file.
@@ -41,7 +41,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 return Err("usage: adaface_eval --input CASE.json --output OUT.json \
-                            --device reference|sim|cuda [--dtype f64|f32|bf16|f16]"
+                            --device reference|cpu|sim|cuda [--dtype f64|f32|bf16|f16]"
                     .into())
             }
             other => return Err(format!("unknown argument {other:?}")),

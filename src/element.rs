@@ -58,6 +58,13 @@ pub trait Element: Copy + Send + Sync + Default + std::fmt::Debug + 'static {
     fn from_f64(v: f64) -> Self;
     /// Whether neither NaN nor infinite.
     fn is_finite(self) -> bool;
+    /// Widens `src` into `dst` (same length): one call per block, so the
+    /// half types can use their vectorised conversions.
+    fn widen_slice(src: &[Self], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    }
 }
 
 macro_rules! impl_element_float {
@@ -91,7 +98,7 @@ impl_element_float!(f32, Dtype::F32);
 impl_element_float!(f64, Dtype::F64);
 
 macro_rules! impl_element_half {
-    ($t:ty, $dtype:expr) => {
+    ($t:ty, $dtype:expr, $widen:expr) => {
         impl Element for $t {
             const DTYPE: Dtype = $dtype;
             #[inline]
@@ -114,11 +121,52 @@ macro_rules! impl_element_half {
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
             }
+            fn widen_slice(src: &[Self], dst: &mut [f32]) {
+                ($widen)(src, dst)
+            }
         }
     };
 }
-impl_element_half!(bf16, Dtype::BF16);
-impl_element_half!(f16, Dtype::F16);
+impl_element_half!(bf16, Dtype::BF16, widen_bf16);
+
+/// `bf16` to `f32` is a 16-bit shift, written so the compiler vectorises it.
+fn widen_bf16(src: &[bf16], dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = f32::from_bits((s.to_bits() as u32) << 16);
+    }
+}
+impl_element_half!(f16, Dtype::F16, widen_f16);
+
+/// `f16` to `f32`, eight at a time with the F16C instruction where the CPU
+/// has it (half's own slice conversion pays a call per eight values).
+fn widen_f16(src: &[f16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("f16c") && std::is_x86_feature_detected!("avx") {
+        // SAFETY: the features are present.
+        return unsafe { widen_f16_f16c(src, dst) };
+    }
+    half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn widen_f16_f16c(src: &[f16], dst: &mut [f32]) {
+    use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n bounds both accesses; `f16` is a transparent
+        // `u16`, so eight of them are one unaligned 128-bit load.
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+        i += 8;
+    }
+    for (d, s) in dst[i..n].iter_mut().zip(&src[i..n]) {
+        *d = s.to_f32();
+    }
+}
 
 /// An integer type class labels can be stored in: `i64` (PyTorch's), `i32`
 /// or `u32`.
@@ -148,5 +196,38 @@ impl Label for u32 {
     #[inline]
     fn to_i64(self) -> i64 {
         self as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check<E: Element>(values: &[f32]) {
+        let src: Vec<E> = values.iter().map(|&v| E::from_f32(v)).collect();
+        let mut dst = vec![f32::NAN; src.len()];
+        E::widen_slice(&src, &mut dst);
+        for (d, s) in dst.iter().zip(&src) {
+            assert_eq!(d.to_bits(), s.to_f32().to_bits(), "{:?}", E::DTYPE);
+        }
+    }
+
+    #[test]
+    fn widen_slice_matches_to_f32_on_every_length() {
+        let values: Vec<f32> = (0..37)
+            .map(|i| match i {
+                0 => 0.0,
+                1 => -0.0,
+                2 => f32::INFINITY,
+                3 => 1e-7,
+                4 => -65504.0,
+                _ => (i as f32 - 18.5) * 0.37,
+            })
+            .collect();
+        for n in [0, 1, 7, 8, 9, 16, 37] {
+            check::<f16>(&values[..n]);
+            check::<bf16>(&values[..n]);
+            check::<f32>(&values[..n]);
+        }
     }
 }

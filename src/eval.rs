@@ -13,6 +13,9 @@ use crate::state::EmaState;
 pub enum Device {
     /// The CPU reference ([`crate::reference`]), `f32` or `f64`.
     Reference,
+    /// The fast CPU backend ([`crate::cpu`]): `f32`, `bf16` or `f16`
+    /// inputs, `f32` results; the case's `f64` inputs are rounded to the dtype.
+    Cpu,
     /// The kernels on the CPU simulator ([`crate::sim_backend`]), `f32`, `bf16` or `f16` inputs.
     Sim,
     /// The kernels on GPU 0 ([`crate::cuda`]), `f32`, `bf16` or `f16` inputs.
@@ -24,6 +27,7 @@ impl Device {
     pub fn parse(name: &str) -> Option<Device> {
         match name {
             "reference" => Some(Device::Reference),
+            "cpu" => Some(Device::Cpu),
             "sim" => Some(Device::Sim),
             "cuda" => Some(Device::Cuda),
             _ => None,
@@ -34,6 +38,7 @@ impl Device {
     pub fn name(self) -> &'static str {
         match self {
             Device::Reference => "reference",
+            Device::Cpu => "cpu",
             Device::Sim => "sim",
             Device::Cuda => "cuda",
         }
@@ -43,7 +48,7 @@ impl Device {
     pub fn default_dtype(self) -> Dtype {
         match self {
             Device::Reference => Dtype::F64,
-            Device::Sim | Device::Cuda => Dtype::F32,
+            Device::Cpu | Device::Sim | Device::Cuda => Dtype::F32,
         }
     }
 }
@@ -56,6 +61,12 @@ pub fn run_case(case: &Case, device: Device, dtype: Dtype) -> Result<Vec<EvalSte
         (Device::Reference, Dtype::F32) => run_reference::<f32>(case),
         (Device::Reference, other) => Err(Error::DeviceUnavailable {
             reason: format!("the reference computes in f32 or f64, not {other}"),
+        }),
+        (Device::Cpu, Dtype::F32) => run_cpu::<f32>(case),
+        (Device::Cpu, Dtype::BF16) => run_cpu::<half::bf16>(case),
+        (Device::Cpu, Dtype::F16) => run_cpu::<half::f16>(case),
+        (Device::Cpu, other) => Err(Error::DeviceUnavailable {
+            reason: format!("the fast CPU backend reads f32, bf16 or f16, not {other}"),
         }),
         (Device::Sim, Dtype::F32) => crate::sim_backend::eval_case::<f32>(case),
         (Device::Sim, Dtype::BF16) => crate::sim_backend::eval_case::<half::bf16>(case),
@@ -107,6 +118,28 @@ fn run_reference<T: Real>(case: &Case) -> Result<Vec<EvalStep>> {
             grad_weight: widen(&s.grad_weight),
             state_after: state,
             logits: Some(widen(&fwd.logits)),
+        });
+    }
+    Ok(out)
+}
+
+/// Runs the case on the fast CPU backend, carrying its EMA state from step
+/// to step inside the loss object.
+fn run_cpu<E: crate::cpu::CpuElement>(case: &Case) -> Result<Vec<EvalStep>> {
+    let weight: Vec<E> = case.weight.iter().map(|&v| E::from_f64(v)).collect();
+    let mut loss = crate::cpu::CpuAdaFace::new(case.config);
+    let mut out = Vec::with_capacity(case.steps.len());
+    for step in &case.steps {
+        let features: Vec<E> = step.features.iter().map(|&v| E::from_f64(v)).collect();
+        let s = loss.forward_backward_alloc(case.shape, &features, &weight, &step.labels)?;
+        out.push(EvalStep {
+            loss: s.loss as f64,
+            norms: widen(&s.diagnostics.norms),
+            margin_scaler: widen(&s.diagnostics.margin_scaler),
+            grad_features: widen(&s.grad_features),
+            grad_weight: widen(&s.grad_weight),
+            state_after: loss.state(),
+            logits: None,
         });
     }
     Ok(out)

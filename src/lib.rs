@@ -5,6 +5,8 @@
 //! checked against.
 //!
 //! * [`reference`]: the official head, written out plainly, in `f32` or `f64`.
+//! * [`cpu`]: the fast CPU backend (fused, blocked, multi-threaded, SIMD).
+//! * [`naive`]: materialising baselines the benches compare against.
 //! * [`AdaFaceConfig`], [`EmaState`], [`Error`]: shared by every backend.
 //! * [`trainer::AdaFaceLoss`]: config and EMA state in one object, one call
 //!   per training step; `candle_op` (feature `candle`) wraps it for candle.
@@ -21,6 +23,7 @@ pub struct ReadmeDoctests;
 #[cfg(feature = "candle")]
 pub mod candle_op;
 pub mod config;
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod element;
@@ -31,6 +34,7 @@ pub mod golden;
 pub mod kernel_params;
 pub mod launch;
 pub mod math;
+pub mod memory;
 pub mod naive;
 pub mod output;
 pub mod real;

@@ -2,6 +2,7 @@
 
 use crate::element::{Dtype, Element, Label};
 use crate::error::{Error, Result, Tensor};
+use rayon::prelude::*;
 
 /// Sizes of one training step: `B` rows of `D` features against `C` classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,10 +89,26 @@ pub fn validate_inputs<E: Element, L: Label>(
     shape.check_len(Tensor::Labels, labels.len())?;
     check_labels(labels, shape.classes)?;
     check_finite(Tensor::Features, features)?;
-    check_finite(Tensor::Weight, weight)?;
+    // The weight is the big tensor: one parallel sweep gives every row's
+    // squared norm, which is non-finite for any row holding a NaN or an
+    // infinity, so the finiteness scan only revisits such rows.
+    let weight_sq = row_square_sums(weight, shape.dim);
+    for (row, sq) in weight_sq.iter().enumerate() {
+        if !sq.is_finite() {
+            let start = row * shape.dim;
+            check_finite(Tensor::Weight, &weight[start..start + shape.dim]).map_err(
+                |e| match e {
+                    Error::NonFinite { tensor, index } => Error::NonFinite {
+                        tensor,
+                        index: start + index,
+                    },
+                    other => other,
+                },
+            )?;
+        }
+    }
     check_nonzero_rows(Tensor::Features, features, shape.dim)?;
-    check_nonzero_rows(Tensor::Weight, weight, shape.dim)?;
-    Ok(())
+    first_bad_norm(Tensor::Weight, &weight_sq)
 }
 
 /// Every label in `0..classes`.
@@ -109,10 +126,24 @@ pub fn check_labels<L: Label>(labels: &[L], classes: usize) -> Result<()> {
     Ok(())
 }
 
-/// No NaN or infinity.
+/// No NaN or infinity. Blocks are scanned in parallel without branches (so
+/// the scan vectorises); the error still names the first offending index.
 pub fn check_finite<E: Element>(tensor: Tensor, data: &[E]) -> Result<()> {
-    match data.iter().position(|v| !v.is_finite()) {
-        Some(index) => Err(Error::NonFinite { tensor, index }),
+    const BLOCK: usize = 1 << 14;
+    let bad_block = data
+        .par_chunks(BLOCK)
+        .position_first(|block| !block.iter().fold(true, |ok, v| ok & v.is_finite()));
+    match bad_block {
+        Some(b) => {
+            let offset = data[b * BLOCK..]
+                .iter()
+                .position(|v| !v.is_finite())
+                .unwrap_or(0);
+            Err(Error::NonFinite {
+                tensor,
+                index: b * BLOCK + offset,
+            })
+        }
         None => Ok(()),
     }
 }
@@ -121,18 +152,60 @@ pub fn check_finite<E: Element>(tensor: Tensor, data: &[E]) -> Result<()> {
 /// squares taken in the precision the backends accumulate in (`f64` for
 /// `f64` inputs, `f32` for the rest): such a row cannot be normalised.
 pub fn check_nonzero_rows<E: Element>(tensor: Tensor, data: &[E], dim: usize) -> Result<()> {
-    for (row, values) in data.chunks_exact(dim).enumerate() {
-        let sq = if E::DTYPE == Dtype::F64 {
-            values.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>()
-        } else {
-            values.iter().map(|v| v.to_f32() * v.to_f32()).sum::<f32>() as f64
-        };
-        if sq == 0.0 {
-            return Err(Error::ZeroNorm { tensor, row });
-        }
-        if !sq.is_finite() {
-            return Err(Error::NormOverflow { tensor, row });
+    first_bad_norm(tensor, &row_square_sums(data, dim))
+}
+
+/// The first zero or overflowing squared norm, as an error.
+fn first_bad_norm(tensor: Tensor, square_sums: &[f64]) -> Result<()> {
+    match square_sums
+        .iter()
+        .position(|sq| *sq == 0.0 || !sq.is_finite())
+    {
+        Some(row) if square_sums[row] == 0.0 => Err(Error::ZeroNorm { tensor, row }),
+        Some(row) => Err(Error::NormOverflow { tensor, row }),
+        None => Ok(()),
+    }
+}
+
+/// Each row's sum of squares, in `f64` for `f64` data and `f32` otherwise,
+/// rows in parallel.
+fn row_square_sums<E: Element>(data: &[E], dim: usize) -> Vec<f64> {
+    data.par_chunks_exact(dim)
+        .map(|values| {
+            match E::DTYPE {
+                Dtype::F64 => lane_sum(values, |v| v.to_f64() * v.to_f64()),
+                // f16 widens fastest a block at a time (one vectorised call).
+                Dtype::F16 => {
+                    let mut block = [0.0f32; 256];
+                    let mut sum = 0.0f32;
+                    for part in values.chunks(block.len()) {
+                        let wide = &mut block[..part.len()];
+                        E::widen_slice(part, wide);
+                        sum += lane_sum(wide, |v| v * v);
+                    }
+                    sum as f64
+                }
+                _ => lane_sum(values, |v| v.to_f32() * v.to_f32()) as f64,
+            }
+        })
+        .collect()
+}
+
+/// Sum of `f(v)` with sixteen independent partial sums, so the compiler can
+/// vectorise it (a single running float sum cannot be reordered).
+#[inline(always)]
+fn lane_sum<E: Copy, T>(values: &[E], f: impl Fn(E) -> T) -> T
+where
+    T: Copy + Default + std::ops::Add<Output = T>,
+{
+    let mut acc = [T::default(); 16];
+    let chunks = values.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = *a + f(v);
         }
     }
-    Ok(())
+    let tail = rest.iter().fold(T::default(), |a, &v| a + f(v));
+    acc.iter().fold(tail, |a, &b| a + b)
 }

@@ -2,8 +2,8 @@
 //! does, kept in the crate so that the fused kernels are measured and
 //! checked against it.
 //!
-//! * CPU: [`crate::reference`] materialises everything already (it is the
-//!   naive CPU path).
+//! * CPU ([`cpu`]): the materialising path a user would write with a GEMM
+//!   library: `B x C` logits, softmax and gradient, then two more GEMMs.
 //! * GPU ([`cuda`], feature `cuda` + cuBLAS at run time): three cuBLAS GEMMs
 //!   around simple row kernels (`kernels/adaface_naive.cu`) that
 //!   materialise the `B x C` logits, the normalised copies of `x` and `W`,
@@ -17,6 +17,7 @@
 //! logits) -> `loss` (mean, EMA commit) -> GEMMs `gx = G . wn`,
 //! `gw = G^T . xn` -> `norm_backward` (Jacobians of the normalisations).
 
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod sim;
