@@ -9,7 +9,7 @@
 # PYTHON (default python3) must have torch; the bench binary is built here.
 # On a machine shared with other work, OMP_WAIT_POLICY=PASSIVE keeps
 # PyTorch's OpenMP threads from spinning against the other processes (rayon,
-# used by the Rust side, ignores it); docs/PERF-cpu.md reports both.
+# used by the Rust side, ignores it); docs/PERF.md reports both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HEAD_PY=${1:?path to the official head.py}
