@@ -11,33 +11,6 @@
  */
 #include "adaface_common.cuh"
 
-/* Parameters of every naive kernel (mirrored by hand in src/naive/mod.rs;
- * it lives here, not in adaface_params.h, because only the baseline uses it). */
-typedef struct AdafaceNaiveParams {
-    uint64_t x;           /* const T[B * D] */
-    uint64_t w;           /* const T[C * D] */
-    uint64_t labels;      /* const int32 or int64 [B] */
-    uint64_t record;      /* AdafaceStepRecord* (reset by adaface_stats) */
-    uint64_t state;       /* double[2]: EMA state, committed by the loss kernel */
-    uint64_t row_norm;    /* const float[B] (from adaface_stats) */
-    uint64_t row_a;       /* const float[B] */
-    uint64_t row_b;       /* const float[B] */
-    uint64_t class_norm;  /* float[C] */
-    uint64_t xn;          /* T[B * D]: x / ||x||, GEMM operand */
-    uint64_t wn;          /* T[C * D]: W / ||W||, GEMM operand */
-    uint64_t logits;      /* float[B * C]: cosines in, dL/dcos out */
-    uint64_t grad16;      /* T[B * C]: dL/dcos in T for the gradient GEMMs (the logits themselves for f32) */
-    uint64_t sample_loss; /* float[B] */
-    uint64_t dx;          /* float[B * D]: dL/dxn from the GEMM in, dL/dx out */
-    uint64_t dw;          /* float[C * D]: dL/dwn from the GEMM in, dL/dW out */
-    int64_t batch;
-    int64_t dim;
-    int64_t classes;
-    float s;
-    float eps;
-    float m1;
-    float inv_batch;
-} AdafaceNaiveParams;
 
 __device__ __forceinline__ float adaface_naive_block_max(float v) {
     __shared__ float warp_max[ADAFACE_WARPS];

@@ -136,4 +136,32 @@ typedef struct AdafaceDxParams {
     int64_t splits;
 } AdafaceDxParams;
 
+/* Naive baseline (adaface::naive, kernels/adaface_naive.cu): the parameters
+ * of every one of its kernels. */
+typedef struct AdafaceNaiveParams {
+    uint64_t x;           /* const T[B * D] */
+    uint64_t w;           /* const T[C * D] */
+    uint64_t labels;      /* const int32 or int64 [B] */
+    uint64_t record;      /* AdafaceStepRecord* (reset by adaface_stats) */
+    uint64_t state;       /* double[2]: EMA state, committed by the loss kernel */
+    uint64_t row_norm;    /* const float[B] (from adaface_stats) */
+    uint64_t row_a;       /* const float[B] */
+    uint64_t row_b;       /* const float[B] */
+    uint64_t class_norm;  /* float[C] */
+    uint64_t xn;          /* T[B * D]: x / ||x||, GEMM operand */
+    uint64_t wn;          /* T[C * D]: W / ||W||, GEMM operand */
+    uint64_t logits;      /* float[B * C]: cosines in, dL/dcos out */
+    uint64_t grad16;      /* T[B * C]: dL/dcos in T for the gradient GEMMs (the logits themselves for f32) */
+    uint64_t sample_loss; /* float[B] */
+    uint64_t dx;          /* float[B * D]: dL/dxn from the GEMM in, dL/dx out */
+    uint64_t dw;          /* float[C * D]: dL/dwn from the GEMM in, dL/dW out */
+    int64_t batch;
+    int64_t dim;
+    int64_t classes;
+    float s;
+    float eps;
+    float m1;
+    float inv_batch;
+} AdafaceNaiveParams;
+
 #endif

@@ -268,3 +268,81 @@ const _: () = {
     ["Offset of field: AdafaceDxParams::splits"]
         [::core::mem::offset_of!(AdafaceDxParams, splits) - 56usize];
 };
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct AdafaceNaiveParams {
+    pub x: u64,
+    pub w: u64,
+    pub labels: u64,
+    pub record: u64,
+    pub state: u64,
+    pub row_norm: u64,
+    pub row_a: u64,
+    pub row_b: u64,
+    pub class_norm: u64,
+    pub xn: u64,
+    pub wn: u64,
+    pub logits: u64,
+    pub grad16: u64,
+    pub sample_loss: u64,
+    pub dx: u64,
+    pub dw: u64,
+    pub batch: i64,
+    pub dim: i64,
+    pub classes: i64,
+    pub s: f32,
+    pub eps: f32,
+    pub m1: f32,
+    pub inv_batch: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of AdafaceNaiveParams"][::core::mem::size_of::<AdafaceNaiveParams>() - 168usize];
+    ["Alignment of AdafaceNaiveParams"][::core::mem::align_of::<AdafaceNaiveParams>() - 8usize];
+    ["Offset of field: AdafaceNaiveParams::x"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, x) - 0usize];
+    ["Offset of field: AdafaceNaiveParams::w"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, w) - 8usize];
+    ["Offset of field: AdafaceNaiveParams::labels"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, labels) - 16usize];
+    ["Offset of field: AdafaceNaiveParams::record"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, record) - 24usize];
+    ["Offset of field: AdafaceNaiveParams::state"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, state) - 32usize];
+    ["Offset of field: AdafaceNaiveParams::row_norm"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, row_norm) - 40usize];
+    ["Offset of field: AdafaceNaiveParams::row_a"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, row_a) - 48usize];
+    ["Offset of field: AdafaceNaiveParams::row_b"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, row_b) - 56usize];
+    ["Offset of field: AdafaceNaiveParams::class_norm"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, class_norm) - 64usize];
+    ["Offset of field: AdafaceNaiveParams::xn"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, xn) - 72usize];
+    ["Offset of field: AdafaceNaiveParams::wn"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, wn) - 80usize];
+    ["Offset of field: AdafaceNaiveParams::logits"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, logits) - 88usize];
+    ["Offset of field: AdafaceNaiveParams::grad16"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, grad16) - 96usize];
+    ["Offset of field: AdafaceNaiveParams::sample_loss"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, sample_loss) - 104usize];
+    ["Offset of field: AdafaceNaiveParams::dx"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, dx) - 112usize];
+    ["Offset of field: AdafaceNaiveParams::dw"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, dw) - 120usize];
+    ["Offset of field: AdafaceNaiveParams::batch"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, batch) - 128usize];
+    ["Offset of field: AdafaceNaiveParams::dim"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, dim) - 136usize];
+    ["Offset of field: AdafaceNaiveParams::classes"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, classes) - 144usize];
+    ["Offset of field: AdafaceNaiveParams::s"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, s) - 152usize];
+    ["Offset of field: AdafaceNaiveParams::eps"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, eps) - 156usize];
+    ["Offset of field: AdafaceNaiveParams::m1"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, m1) - 160usize];
+    ["Offset of field: AdafaceNaiveParams::inv_batch"]
+        [::core::mem::offset_of!(AdafaceNaiveParams, inv_batch) - 164usize];
+};

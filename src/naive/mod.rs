@@ -28,38 +28,9 @@ use crate::kernel_params::AdafaceStatsParams;
 use crate::shape::Shape;
 
 /// Parameters of the naive kernels: `AdafaceNaiveParams` of
-/// `kernels/adaface_naive.cu`, field for field (addresses are device
-/// pointers on the GPU, host pointers in the simulator).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-// The fields mirror the C struct one to one; their meaning is documented
-// there, next to the kernels that read them.
-#[allow(missing_docs)]
-pub struct NaiveParams {
-    pub x: u64,
-    pub w: u64,
-    pub labels: u64,
-    pub record: u64,
-    pub state: u64,
-    pub row_norm: u64,
-    pub row_a: u64,
-    pub row_b: u64,
-    pub class_norm: u64,
-    pub xn: u64,
-    pub wn: u64,
-    pub logits: u64,
-    pub grad16: u64,
-    pub sample_loss: u64,
-    pub dx: u64,
-    pub dw: u64,
-    pub batch: i64,
-    pub dim: i64,
-    pub classes: i64,
-    pub s: f32,
-    pub eps: f32,
-    pub m1: f32,
-    pub inv_batch: f32,
-}
+/// `kernels/adaface_params.h` (addresses are device pointers on the GPU,
+/// host pointers in the simulator).
+pub use crate::kernel_params::AdafaceNaiveParams as NaiveParams;
 
 /// One GEMM as cuBLAS sees it (column-major): `C (m x n, ldc) = op(A) .
 /// op(B)`, alpha 1, beta 0, f32 output and f32 accumulation.
