@@ -77,8 +77,8 @@ else
 fi
 
 # 3. Eval tool, GPU vs reference on the large case.
-step eval_large_cuda 300 ./examples/adaface_eval --input cases/large.json --output out/large_cuda.json --device cuda
-step eval_large_reference 300 ./examples/adaface_eval --input cases/large.json --output out/large_ref.json --device reference
+step eval_large_cuda 300 ./examples/adaface_eval --input golden/f_large_float32.json --output out/large_cuda.json --device cuda
+step eval_large_reference 300 ./examples/adaface_eval --input golden/f_large_float32.json --output out/large_ref.json --device reference
 if [ -f out/large_cuda.json ] && [ -f out/large_ref.json ]; then
     step eval_large_compare 60 python3 - out/large_cuda.json out/large_ref.json <<'PY'
 import json, math, sys
