@@ -3,7 +3,7 @@
 
 use crate::config::AdaFaceConfig;
 use crate::real::Real;
-use crate::state::EmaState;
+use crate::state::{BatchStats, EmaState};
 
 /// Per-step constants of the margin, in the compute precision.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +43,28 @@ pub fn margin_scaler<T: Real>(sn: T, state: &EmaState, k: &MarginConsts<T>) -> T
     let mean = T::from_f64(state.batch_mean);
     let std = T::from_f64(state.batch_std);
     (((sn - mean) / (std + k.eps)) * k.h).clip(-T::ONE, T::ONE)
+}
+
+/// The detached norm statistics of a batch, as the official head takes
+/// them: the norms are clipped, the EMA moves towards this batch's mean and
+/// unbiased std BEFORE it is used, then each row gets its margin scaler.
+/// Returns the batch statistics and the scalers.
+pub fn batch_scalers<T: Real>(
+    norms: &[T],
+    state: &EmaState,
+    cfg: &AdaFaceConfig,
+    k: &MarginConsts<T>,
+) -> (BatchStats<T>, Vec<T>) {
+    let clipped: Vec<T> = norms
+        .iter()
+        .map(|&n| n.clip(k.clip_min, k.clip_max))
+        .collect();
+    let stats = state.update(&clipped, cfg.t_alpha());
+    let scalers = clipped
+        .iter()
+        .map(|&sn| margin_scaler(sn, &stats.state_after, k))
+        .collect();
+    (stats, scalers)
 }
 
 /// The clamped cosine and whether the clamp passes the gradient.

@@ -7,8 +7,7 @@ use rayon::prelude::*;
 
 use super::input::{dot, sum_squares, CpuElement};
 use crate::config::AdaFaceConfig;
-use crate::math::{clamp_cosine, margin_scaler, target_logit, MarginConsts};
-use crate::real::Real;
+use crate::math::{batch_scalers, clamp_cosine, target_logit, MarginConsts};
 use crate::state::{BatchStats, EmaState};
 
 /// Everything per row that the passes and the diagnostics need.
@@ -62,15 +61,7 @@ pub(crate) fn prepare<E: CpuElement>(
             out.iter_mut().for_each(|v| *v *= inv);
         });
 
-    let clipped: Vec<f32> = norms
-        .iter()
-        .map(|&n| n.clip(k.clip_min, k.clip_max))
-        .collect();
-    let stats = state.update(&clipped, cfg.t_alpha());
-    let scaler: Vec<f32> = clipped
-        .iter()
-        .map(|&sn| margin_scaler(sn, &stats.state_after, &k))
-        .collect();
+    let (stats, scaler) = batch_scalers(&norms, state, cfg, &k);
 
     let policy = cfg.margin();
     let mut target_cosine = vec![0.0f32; batch];

@@ -11,9 +11,8 @@ use crate::config::AdaFaceConfig;
 use crate::cpu::CpuElement;
 use crate::element::Label;
 use crate::error::Result;
-use crate::math::{clamp_cosine, margin_scaler, target_logit, MarginConsts};
+use crate::math::{batch_scalers, clamp_cosine, target_logit, MarginConsts};
 use crate::output::{Diagnostics, ForwardOutput, StepOutput};
-use crate::real::Real;
 use crate::shape::{validate_inputs, Shape};
 use crate::state::{BatchStats, EmaState};
 
@@ -109,15 +108,7 @@ impl Materialised {
         let labels: Vec<usize> = labels.iter().map(|l| l.to_i64() as usize).collect();
         let (x_norm, x_hat) = normalise(features, d);
         let (w_norm, w_hat) = normalise(weight, d);
-        let clipped: Vec<f32> = x_norm
-            .iter()
-            .map(|&n| n.clip(k.clip_min, k.clip_max))
-            .collect();
-        let stats = state.update(&clipped, cfg.t_alpha());
-        let z: Vec<f32> = clipped
-            .iter()
-            .map(|&sn| margin_scaler(sn, &stats.state_after, &k))
-            .collect();
+        let (stats, z) = batch_scalers(&x_norm, state, cfg, &k);
 
         // cos = X_hat . W_hat^T, then logits and their derivatives, B x C each.
         let mut logits = vec![0.0f32; b * c];

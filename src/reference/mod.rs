@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use crate::config::AdaFaceConfig;
 use crate::element::Label;
 use crate::error::{Result, Tensor};
-use crate::math::{clamp_cosine, margin_scaler, target_logit, MarginConsts};
+use crate::math::{batch_scalers, clamp_cosine, target_logit, MarginConsts};
 use crate::output::{Diagnostics, ForwardOutput, StepOutput};
 use crate::real::Real;
 use crate::shape::{validate_inputs, Shape};
@@ -127,19 +127,8 @@ impl<T: Real> Pass<T> {
         let (x_norm, x_hat) = normalize_rows(features, d);
         let (w_norm, w_hat) = normalize_rows(weight, d);
 
-        // Detached, clipped norms drive the EMA, which is updated before use.
-        let clipped: Vec<T> = x_norm
-            .iter()
-            .map(|&n| n.clip(k.clip_min, k.clip_max))
-            .collect();
-        let stats = state.update(&clipped, cfg.t_alpha());
-        let z: Vec<T> = match scalers {
-            Some(z) => z.to_vec(),
-            None => clipped
-                .iter()
-                .map(|&sn| margin_scaler(sn, &stats.state_after, &k))
-                .collect(),
-        };
+        let (stats, computed) = batch_scalers(&x_norm, state, cfg, &k);
+        let z = scalers.map_or(computed, <[T]>::to_vec);
 
         let mut logits = vec![T::ZERO; b * c];
         let mut dlogit = vec![T::ZERO; b * c];
