@@ -21,7 +21,15 @@ enum AdafaceTileSizes {
     /* Classes per tile of the logit product. */
     ADAFACE_TILE_CLASSES = 64,
     /* Depth (embedding dimension) per staged tile. */
-    ADAFACE_TILE_DEPTH = 32
+    ADAFACE_TILE_DEPTH = 32,
+    /* Flash kernels (bf16, tensor cores; kernels/adaface_flash.cu): rows and
+     * classes per tile, the largest embedding dimension they take (the
+     * accumulators of a 64 x D output tile live in registers), and the
+     * padding, in elements, of each staged row in shared memory. */
+    ADAFACE_FLASH_ROWS = 64,
+    ADAFACE_FLASH_CLASSES = 64,
+    ADAFACE_FLASH_MAX_DIM = 512,
+    ADAFACE_FLASH_ROW_PAD = 8
 };
 
 /* Error kinds, in the order the host reports them (lower wins). The error
@@ -93,8 +101,11 @@ typedef struct AdafaceTileParams {
     uint64_t target_logit; /* float[B]: forward writes the margin target logit */
     uint64_t target_cos;   /* float[B]: forward writes the clamped target cosine */
     uint64_t lse;          /* const float[B]: backward reads the log-sum-exp */
-    uint64_t dx_partial;   /* float[splits * B * D]: backward's per-split gx */
+    uint64_t dx_partial;   /* float[splits * B * D]: backward's per-split gx
+                            * (flash: the forward's per-split unnormalised gx) */
     uint64_t dw;           /* float[C * D]: backward writes dW */
+    uint64_t target_dlogit;/* float[B]: flash forward writes dlogit / ||w_y|| of the target */
+    uint64_t dx;           /* float[B * D]: flash dx_finish writes dX */
     int64_t batch;
     int64_t dim;
     int64_t classes;

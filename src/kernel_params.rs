@@ -10,6 +10,10 @@ pub const ADAFACE_THREADS: AdafaceTileSizes = 256;
 pub const ADAFACE_TILE_ROWS: AdafaceTileSizes = 32;
 pub const ADAFACE_TILE_CLASSES: AdafaceTileSizes = 64;
 pub const ADAFACE_TILE_DEPTH: AdafaceTileSizes = 32;
+pub const ADAFACE_FLASH_ROWS: AdafaceTileSizes = 64;
+pub const ADAFACE_FLASH_CLASSES: AdafaceTileSizes = 64;
+pub const ADAFACE_FLASH_MAX_DIM: AdafaceTileSizes = 512;
+pub const ADAFACE_FLASH_ROW_PAD: AdafaceTileSizes = 8;
 pub type AdafaceTileSizes = ::core::ffi::c_uint;
 pub const ADAFACE_ERR_LABEL: AdafaceErrorKind = 1;
 pub const ADAFACE_ERR_NONFINITE_X: AdafaceErrorKind = 2;
@@ -134,6 +138,8 @@ pub struct AdafaceTileParams {
     pub lse: u64,
     pub dx_partial: u64,
     pub dw: u64,
+    pub target_dlogit: u64,
+    pub dx: u64,
     pub batch: i64,
     pub dim: i64,
     pub classes: i64,
@@ -145,7 +151,7 @@ pub struct AdafaceTileParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of AdafaceTileParams"][::core::mem::size_of::<AdafaceTileParams>() - 168usize];
+    ["Size of AdafaceTileParams"][::core::mem::size_of::<AdafaceTileParams>() - 184usize];
     ["Alignment of AdafaceTileParams"][::core::mem::align_of::<AdafaceTileParams>() - 8usize];
     ["Offset of field: AdafaceTileParams::x"]
         [::core::mem::offset_of!(AdafaceTileParams, x) - 0usize];
@@ -177,22 +183,26 @@ const _: () = {
         [::core::mem::offset_of!(AdafaceTileParams, dx_partial) - 104usize];
     ["Offset of field: AdafaceTileParams::dw"]
         [::core::mem::offset_of!(AdafaceTileParams, dw) - 112usize];
+    ["Offset of field: AdafaceTileParams::target_dlogit"]
+        [::core::mem::offset_of!(AdafaceTileParams, target_dlogit) - 120usize];
+    ["Offset of field: AdafaceTileParams::dx"]
+        [::core::mem::offset_of!(AdafaceTileParams, dx) - 128usize];
     ["Offset of field: AdafaceTileParams::batch"]
-        [::core::mem::offset_of!(AdafaceTileParams, batch) - 120usize];
+        [::core::mem::offset_of!(AdafaceTileParams, batch) - 136usize];
     ["Offset of field: AdafaceTileParams::dim"]
-        [::core::mem::offset_of!(AdafaceTileParams, dim) - 128usize];
+        [::core::mem::offset_of!(AdafaceTileParams, dim) - 144usize];
     ["Offset of field: AdafaceTileParams::classes"]
-        [::core::mem::offset_of!(AdafaceTileParams, classes) - 136usize];
+        [::core::mem::offset_of!(AdafaceTileParams, classes) - 152usize];
     ["Offset of field: AdafaceTileParams::splits"]
-        [::core::mem::offset_of!(AdafaceTileParams, splits) - 144usize];
+        [::core::mem::offset_of!(AdafaceTileParams, splits) - 160usize];
     ["Offset of field: AdafaceTileParams::s"]
-        [::core::mem::offset_of!(AdafaceTileParams, s) - 152usize];
+        [::core::mem::offset_of!(AdafaceTileParams, s) - 168usize];
     ["Offset of field: AdafaceTileParams::eps"]
-        [::core::mem::offset_of!(AdafaceTileParams, eps) - 156usize];
+        [::core::mem::offset_of!(AdafaceTileParams, eps) - 172usize];
     ["Offset of field: AdafaceTileParams::m1"]
-        [::core::mem::offset_of!(AdafaceTileParams, m1) - 160usize];
+        [::core::mem::offset_of!(AdafaceTileParams, m1) - 176usize];
     ["Offset of field: AdafaceTileParams::inv_batch"]
-        [::core::mem::offset_of!(AdafaceTileParams, inv_batch) - 164usize];
+        [::core::mem::offset_of!(AdafaceTileParams, inv_batch) - 180usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

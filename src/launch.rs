@@ -13,15 +13,29 @@
 //! | `backward` | `S_b` | 256 | recompute tiles, `A`, `dW` (owned rows), per-split `gx` |
 //! | `dx_finish` | `B` | 256 | sum `gx` over splits in order, Jacobian of `x / \|\|x\|\|` |
 //!
+//! That is [`Variant::Tiled`], for every dtype. bf16 inputs with `D % 32 == 0`
+//! and `D <= 512` take [`Variant::Flash`] (kernels/adaface_flash.cu):
+//!
+//! | kernel | grid | block | does |
+//! |---|---|---|---|
+//! | `stats` | 1 | 256 | as above |
+//! | `flash_forward[_dx]` | `(ceil(B/64), S_f)` | 256 | 64 x 64 tiles, x resident, W streamed; max/sum-exp and (training) the unnormalised `gx` per split |
+//! | `combine` | 1 | 256 | as above |
+//! | `flash_dw` | `ceil(C/64)` | 256 | W tile resident, x streamed; `dW` of its classes, Jacobian |
+//! | `flash_dx_finish` | `B` | 256 | `gx` from the splits, target term, Jacobian |
+//!
 //! # Workspace
 //!
-//! One `f32` buffer of `8 B + C + 2 S_f B + S_b B D` elements (the last
+//! One `f32` buffer of `9 B + C + 2 S_f B + S_g B D` elements (the last
 //! term only for training steps), plus the 56-byte step record and the
-//! 16-byte EMA state. `S_f = min(tiles, ceil(target_blocks / ceil(B/32)))`
-//! and `S_b = min(tiles, max(1, dx_budget / (4 B D)), max_backward_splits)`
-//! with `tiles = ceil(C / 64)`, so the workspace is bounded by the budget
-//! (64 MiB by default) plus `O(B + C)`: at `B = D = 512`, `C = 1M` it is
-//! 64 + 4.3 MB against 2 GB for one `B x C` f32 matrix.
+//! 16-byte EMA state. `S_g` is the number of per-split `gx` partials:
+//! tiled, `S_g = S_b = min(tiles, max(1, dx_budget / (4 B D)),
+//! max_backward_splits)` and `S_f = min(tiles, ceil(target_blocks /
+//! ceil(B/32)))`; flash, `S_g = S_f = min(tiles, max(1, flash_blocks /
+//! ceil(B/64)))` (capped by the same budget), with `tiles = ceil(C / 64)`. So
+//! the workspace is bounded by the budget (48 MiB by default) plus
+//! `O(B + C)`: at `B = D = 512`, `C = 1M`, 16.8 + 4.3 MB (flash) or
+//! 48 + 4.3 MB (tiled), against 2 GB for one `B x C` f32 matrix.
 
 use crate::config::AdaFaceConfig;
 use crate::element::{Dtype, Element, Label};
@@ -29,7 +43,8 @@ use crate::error::{Error, Result, Tensor};
 use crate::kernel_params::{
     AdafaceCombineParams, AdafaceDxParams, AdafaceStatsParams, AdafaceStepRecord,
     AdafaceTileParams, ADAFACE_ERR_LABEL, ADAFACE_ERR_NONFINITE_W, ADAFACE_ERR_NONFINITE_X,
-    ADAFACE_ERR_ROWNORM_W, ADAFACE_ERR_ROWNORM_X, ADAFACE_THREADS, ADAFACE_TILE_CLASSES,
+    ADAFACE_ERR_ROWNORM_W, ADAFACE_ERR_ROWNORM_X, ADAFACE_FLASH_CLASSES, ADAFACE_FLASH_MAX_DIM,
+    ADAFACE_FLASH_ROWS, ADAFACE_FLASH_ROW_PAD, ADAFACE_THREADS, ADAFACE_TILE_CLASSES,
     ADAFACE_TILE_ROWS,
 };
 use crate::shape::Shape;
@@ -45,8 +60,51 @@ pub struct LaunchDims {
     pub grid: (u32, u32, u32),
     /// Threads per block in x, y, z.
     pub block: (u32, u32, u32),
-    /// Dynamic shared memory per block, bytes (the kernels use static shared memory only).
+    /// Dynamic shared memory per block, bytes (the tiled kernels use static
+    /// shared memory only; the flash kernels up to 214 KiB, see
+    /// [`flash_shared_bytes`]).
     pub shared_bytes: u32,
+}
+
+/// Dynamic shared memory of the flash tile kernels for depth `dim`: three
+/// 64-row tiles of `dim + 8` bf16 (one resident, two streamed), the hi and
+/// lo 64 x 72 bf16 tiles of `P` or `A`, and 320 floats of row reductions and
+/// class norms (the layout of `AdafaceFlashSmem` in kernels/adaface_flash.cu).
+pub fn flash_shared_bytes(dim: usize) -> usize {
+    let ld = dim + ADAFACE_FLASH_ROW_PAD as usize;
+    let pld = ADAFACE_FLASH_CLASSES as usize + 8;
+    2 * 3 * ADAFACE_FLASH_ROWS as usize * ld + 2 * 2 * 64 * pld + 4 * (128 + 128 + 64)
+}
+
+/// The kernel family of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// 32 x 64 tiles staged element by element (every dtype; mma tile
+    /// products for bf16 and f16 on sm_80+): kernels/adaface_forward.cu and
+    /// kernels/adaface_backward.cu.
+    Tiled,
+    /// bf16 with `D % 32 == 0` and `D <= 512`: 64 x 64 tensor-core tiles,
+    /// cp.async staging, `dX` accumulated in the forward
+    /// (kernels/adaface_flash.cu).
+    Flash,
+}
+
+impl Variant {
+    /// The family a step of this dtype and shape runs when `limits` allow
+    /// the flash kernels.
+    pub fn choose(dtype: Dtype, shape: &Shape, limits: &PlanLimits) -> Self {
+        let d = shape.dim;
+        if limits.flash
+            && dtype == Dtype::BF16
+            && d % 32 == 0
+            && d <= ADAFACE_FLASH_MAX_DIM as usize
+            && flash_shared_bytes(d) <= limits.flash_max_shared
+        {
+            Variant::Flash
+        } else {
+            Variant::Tiled
+        }
+    }
 }
 
 impl LaunchDims {
@@ -76,14 +134,26 @@ pub struct PlanLimits {
     pub dx_budget_bytes: usize,
     /// Most backward splits.
     pub max_backward_splits: usize,
+    /// Whether eligible steps (see [`Variant::choose`]) take the flash
+    /// kernels. The CUDA backend clears it on devices older than sm_80.
+    pub flash: bool,
+    /// Flash forward blocks to aim for: one per SM (each takes up to
+    /// 214 KiB of shared memory, so one block fits an SM).
+    pub flash_blocks: usize,
+    /// Dynamic shared memory a block may opt into: a depth whose flash
+    /// tiles ([`flash_shared_bytes`]) do not fit takes the tiled family.
+    pub flash_max_shared: usize,
 }
 
 impl Default for PlanLimits {
     fn default() -> Self {
         PlanLimits {
             target_blocks: 2048,
-            dx_budget_bytes: 64 << 20,
+            dx_budget_bytes: 48 << 20,
             max_backward_splits: 1024,
+            flash: true,
+            flash_blocks: 132,
+            flash_max_shared: 227 << 10,
         }
     }
 }
@@ -112,6 +182,8 @@ pub struct WorkspaceLayout {
     pub target_logit: usize,
     /// Clamped target cosines, `B`.
     pub target_cos: usize,
+    /// `dlogit / ||w_y||` of each row's target (flash training steps), `B`.
+    pub target_dlogit: usize,
     /// Log-sum-exp per row, `B`.
     pub lse: usize,
     /// Per-row loss, `B`.
@@ -122,7 +194,8 @@ pub struct WorkspaceLayout {
     pub partial_max: usize,
     /// Forward running sum-exp per split and row, `S_f B`.
     pub partial_sum: usize,
-    /// Backward `gx` per split, `S_b B D` (training steps only).
+    /// `gx` per split, `S_g B D` (training steps only): the tiled
+    /// backward's, or the flash forward's unnormalised one.
     pub dx_partial: usize,
     /// Total elements.
     pub len: usize,
@@ -135,21 +208,26 @@ pub struct StepPlan {
     pub shape: Shape,
     /// Which kernels run.
     pub pass: Pass,
+    /// Which kernel family runs them.
+    pub variant: Variant,
     /// Class tiles, `ceil(C / 64)`.
     pub class_tiles: usize,
     /// `S_f`.
     pub forward_splits: usize,
-    /// `S_b` (0 for a forward).
+    /// `S_b` (0 for a forward, and for the flash family, whose `dW` grid is
+    /// one block per class tile).
     pub backward_splits: usize,
+    /// `S_g`: per-split `gx` partials (0 for a forward).
+    pub dx_splits: usize,
     /// The stats launch.
     pub stats: LaunchDims,
     /// The forward launch.
     pub forward: LaunchDims,
     /// The combine launch.
     pub combine: LaunchDims,
-    /// The backward launch (training steps).
+    /// The backward launch (training steps): `backward` or `flash_dw`.
     pub backward: LaunchDims,
-    /// The dx_finish launch (training steps).
+    /// The dx_finish launch (training steps): `dx_finish` or `flash_dx_finish`.
     pub dx_finish: LaunchDims,
     /// Workspace regions.
     pub workspace: WorkspaceLayout,
@@ -181,9 +259,10 @@ fn div_ceil(a: usize, b: usize) -> usize {
 }
 
 impl StepPlan {
-    /// Plans a step; checks that the shape is non-empty and that every
-    /// count fits the kernels' index types (64-bit offsets, 32-bit grids).
-    pub fn new(shape: Shape, pass: Pass, limits: PlanLimits) -> Result<Self> {
+    /// Plans a step of inputs of `dtype`; checks that the shape is non-empty
+    /// and that every count fits the kernels' index types (64-bit offsets,
+    /// 32-bit grids).
+    pub fn new(shape: Shape, pass: Pass, dtype: Dtype, limits: PlanLimits) -> Result<Self> {
         shape.check_nonempty()?;
         shape.features_len()?;
         shape.weight_len()?;
@@ -197,18 +276,31 @@ impl StepPlan {
         {
             return Err(Error::TooLarge { what: "C * D" });
         }
+        let variant = Variant::choose(dtype, &shape, &limits);
+        debug_assert_eq!(ADAFACE_TILE_CLASSES, ADAFACE_FLASH_CLASSES);
         let tiles = div_ceil(c, ADAFACE_TILE_CLASSES as usize);
-        let row_tiles = div_ceil(b, ADAFACE_TILE_ROWS as usize);
-        let forward_splits = tiles
-            .min(div_ceil(limits.target_blocks.max(1), row_tiles))
-            .max(1);
-        let backward_splits = match pass {
-            Pass::Forward => 0,
-            Pass::ForwardBackward => {
-                let per_split = b.saturating_mul(d).saturating_mul(4).max(1);
-                tiles
-                    .min((limits.dx_budget_bytes / per_split).max(1))
-                    .min(limits.max_backward_splits.max(1))
+        let dx_cap = (limits.dx_budget_bytes / b.saturating_mul(d).saturating_mul(4).max(1)).max(1);
+        let training = pass == Pass::ForwardBackward;
+        let (row_tiles, forward_splits, backward_splits, dx_splits) = match variant {
+            Variant::Tiled => {
+                let row_tiles = div_ceil(b, ADAFACE_TILE_ROWS as usize);
+                let sf = tiles
+                    .min(div_ceil(limits.target_blocks.max(1), row_tiles))
+                    .max(1);
+                let sb = if training {
+                    tiles.min(dx_cap).min(limits.max_backward_splits.max(1))
+                } else {
+                    0
+                };
+                (row_tiles, sf, sb, sb)
+            }
+            Variant::Flash => {
+                let row_tiles = div_ceil(b, ADAFACE_FLASH_ROWS as usize);
+                let mut sf = tiles.min((limits.flash_blocks / row_tiles).max(1));
+                if training {
+                    sf = sf.min(dx_cap);
+                }
+                (row_tiles, sf, 0, if training { sf } else { 0 })
             }
         };
         let too_large = Error::TooLarge { what: "workspace" };
@@ -225,13 +317,14 @@ impl StepPlan {
             row_z: take(b)?,
             target_logit: take(b)?,
             target_cos: take(b)?,
+            target_dlogit: take(b)?,
             lse: take(b)?,
             sample_loss: take(b)?,
             class_norm: take(c)?,
             partial_max: take(forward_splits * b)?,
             partial_sum: take(forward_splits * b)?,
             dx_partial: take(
-                backward_splits
+                dx_splits
                     .checked_mul(b)
                     .and_then(|v| v.checked_mul(d))
                     .ok_or(too_large.clone())?,
@@ -242,16 +335,40 @@ impl StepPlan {
             len: at,
             ..workspace
         };
+        let (forward, backward) = match variant {
+            Variant::Tiled => (
+                LaunchDims::new(forward_splits, row_tiles)?,
+                LaunchDims::new(backward_splits.max(1), 1)?,
+            ),
+            Variant::Flash => {
+                let smem = u32::try_from(flash_shared_bytes(d))
+                    .map_err(|_| Error::TooLarge { what: "dim" })?;
+                let with_smem = |dims: LaunchDims| LaunchDims {
+                    shared_bytes: smem,
+                    ..dims
+                };
+                (
+                    with_smem(LaunchDims::new(row_tiles, forward_splits).map_err(|_| {
+                        Error::TooLarge {
+                            what: "grid y (splits)",
+                        }
+                    })?),
+                    with_smem(LaunchDims::new(tiles, 1)?),
+                )
+            }
+        };
         Ok(StepPlan {
             shape,
             pass,
+            variant,
             class_tiles: tiles,
             forward_splits,
             backward_splits,
+            dx_splits,
             stats: LaunchDims::new(1, 1)?,
-            forward: LaunchDims::new(forward_splits, row_tiles)?,
+            forward,
             combine: LaunchDims::new(1, 1)?,
-            backward: LaunchDims::new(backward_splits.max(1), 1)?,
+            backward,
             dx_finish: LaunchDims::new(b, 1)?,
             workspace,
         })
@@ -319,6 +436,8 @@ impl StepPlan {
             lse: self.ws(buf, l.lse),
             dx_partial: self.ws(buf, l.dx_partial),
             dw: buf.dw,
+            target_dlogit: self.ws(buf, l.target_dlogit),
+            dx: buf.dx,
             batch: self.shape.batch as i64,
             dim: self.shape.dim as i64,
             classes: self.shape.classes as i64,
@@ -337,7 +456,12 @@ impl StepPlan {
 
     /// Parameters of the backward tile kernel.
     pub fn backward_params(&self, cfg: &AdaFaceConfig, buf: &StepBuffers) -> AdafaceTileParams {
-        self.tile_params(cfg, buf, self.backward_splits)
+        match self.variant {
+            Variant::Tiled => self.tile_params(cfg, buf, self.backward_splits),
+            // flash_dw walks every row tile of its class tile; flash_dx_finish
+            // reads the forward's partials.
+            Variant::Flash => self.tile_params(cfg, buf, self.forward_splits),
+        }
     }
 
     /// Parameters of the combine kernel; `commit_state` stores the updated
@@ -418,12 +542,20 @@ pub struct KernelNames {
 }
 
 impl KernelNames {
-    /// Names for element `E` and label `L`.
+    /// Names of the tiled family for element `E` and label `L`.
     pub fn of<E: KernelElement, L: KernelLabel>() -> Self {
         Self::for_suffixes(E::SUFFIX, L::SUFFIX)
     }
 
-    /// Names for the given suffixes.
+    /// Names of the kernels `plan` launches for element `E` and label `L`.
+    pub fn for_plan<E: KernelElement, L: KernelLabel>(plan: &StepPlan) -> Self {
+        match plan.variant {
+            Variant::Tiled => Self::of::<E, L>(),
+            Variant::Flash => Self::flash(E::SUFFIX, L::SUFFIX, plan.pass),
+        }
+    }
+
+    /// Names of the tiled family for the given suffixes.
     pub fn for_suffixes(e: &str, l: &str) -> Self {
         KernelNames {
             stats: format!("adaface_stats_{e}_{l}"),
@@ -431,6 +563,22 @@ impl KernelNames {
             combine: "adaface_combine".to_string(),
             backward: format!("adaface_backward_{e}_{l}"),
             dx_finish: format!("adaface_dx_finish_{e}"),
+        }
+    }
+
+    /// Names of the flash family (`e` is "bf16"); the forward accumulates
+    /// `gx` only for training steps.
+    pub fn flash(e: &str, l: &str, pass: Pass) -> Self {
+        let forward = match pass {
+            Pass::Forward => format!("adaface_flash_forward_{e}_{l}"),
+            Pass::ForwardBackward => format!("adaface_flash_forward_dx_{e}_{l}"),
+        };
+        KernelNames {
+            stats: format!("adaface_stats_{e}_{l}"),
+            forward,
+            combine: "adaface_combine".to_string(),
+            backward: format!("adaface_flash_dw_{e}_{l}"),
+            dx_finish: format!("adaface_flash_dx_finish_{e}_{l}"),
         }
     }
 
@@ -443,6 +591,11 @@ impl KernelNames {
                 let n = Self::for_suffixes(e.name(), l);
                 out.extend([n.stats, n.forward, n.backward]);
             }
+        }
+        for l in ["i32", "i64"] {
+            let t = Self::flash("bf16", l, Pass::ForwardBackward);
+            let f = Self::flash("bf16", l, Pass::Forward);
+            out.extend([f.forward, t.forward, t.backward, t.dx_finish]);
         }
         out
     }
@@ -563,38 +716,79 @@ mod tests {
             (129, 512, 77),
         ] {
             let shape = Shape::new(b, d, c);
-            let plan = StepPlan::new(shape, Pass::ForwardBackward, PlanLimits::default()).unwrap();
+            let plan = StepPlan::new(
+                shape,
+                Pass::ForwardBackward,
+                Dtype::F32,
+                PlanLimits::default(),
+            )
+            .unwrap();
+            assert_eq!(plan.variant, Variant::Tiled);
             let (sf, sb) = (plan.forward_splits, plan.backward_splits);
-            assert_eq!(plan.workspace.len, 8 * b + c + 2 * sf * b + sb * b * d);
+            assert_eq!(plan.workspace.len, 9 * b + c + 2 * sf * b + sb * b * d);
             assert!(sf >= 1 && sf <= plan.class_tiles && sb >= 1 && sb <= plan.class_tiles);
-            assert!(sb * b * d * 4 <= (64 << 20) || sb == 1);
+            assert!(sb * b * d * 4 <= (48 << 20) || sb == 1);
             assert_eq!(plan.forward.grid, (sf as u32, b.div_ceil(32) as u32, 1));
-            let fwd = StepPlan::new(shape, Pass::Forward, PlanLimits::default()).unwrap();
-            assert_eq!(fwd.workspace.len, 8 * b + c + 2 * sf * b);
+            let fwd = StepPlan::new(shape, Pass::Forward, Dtype::F32, PlanLimits::default()).unwrap();
+            assert_eq!(fwd.workspace.len, 9 * b + c + 2 * sf * b);
+
+            // bf16 at these depths (multiples of 32, <= 512) takes the flash family.
+            let flash = StepPlan::new(
+                shape,
+                Pass::ForwardBackward,
+                Dtype::BF16,
+                PlanLimits::default(),
+            )
+            .unwrap();
+            assert_eq!(flash.variant, Variant::Flash);
+            let sf = flash.forward_splits;
+            assert_eq!(flash.dx_splits, sf);
+            assert_eq!(flash.workspace.len, 9 * b + c + 2 * sf * b + sf * b * d);
+            assert!(sf * b.div_ceil(64) <= 132 || sf == 1);
+            assert_eq!(flash.forward.grid, (b.div_ceil(64) as u32, sf as u32, 1));
+            assert_eq!(flash.backward.grid, (c.div_ceil(64) as u32, 1, 1));
+            assert_eq!(flash.forward.shared_bytes as usize, flash_shared_bytes(d));
+            assert!(flash_shared_bytes(d) <= 227 << 10);
         }
-        // The training shape of the target GPU: far below one B x C matrix.
-        let big = StepPlan::new(
-            Shape::new(512, 512, 1_000_000),
-            Pass::ForwardBackward,
-            PlanLimits::default(),
-        )
-        .unwrap();
-        assert!(
-            big.workspace_bytes() < 80 << 20,
-            "{}",
-            big.workspace_bytes()
-        );
+        // Not multiples of 32, or deeper than 512: the tiled family.
+        for d in [40, 544] {
+            let p = StepPlan::new(
+                Shape::new(8, d, 10),
+                Pass::Forward,
+                Dtype::BF16,
+                PlanLimits::default(),
+            )
+            .unwrap();
+            assert_eq!(p.variant, Variant::Tiled);
+        }
+        // The training shape of the target GPU: under 64 MB for every
+        // dtype, far below one B x C matrix (2 GB).
+        for dtype in [Dtype::F32, Dtype::BF16] {
+            let big = StepPlan::new(
+                Shape::new(512, 512, 1_000_000),
+                Pass::ForwardBackward,
+                dtype,
+                PlanLimits::default(),
+            )
+            .unwrap();
+            assert!(
+                big.workspace_bytes() < 64_000_000,
+                "{dtype:?}: {}",
+                big.workspace_bytes()
+            );
+        }
     }
 
     #[test]
     fn shapes_the_grid_cannot_hold_are_rejected() {
         let huge_batch = Shape::new(65_536 * 32 + 1, 4, 4);
         assert!(matches!(
-            StepPlan::new(huge_batch, Pass::Forward, PlanLimits::default()),
+            StepPlan::new(huge_batch, Pass::Forward, Dtype::F32, PlanLimits::default()),
             Err(Error::TooLarge { .. })
         ));
         assert_eq!(
-            StepPlan::new(Shape::new(0, 4, 4), Pass::Forward, PlanLimits::default()).unwrap_err(),
+            StepPlan::new(Shape::new(0, 4, 4), Pass::Forward, Dtype::F32, PlanLimits::default())
+                .unwrap_err(),
             Error::EmptyBatch
         );
     }
@@ -650,9 +844,19 @@ mod tests {
     #[test]
     fn every_kernel_name_is_listed_once() {
         let all = KernelNames::all();
-        assert_eq!(all.len(), 1 + 3 * (1 + 2 * 3));
+        assert_eq!(all.len(), 1 + 3 * (1 + 2 * 3) + 2 * 4);
         let n = KernelNames::of::<half::bf16, i32>();
-        for name in [&n.stats, &n.forward, &n.combine, &n.backward, &n.dx_finish] {
+        let f = KernelNames::flash("bf16", "i64", Pass::ForwardBackward);
+        for name in [
+            &n.stats,
+            &n.forward,
+            &n.combine,
+            &n.backward,
+            &n.dx_finish,
+            &f.forward,
+            &f.backward,
+            &f.dx_finish,
+        ] {
             assert_eq!(all.iter().filter(|a| *a == name).count(), 1, "{name}");
         }
     }

@@ -212,6 +212,7 @@ fn several_class_tiles_per_split() {
             target_blocks: splits * 2, // 2 row tiles at B = 33
             dx_budget_bytes: splits * 33 * 64 * 4,
             max_backward_splits: splits,
+            ..PlanLimits::default()
         };
         let e = run_dtype(Dtype::F32, false, &cfg, limits, &inp);
         e.assert_f32_accuracy(&format!("{splits} splits"));

@@ -82,6 +82,10 @@ fn bf16_and_f16_take_the_mma_path_and_match_the_reference() {
                 target_blocks: splits * b.div_ceil(32),
                 dx_budget_bytes: splits * b * d * 4,
                 max_backward_splits: splits,
+                // This test is about the tiled family's mma (the flash
+                // family has tests/sim_flash.rs).
+                flash: false,
+                ..PlanLimits::default()
             };
             for dtype in [Dtype::BF16, Dtype::F16, Dtype::F32] {
                 let (e, fwd, bwd) = match dtype {

@@ -14,7 +14,7 @@ use crate::config::AdaFaceConfig;
 use crate::element::Dtype;
 use crate::error::{Error, Result};
 use crate::kernel_params::AdafaceStepRecord;
-use crate::launch::{KernelElement, Pass, PlanLimits, StepPlan};
+use crate::launch::{KernelElement, Pass};
 use crate::naive::cuda::NaiveCuda;
 use crate::shape::Shape;
 
@@ -144,7 +144,8 @@ fn bench_typed<E: KernelElement + DeviceRepr>(
         let (times, extra) = match path {
             BenchPath::Fused => {
                 let mut fused = CudaAdaFace::new(stream.clone(), loss_cfg)?;
-                let extra = StepPlan::new(shape, Pass::ForwardBackward, PlanLimits::default())?
+                let extra = fused
+                    .plan::<E>(shape, Pass::ForwardBackward)?
                     .workspace_bytes()
                     + std::mem::size_of::<AdafaceStepRecord>()
                     + 16;

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
     LaunchConfig, PushKernelArg, ValidAsZeroBits,
@@ -15,7 +16,7 @@ use crate::kernel_params::{
 };
 use crate::launch::{
     check_call, KernelElement, KernelLabel, KernelNames, LaunchDims, Pass, PlanLimits, StepBuffers,
-    StepPlan, StepSummary,
+    StepPlan, StepSummary, Variant,
 };
 use crate::shape::Shape;
 use crate::state::EmaState;
@@ -88,21 +89,37 @@ impl CudaAdaFace {
         let state = stream
             .clone_htod(&[init.batch_mean, init.batch_std])
             .map_err(backend("upload EMA state"))?;
+        let limits = device_limits(&stream)?;
         Ok(CudaAdaFace {
             stream,
             module,
             cfg,
-            limits: PlanLimits::default(),
+            limits,
             state,
             workspace: None,
             last_plan: None,
         })
     }
 
-    /// Replaces the planning limits (tests use small ones).
+    /// Replaces the planning limits (tests use small ones). On a device
+    /// older than sm_80 the flash family stays off whatever `limits` say.
     pub fn with_limits(mut self, limits: PlanLimits) -> Self {
-        self.limits = limits;
+        let flash = self.limits.flash && limits.flash;
+        self.limits = PlanLimits { flash, ..limits };
         self
+    }
+
+    /// The planning limits in use (from the device: SM count, and whether
+    /// the flash kernels can run).
+    pub fn limits(&self) -> PlanLimits {
+        self.limits
+    }
+
+    /// The plan a call of this shape and element type would launch: which
+    /// kernel family, grids, and the workspace it needs
+    /// ([`StepPlan::workspace_bytes`]).
+    pub fn plan<E: KernelElement>(&self, shape: Shape, pass: Pass) -> Result<StepPlan> {
+        StepPlan::new(shape, pass, E::DTYPE, self.limits)
     }
 
     /// The config.
@@ -213,13 +230,23 @@ impl CudaAdaFace {
         grads: Option<(&mut CudaSlice<f32>, &mut CudaSlice<f32>)>,
         commit_state: bool,
     ) -> Result<CudaStep> {
-        let plan = StepPlan::new(shape, pass, self.limits)?;
-        let names = KernelNames::of::<E, L>();
+        let plan = StepPlan::new(shape, pass, E::DTYPE, self.limits)?;
+        let names = KernelNames::for_plan::<E, L>(&plan);
         let f_stats = self.function(&names.stats)?;
         let f_forward = self.function(&names.forward)?;
         let f_combine = self.function(&names.combine)?;
         let f_backward = self.function(&names.backward)?;
         let f_dx = self.function(&names.dx_finish)?;
+        if plan.variant == Variant::Flash {
+            // Above 48 KiB of dynamic shared memory a kernel must opt in.
+            for f in [&f_forward, &f_backward] {
+                f.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    plan.forward.shared_bytes as i32,
+                )
+                .map_err(backend("opt in to dynamic shared memory"))?;
+            }
+        }
 
         let need = plan.workspace.len.max(1);
         if self.workspace.as_ref().map_or(true, |ws| ws.len() < need) {
@@ -286,15 +313,20 @@ impl CudaAdaFace {
                 .map_err(backend("launch combine"))?;
             if pass == Pass::ForwardBackward {
                 let bp = plan.backward_params(&self.cfg, &bufs);
-                let dp = plan.dx_params(&bufs);
                 stream
                     .launch_builder(&f_backward)
                     .arg(&bp)
                     .launch(to_cfg(&plan.backward))
                     .map_err(backend("launch backward"))?;
-                stream
-                    .launch_builder(&f_dx)
-                    .arg(&dp)
+                let mut dx_launch = stream.launch_builder(&f_dx);
+                // The flash dx_finish reads the tile parameters (the forward's
+                // partials, the targets); the tiled one its own struct.
+                let dp = plan.dx_params(&bufs);
+                match plan.variant {
+                    Variant::Tiled => dx_launch.arg(&dp),
+                    Variant::Flash => dx_launch.arg(&bp),
+                };
+                dx_launch
                     .launch(to_cfg(&plan.dx_finish))
                     .map_err(backend("launch dx_finish"))?;
             }
@@ -308,4 +340,23 @@ impl CudaAdaFace {
             shape,
         })
     }
+}
+
+/// Planning limits for the stream's device: the flash family needs sm_80
+/// (mma.m16n8k16 with bf16, cp.async) and aims at one block per SM.
+fn device_limits(stream: &Arc<CudaStream>) -> Result<PlanLimits> {
+    let ctx = stream.context();
+    let attr = |a| ctx.attribute(a).map_err(backend("query device attribute"));
+    let major = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+    let sms = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    let smem_optin = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+    let defaults = PlanLimits::default();
+    Ok(PlanLimits {
+        // 214 KiB at D = 512: sm_80 (163 KiB) and sm_86/89 (99 KiB) take the
+        // flash kernels only at depths whose tiles fit.
+        flash: major >= 8 && smem_optin > 0,
+        flash_blocks: usize::try_from(sms).unwrap_or(defaults.flash_blocks).max(1),
+        flash_max_shared: usize::try_from(smem_optin).unwrap_or(0),
+        ..defaults
+    })
 }

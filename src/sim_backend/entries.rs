@@ -27,6 +27,11 @@ declare!(AdafaceTileParams =>
     adaface_backward_f32_i32_sim, adaface_backward_f32_i64_sim,
     adaface_backward_bf16_i32_sim, adaface_backward_bf16_i64_sim,
     adaface_backward_f16_i32_sim, adaface_backward_f16_i64_sim);
+declare!(AdafaceTileParams =>
+    adaface_flash_forward_bf16_i32_sim, adaface_flash_forward_bf16_i64_sim,
+    adaface_flash_forward_dx_bf16_i32_sim, adaface_flash_forward_dx_bf16_i64_sim,
+    adaface_flash_dw_bf16_i32_sim, adaface_flash_dw_bf16_i64_sim,
+    adaface_flash_dx_finish_bf16_i32_sim, adaface_flash_dx_finish_bf16_i64_sim);
 declare!(AdafaceCombineParams => adaface_combine_sim);
 declare!(AdafaceDxParams => adaface_dx_finish_f32_sim, adaface_dx_finish_bf16_sim, adaface_dx_finish_f16_sim);
 
@@ -87,6 +92,34 @@ impl Entries {
             combine: adaface_combine_sim,
             backward,
             dx_finish,
+        })
+    }
+}
+
+/// The flash family's tile entries (bf16 only; the plan picks it).
+pub(super) struct FlashEntries {
+    pub forward: SimEntry<AdafaceTileParams>,
+    pub forward_dx: SimEntry<AdafaceTileParams>,
+    pub dw: SimEntry<AdafaceTileParams>,
+    pub dx_finish: SimEntry<AdafaceTileParams>,
+}
+
+impl FlashEntries {
+    pub(super) fn of<E: KernelElement, L: KernelLabel>() -> Result<Self> {
+        Ok(match (E::SUFFIX, L::SUFFIX) {
+            ("bf16", "i32") => FlashEntries {
+                forward: adaface_flash_forward_bf16_i32_sim,
+                forward_dx: adaface_flash_forward_dx_bf16_i32_sim,
+                dw: adaface_flash_dw_bf16_i32_sim,
+                dx_finish: adaface_flash_dx_finish_bf16_i32_sim,
+            },
+            ("bf16", "i64") => FlashEntries {
+                forward: adaface_flash_forward_bf16_i64_sim,
+                forward_dx: adaface_flash_forward_dx_bf16_i64_sim,
+                dw: adaface_flash_dw_bf16_i64_sim,
+                dx_finish: adaface_flash_dx_finish_bf16_i64_sim,
+            },
+            (e, l) => return Err(unsupported(e, l)),
         })
     }
 }

@@ -10,13 +10,13 @@ use crate::error::Result;
 use crate::kernel_params::AdafaceStepRecord;
 use crate::launch::{
     check_call, KernelElement, KernelLabel, LaunchDims, Pass, PlanLimits, StepBuffers, StepPlan,
-    StepSummary,
+    StepSummary, Variant,
 };
 use crate::shape::Shape;
 use crate::sim::{launch, SimLaunch};
 use crate::state::EmaState;
 
-use entries::Entries;
+use entries::{Entries, FlashEntries};
 
 /// The AdaFace loss on the simulator: owns the EMA state (a host buffer the
 /// kernels update, as the device buffer on a GPU) and a reusable workspace.
@@ -158,7 +158,7 @@ impl SimAdaFace {
         grads: Option<(&mut [f32], &mut [f32])>,
         commit_state: bool,
     ) -> Result<SimStep> {
-        let plan = StepPlan::new(shape, pass, self.limits)?;
+        let plan = StepPlan::new(shape, pass, E::DTYPE, self.limits)?;
         let entries = Entries::of::<E, L>()?;
         if self.workspace.len() < plan.workspace.len {
             self.workspace.resize(plan.workspace.len, 0.0);
@@ -187,13 +187,29 @@ impl SimAdaFace {
         // the record); the kernels bound every index by the shape.
         unsafe {
             launch(entries.stats, &sim_launch(&plan.stats), &sp)?;
-            launch(entries.forward, &sim_launch(&plan.forward), &fp)?;
-            launch(entries.combine, &sim_launch(&plan.combine), &cp)?;
-            if pass == Pass::ForwardBackward {
-                let bp = plan.backward_params(&self.cfg, &bufs);
-                let dp = plan.dx_params(&bufs);
-                launch(entries.backward, &sim_launch(&plan.backward), &bp)?;
-                launch(entries.dx_finish, &sim_launch(&plan.dx_finish), &dp)?;
+            match plan.variant {
+                Variant::Tiled => {
+                    launch(entries.forward, &sim_launch(&plan.forward), &fp)?;
+                    launch(entries.combine, &sim_launch(&plan.combine), &cp)?;
+                    if pass == Pass::ForwardBackward {
+                        let bp = plan.backward_params(&self.cfg, &bufs);
+                        let dp = plan.dx_params(&bufs);
+                        launch(entries.backward, &sim_launch(&plan.backward), &bp)?;
+                        launch(entries.dx_finish, &sim_launch(&plan.dx_finish), &dp)?;
+                    }
+                }
+                Variant::Flash => {
+                    let flash = FlashEntries::of::<E, L>()?;
+                    let training = pass == Pass::ForwardBackward;
+                    let forward = if training { flash.forward_dx } else { flash.forward };
+                    launch(forward, &sim_launch(&plan.forward), &fp)?;
+                    launch(entries.combine, &sim_launch(&plan.combine), &cp)?;
+                    if training {
+                        let bp = plan.backward_params(&self.cfg, &bufs);
+                        launch(flash.dw, &sim_launch(&plan.backward), &bp)?;
+                        launch(flash.dx_finish, &sim_launch(&plan.dx_finish), &bp)?;
+                    }
+                }
             }
         }
         self.last_plan = Some(plan);

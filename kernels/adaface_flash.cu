@@ -1,0 +1,552 @@
+/* Flash kernels (v3): bf16 inputs on tensor cores, 64-row x 64-class tiles,
+ * operands staged with cp.async, the whole depth D (<= 512) resident in
+ * shared memory, accumulators in registers. A training step is
+ *
+ *   stats -> flash_forward_dx -> combine -> flash_dw -> flash_dx_finish
+ *
+ * and does the four 2BDC products of the fused floor, no more:
+ *
+ * adaface_flash_forward[_dx]_bf16_*: grid (ceil(B / 64), splits). Block
+ *   (r, k) keeps its 64 rows of x in shared memory and streams the class
+ *   tiles k, k + splits, ... (double-buffered). Per tile: S = x . W^T, the
+ *   margin epilogue, the running max and sum-exp per row (online softmax);
+ *   with _dx also the running, unnormalised row gradient
+ *       O_r = sum_c exp(l_rc - m_r) dlogit_rc / ||w_c|| w_c   (c != y_r),
+ *   rescaled whenever the running max moves, as FlashAttention's forward
+ *   accumulates its output. dX thus needs no second pass over W: per split
+ *   it leaves O (B x D), m and l, i.e. splits * B * D floats, not B x C.
+ * adaface_flash_dx_finish_bf16_*: grid (B). dX_r = (sum_k exp(m_kr - lse_r)
+ *   O_kr + (p_ry - 1) dlogit_ry / ||w_y|| w_y) / B, then the Jacobian of
+ *   x -> x / ||x||. The target term is added in f32 here rather than in the
+ *   bf16 product, so p - 1 does not cancel in low precision.
+ * adaface_flash_dw_bf16_*: grid (ceil(C / 64)). Block j keeps its 64 rows of
+ *   W in shared memory and streams all row tiles of x: S again, then
+ *   A = (p - [c = y]) dlogit / (B ||x_r|| ||w_c||), dW_tile += A^T . x with
+ *   the 64 x D accumulator in registers; the Jacobian of w -> w / ||w|| at
+ *   the end; dW written once, without atomics (the block owns its classes).
+ *
+ * Gradient products multiply A (or P) split into bf16 hi + lo by the raw
+ * bf16 operand, keeping about 16 significant bits (the v2b scheme). Every
+ * sum has a fixed order: same inputs, same bits.
+ *
+ * Warp layout (8 warps): the logit tile S (64 x 64) gives warp w rows
+ * 16 (w % 4) .. + 16 and classes 32 (w / 4) .. + 32; the 64 x D output
+ * tiles (O, and dW with classes as rows) give warp w the same 16 rows and
+ * the depth half w / 4. So a thread's rows are the same in S and in O. */
+#include "adaface_common.cuh"
+
+#define ADAFACE_FLASH_WARPS 8
+#define ADAFACE_FLASH_NF (ADAFACE_FLASH_MAX_DIM / 16) /* n8 fragments per depth half, at most */
+/* Shapes the flash kernels take (checked by the host plan): D % 32 == 0
+ * (an even number of fragments per depth half) and D <= MAX_DIM. */
+#define ADAFACE_FLASH_PLD (ADAFACE_FLASH_CLASSES + 8) /* row stride (elements) of the P / A tiles */
+static_assert(ADAFACE_THREADS == 32 * ADAFACE_FLASH_WARPS, "the flash layout is 8 warps");
+static_assert(ADAFACE_FLASH_ROWS == 64 && ADAFACE_FLASH_CLASSES == 64, "the flash warp layout covers 64 x 64");
+
+/* Row stride, in elements, of a staged 64 x D tile: D + 8, an odd number
+ * of 16-byte chunks when D % 16 == 0, so the eight row addresses of an
+ * ldmatrix fall in distinct bank groups. */
+__device__ __forceinline__ int adaface_flash_ld(int64_t dim) { return (int)dim + ADAFACE_FLASH_ROW_PAD; }
+
+/* Issues the cp.async copies of rows [row0, row0 + 64) of a row-major
+ * (rows x dim) bf16 matrix into dst (stride ld); rows past `rows` are
+ * zero-filled. dim % 8 == 0 (16-byte chunks). */
+__device__ __forceinline__ void adaface_flash_stage(uint16_t* dst, int ld, const uint16_t* src, int64_t row0,
+                                                    int64_t rows, int64_t dim) {
+    const int chunks_per_row = (int)(dim / 8);
+    const int total = 64 * chunks_per_row;
+    for (int e = threadIdx.x; e < total; e += ADAFACE_THREADS) {
+        const int r = e / chunks_per_row;
+        const int ch = e % chunks_per_row;
+        const int64_t row = row0 + r;
+        const bool in = row < rows;
+        const uint16_t* g = src + (in ? row * dim + 8 * ch : 0);
+        cp_async_16_zfill(dst + r * ld + 8 * ch, g, in ? 16u : 0u);
+    }
+}
+
+/* S (16 rows x 32 classes of this warp) = A_tile . B_tile^T over depth
+ * [0, dim), both tiles row-major in shared memory with stride ld. */
+__device__ __forceinline__ void adaface_flash_logit_product(float s[4][4], const uint16_t* a_tile,
+                                                            const uint16_t* b_tile, int ld, int64_t dim,
+                                                            int row0, int class0) {
+    const int lane = (int)threadIdx.x & 31;
+    const int m = lane >> 3;
+    const int r = lane & 7;
+#pragma unroll
+    for (int f = 0; f < 4; ++f)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[f][i] = 0.0f;
+    const uint16_t* a_row = a_tile + (row0 + (m & 1) * 8 + r) * ld + (m >> 1) * 8;
+    const uint16_t* b_row0 = b_tile + (class0 + (m >> 1) * 8 + r) * ld + (m & 1) * 8;
+    const uint16_t* b_row1 = b_row0 + 16 * ld;
+    for (int k = 0; k < (int)dim; k += 16) {
+        uint32_t a[4], b01[4], b23[4];
+        ldmatrix_x4(a, a_row + k);
+        ldmatrix_x4(b01, b_row0 + k);
+        ldmatrix_x4(b23, b_row1 + k);
+        mma_m16n8k16_bf16_f32(s[0], a, &b01[0], s[0]);
+        mma_m16n8k16_bf16_f32(s[1], a, &b01[2], s[1]);
+        mma_m16n8k16_bf16_f32(s[2], a, &b23[0], s[2]);
+        mma_m16n8k16_bf16_f32(s[3], a, &b23[2], s[3]);
+    }
+}
+
+/* acc (16 rows x this warp's depth half) += (A_hi + A_lo) . B over K = 64,
+ * where A is 64 x 64 (row-major, stride PLD, transposed when a_trans: then
+ * A[m][k] is stored at [k][m]) and B is 64 x dim row-major (stride ld). */
+template <bool ATrans>
+__device__ __forceinline__ void adaface_flash_grad_product(float acc[ADAFACE_FLASH_NF][4], const uint16_t* a_hi,
+                                                           const uint16_t* a_lo, int m0, const uint16_t* b_tile,
+                                                           int ld, int n0, int nf) {
+    const int lane = (int)threadIdx.x & 31;
+    const int m = lane >> 3;
+    const int r = lane & 7;
+#pragma unroll
+    for (int k = 0; k < 64; k += 16) {
+        uint32_t hi[4], lo[4];
+        /* Non-transposed: matrices (m +0/+8, k +0/+8) in the a0..a3 order;
+         * transposed: the same four 8 x 8 blocks read from [k][m]. */
+        const int a_off = ATrans ? (k + (m >> 1) * 8 + r) * ADAFACE_FLASH_PLD + m0 + (m & 1) * 8
+                                 : (m0 + (m & 1) * 8 + r) * ADAFACE_FLASH_PLD + k + (m >> 1) * 8;
+        if (ATrans) {
+            ldmatrix_x4_trans(hi, a_hi + a_off);
+            ldmatrix_x4_trans(lo, a_lo + a_off);
+        } else {
+            ldmatrix_x4(hi, a_hi + a_off);
+            ldmatrix_x4(lo, a_lo + a_off);
+        }
+        const uint16_t* b_row = b_tile + (k + (m & 1) * 8 + r) * ld + n0 + (m >> 1) * 8;
+#pragma unroll
+        for (int f = 0; f < ADAFACE_FLASH_NF; f += 2) {
+            if (f < nf) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, b_row + 8 * f);
+                mma_m16n8k16_bf16_f32(acc[f], hi, &b[0], acc[f]);
+                mma_m16n8k16_bf16_f32(acc[f], lo, &b[0], acc[f]);
+                mma_m16n8k16_bf16_f32(acc[f + 1], hi, &b[2], acc[f + 1]);
+                mma_m16n8k16_bf16_f32(acc[f + 1], lo, &b[2], acc[f + 1]);
+            }
+        }
+    }
+}
+
+/* Writes v as hi + lo bf16 into the two P / A tiles at [row][col]. */
+__device__ __forceinline__ void adaface_flash_put_split(uint16_t* hi, uint16_t* lo, int row, int col, float v) {
+    uint16_t h, l;
+    adaface_split16<adaface_bf16>(v, &h, &l);
+    hi[row * ADAFACE_FLASH_PLD + col] = h;
+    lo[row * ADAFACE_FLASH_PLD + col] = l;
+}
+
+/* Per-row constants of the two rows (g, g + 8 of its warp's 16) a thread
+ * holds in the S and output layouts. */
+template <typename L>
+struct AdafaceFlashRows {
+    int64_t label[2];
+    float a[2], b[2], inv_norm[2], lse[2];
+    bool ok[2];
+    __device__ __forceinline__ void load(const AdafaceTileParams& p, int64_t row0, bool with_lse) {
+        const int lane = (int)threadIdx.x & 31;
+        const int warp = (int)threadIdx.x >> 5;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int64_t i = row0 + 16 * (warp & 3) + (lane >> 2) + 8 * h;
+            ok[h] = i < p.batch;
+            label[h] = ok[h] ? adaface_label_at((const L*)p.labels, i) : -1;
+            a[h] = ok[h] ? ((const float*)p.row_a)[i] : 0.0f;
+            b[h] = ok[h] ? ((const float*)p.row_b)[i] : 0.0f;
+            inv_norm[h] = ok[h] ? 1.0f / ((const float*)p.row_norm)[i] : 0.0f;
+            lse[h] = (ok[h] && with_lse) ? ((const float*)p.lse)[i] : 0.0f;
+        }
+    }
+};
+
+/* The class norms of a staged 64 x D tile of W (4 threads per class, fixed
+ * order): inv_cls[c] = 1 / ||w_c||. When `validate`, also stores ||w_c|| and
+ * records non-finite elements, zero and overflowing norms (the checks the
+ * tiled forward makes on the elements it stages). */
+__device__ __forceinline__ void adaface_flash_class_norms(const uint16_t* w_tile, int ld, int64_t c0,
+                                                          const AdafaceTileParams& p, float* inv_cls,
+                                                          bool validate) {
+    const int c = (int)threadIdx.x >> 2;
+    const int q = (int)threadIdx.x & 3;
+    const int64_t j = c0 + c;
+    const uint16_t* row = w_tile + c * ld;
+    float sq = 0.0f;
+    for (int k = 8 * q; k < (int)p.dim; k += 32) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            const float v = adaface_bf16_bits_to_f32(row[k + e]);
+            sq = fmaf(v, v, sq);
+        }
+    }
+    sq += __shfl_xor_sync(0xffffffffu, sq, 1);
+    sq += __shfl_xor_sync(0xffffffffu, sq, 2);
+    const bool valid = j < p.classes;
+    if (q == 0) inv_cls[c] = valid ? 1.0f / sqrtf(sq) : 0.0f;
+    if (!validate || !valid) return;
+    AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
+    if (q == 0) {
+        ((float*)p.class_norm)[j] = sqrtf(sq);
+        if (sq == 0.0f) adaface_record_error(rec, ADAFACE_ERR_ROWNORM_W, (unsigned long long)(j << 1));
+    }
+    if (!adaface_is_finite(sq)) {
+        if (q == 0) adaface_record_error(rec, ADAFACE_ERR_ROWNORM_W, (unsigned long long)((j << 1) | 1));
+        for (int k = 8 * q; k < (int)p.dim; k += 32)
+#pragma unroll
+            for (int e = 0; e < 8; ++e)
+                if (!adaface_is_finite(adaface_bf16_bits_to_f32(row[k + e])))
+                    adaface_record_error(rec, ADAFACE_ERR_NONFINITE_W, (unsigned long long)(j * p.dim + k + e));
+    }
+}
+
+/* Byte offsets of the flash kernels' dynamic shared memory (the host mirror
+ * is launch::flash_shared_bytes). */
+struct AdafaceFlashSmem {
+    int ld;
+    uint16_t* stationary; /* 64 x ld: x rows (forward) or W rows (dw) */
+    uint16_t* stream[2];  /* 2 x 64 x ld: W tiles (forward) or x tiles (dw) */
+    uint16_t* hi;         /* 64 x PLD */
+    uint16_t* lo;         /* 64 x PLD */
+    float* red;           /* 2 x 64: cross-warp row reductions */
+    float* red2;          /* 2 x 64 */
+    float* inv_cls;       /* 64 */
+    __device__ __forceinline__ AdafaceFlashSmem(unsigned char* base, int64_t dim) {
+        ld = adaface_flash_ld(dim);
+        const int tile = 64 * ld;
+        stationary = (uint16_t*)base;
+        stream[0] = stationary + tile;
+        stream[1] = stationary + 2 * tile;
+        hi = stationary + 3 * tile;
+        lo = hi + 64 * ADAFACE_FLASH_PLD;
+        red = (float*)(lo + 64 * ADAFACE_FLASH_PLD);
+        red2 = red + 128;
+        inv_cls = red2 + 128;
+    }
+};
+
+template <typename L, bool WithDx>
+__device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
+    AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
+    if (adaface_block_should_abort(rec)) return;
+    ADAFACE_DYNAMIC_SMEM(unsigned char, smem_base);
+    AdafaceFlashSmem sm(smem_base, p.dim);
+
+    const int lane = (int)threadIdx.x & 31;
+    const int warp = (int)threadIdx.x >> 5;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int rw = 16 * (warp & 3);  /* this warp's rows in the tile */
+    const int cw = 32 * (warp >> 2); /* its classes in S */
+    const int half = warp >> 2;      /* its depth half in O */
+    const int nf = (int)(p.dim / 16); /* fragments per depth half */
+    const int64_t row0 = (int64_t)blockIdx.x * ADAFACE_FLASH_ROWS;
+    const int64_t split = blockIdx.y;
+    const bool validates = blockIdx.x == 0;
+    const int64_t tiles_total = (p.classes + ADAFACE_FLASH_CLASSES - 1) / ADAFACE_FLASH_CLASSES;
+    const uint16_t* x = (const uint16_t*)p.x;
+    const uint16_t* w = (const uint16_t*)p.w;
+
+    AdafaceFlashRows<L> rows;
+    rows.load(p, row0, false);
+    float run_max[2] = {-INFINITY, -INFINITY};
+    float run_sum[2] = {0.0f, 0.0f};
+    float o[ADAFACE_FLASH_NF][4];
+#pragma unroll
+    for (int f = 0; f < ADAFACE_FLASH_NF; ++f)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) o[f][i] = 0.0f;
+
+    adaface_flash_stage(sm.stationary, sm.ld, x, row0, p.batch, p.dim);
+    if (split < tiles_total)
+        adaface_flash_stage(sm.stream[0], sm.ld, w, split * ADAFACE_FLASH_CLASSES, p.classes, p.dim);
+    cp_async_commit();
+
+    int buf = 0;
+    for (int64_t tile = split; tile < tiles_total; tile += p.splits, buf ^= 1) {
+        const int64_t c0 = tile * ADAFACE_FLASH_CLASSES;
+        const uint16_t* w_tile = sm.stream[buf];
+        cp_async_wait_group<0>();
+        __syncthreads(); /* tile landed; the previous iteration is over everywhere */
+        if (tile + p.splits < tiles_total)
+            adaface_flash_stage(sm.stream[buf ^ 1], sm.ld, w, (tile + p.splits) * ADAFACE_FLASH_CLASSES, p.classes,
+                                p.dim);
+        cp_async_commit();
+
+        adaface_flash_class_norms(w_tile, sm.ld, c0, p, sm.inv_cls, validates);
+        float s[4][4];
+        adaface_flash_logit_product(s, sm.stationary, w_tile, sm.ld, p.dim, rw, cw);
+        __syncthreads(); /* inv_cls */
+
+        /* Logits in place of the dot products; dlogit / ||w_c|| kept for P. */
+        float dl[4][4];
+        float local_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int f = 0; f < 4; ++f)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int h = i >> 1;
+                const int lc = cw + 8 * f + 2 * t + (i & 1);
+                const int64_t j = c0 + lc;
+                float logit = -INFINITY;
+                dl[f][i] = 0.0f;
+                if (rows.ok[h] && j < p.classes) {
+                    const float dot = s[f][i] * rows.inv_norm[h] * sm.inv_cls[lc];
+                    const bool is_target = j == rows.label[h];
+                    float dlogit;
+                    logit = adaface_logit(dot, is_target, rows.a[h], rows.b[h], p.s, p.m1, p.eps, &dlogit);
+                    if (is_target) {
+                        const int64_t i_row = row0 + rw + g + 8 * h;
+                        bool passes;
+                        ((float*)p.target_logit)[i_row] = logit;
+                        ((float*)p.target_cos)[i_row] = adaface_clamp_cosine(dot, p.eps, &passes);
+                        if (WithDx) ((float*)p.target_dlogit)[i_row] = dlogit * sm.inv_cls[lc];
+                    } else {
+                        dl[f][i] = dlogit * sm.inv_cls[lc];
+                    }
+                }
+                s[f][i] = logit;
+                local_max[h] = fmaxf(local_max[h], logit);
+            }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            local_max[h] = fmaxf(local_max[h], __shfl_xor_sync(0xffffffffu, local_max[h], 1));
+            local_max[h] = fmaxf(local_max[h], __shfl_xor_sync(0xffffffffu, local_max[h], 2));
+            if (t == 0) sm.red[half * 64 + rw + g + 8 * h] = local_max[h];
+        }
+        __syncthreads(); /* red (max) */
+
+        float new_max[2], alpha[2], local_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int lr = rw + g + 8 * h;
+            const float tile_max = fmaxf(sm.red[lr], sm.red[64 + lr]);
+            new_max[h] = fmaxf(run_max[h], tile_max);
+            alpha[h] = run_max[h] == -INFINITY ? 0.0f : expf(run_max[h] - new_max[h]);
+        }
+#pragma unroll
+        for (int f = 0; f < 4; ++f)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int h = i >> 1;
+                const float e = s[f][i] == -INFINITY ? 0.0f : expf(s[f][i] - new_max[h]);
+                local_sum[h] += e;
+                if (WithDx) adaface_flash_put_split(sm.hi, sm.lo, rw + g + 8 * h, cw + 8 * f + 2 * t + (i & 1),
+                                                    e * dl[f][i]);
+            }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            local_sum[h] += __shfl_xor_sync(0xffffffffu, local_sum[h], 1);
+            local_sum[h] += __shfl_xor_sync(0xffffffffu, local_sum[h], 2);
+            if (t == 0) sm.red2[half * 64 + rw + g + 8 * h] = local_sum[h];
+        }
+        __syncthreads(); /* red2 (sums), P */
+
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int lr = rw + g + 8 * h;
+            run_sum[h] = run_sum[h] * alpha[h] + (sm.red2[lr] + sm.red2[64 + lr]);
+            run_max[h] = new_max[h];
+        }
+        if (WithDx) {
+#pragma unroll
+            for (int f = 0; f < ADAFACE_FLASH_NF; ++f) {
+                o[f][0] *= alpha[0];
+                o[f][1] *= alpha[0];
+                o[f][2] *= alpha[1];
+                o[f][3] *= alpha[1];
+            }
+            adaface_flash_grad_product<false>(o, sm.hi, sm.lo, rw, w_tile, sm.ld, half * (int)(p.dim / 2), nf);
+        }
+    }
+    cp_async_wait_group<0>();
+
+    /* Per-split results: running max and sum (depth-half 0 warps), O. */
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int64_t i = row0 + rw + g + 8 * h;
+        if (!rows.ok[h]) continue;
+        if (half == 0 && t == 0) {
+            ((float*)p.partial_max)[split * p.batch + i] = run_max[h];
+            ((float*)p.partial_sum)[split * p.batch + i] = run_sum[h];
+        }
+        if (WithDx) {
+            float* out = (float*)p.dx_partial + (split * p.batch + i) * p.dim + half * (p.dim / 2) + 2 * t;
+#pragma unroll
+            for (int f = 0; f < ADAFACE_FLASH_NF; ++f) {
+                if (f < nf) {
+                    out[8 * f] = o[f][2 * h];
+                    out[8 * f + 1] = o[f][2 * h + 1];
+                }
+            }
+        }
+    }
+}
+
+template <typename L>
+__device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
+    AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
+    if (adaface_block_should_abort(rec)) return;
+    ADAFACE_DYNAMIC_SMEM(unsigned char, smem_base);
+    AdafaceFlashSmem sm(smem_base, p.dim);
+
+    const int lane = (int)threadIdx.x & 31;
+    const int warp = (int)threadIdx.x >> 5;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int rw = 16 * (warp & 3);  /* S: rows of x; output: classes */
+    const int cw = 32 * (warp >> 2); /* S: classes */
+    const int half = warp >> 2;      /* output: depth half */
+    const int nf = (int)(p.dim / 16); /* fragments per depth half */
+    const int64_t c0 = (int64_t)blockIdx.x * ADAFACE_FLASH_CLASSES;
+    const int64_t row_tiles = (p.batch + ADAFACE_FLASH_ROWS - 1) / ADAFACE_FLASH_ROWS;
+    const uint16_t* x = (const uint16_t*)p.x;
+    const uint16_t* w = (const uint16_t*)p.w;
+
+    adaface_flash_stage(sm.stationary, sm.ld, w, c0, p.classes, p.dim);
+    adaface_flash_stage(sm.stream[0], sm.ld, x, 0, p.batch, p.dim);
+    cp_async_commit();
+    if (threadIdx.x < 64) {
+        const int64_t j = c0 + threadIdx.x;
+        sm.inv_cls[threadIdx.x] = j < p.classes ? 1.0f / ((const float*)p.class_norm)[j] : 0.0f;
+    }
+
+    float acc[ADAFACE_FLASH_NF][4];
+#pragma unroll
+    for (int f = 0; f < ADAFACE_FLASH_NF; ++f)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[f][i] = 0.0f;
+
+    for (int64_t rt = 0; rt < row_tiles; ++rt) {
+        const int buf = (int)(rt & 1);
+        const int64_t row0 = rt * ADAFACE_FLASH_ROWS;
+        AdafaceFlashRows<L> rows;
+        rows.load(p, row0, true);
+        cp_async_wait_group<0>();
+        __syncthreads(); /* tile landed; the previous iteration is over everywhere */
+        if (rt + 1 < row_tiles)
+            adaface_flash_stage(sm.stream[buf ^ 1], sm.ld, x, row0 + ADAFACE_FLASH_ROWS, p.batch, p.dim);
+        cp_async_commit();
+
+        float s[4][4];
+        adaface_flash_logit_product(s, sm.stream[buf], sm.stationary, sm.ld, p.dim, rw, cw);
+#pragma unroll
+        for (int f = 0; f < 4; ++f)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int h = i >> 1;
+                const int lc = cw + 8 * f + 2 * t + (i & 1);
+                const int64_t j = c0 + lc;
+                float a = 0.0f;
+                if (rows.ok[h] && j < p.classes) {
+                    const float dot = s[f][i] * rows.inv_norm[h] * sm.inv_cls[lc];
+                    const bool is_target = j == rows.label[h];
+                    float dlogit;
+                    const float logit =
+                        adaface_logit(dot, is_target, rows.a[h], rows.b[h], p.s, p.m1, p.eps, &dlogit);
+                    const float prob = expf(logit - rows.lse[h]);
+                    a = (prob - (is_target ? 1.0f : 0.0f)) * p.inv_batch * dlogit * rows.inv_norm[h] *
+                        sm.inv_cls[lc];
+                }
+                adaface_flash_put_split(sm.hi, sm.lo, rw + g + 8 * h, lc, a);
+            }
+        __syncthreads(); /* A */
+        adaface_flash_grad_product<true>(acc, sm.hi, sm.lo, rw, sm.stream[buf], sm.ld, half * (int)(p.dim / 2),
+                                         nf);
+    }
+    cp_async_wait_group<0>();
+
+    /* Jacobian of w -> w / ||w||: dW = acc - w (w . acc) / ||w||^2, with the
+     * row dot reduced over the quad, then over the two depth halves. */
+    float along[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int f = 0; f < ADAFACE_FLASH_NF; ++f) {
+        if (f < nf) {
+            const int k = half * (int)(p.dim / 2) + 8 * f + 2 * t;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int h = i >> 1;
+                const float wv = adaface_bf16_bits_to_f32(sm.stationary[(rw + g + 8 * h) * sm.ld + k + (i & 1)]);
+                along[h] = fmaf(wv, acc[f][i], along[h]);
+            }
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        along[h] += __shfl_xor_sync(0xffffffffu, along[h], 1);
+        along[h] += __shfl_xor_sync(0xffffffffu, along[h], 2);
+        if (t == 0) sm.red[half * 64 + rw + g + 8 * h] = along[h];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int lc = rw + g + 8 * h;
+        const int64_t j = c0 + lc;
+        if (j >= p.classes) continue;
+        const float inv = sm.inv_cls[lc];
+        const float scale = (sm.red[lc] + sm.red[64 + lc]) * inv * inv;
+        float* out = (float*)p.dw + j * p.dim + half * (p.dim / 2) + 2 * t;
+#pragma unroll
+        for (int f = 0; f < ADAFACE_FLASH_NF; ++f) {
+            if (f < nf) {
+                const uint16_t* wr = sm.stationary + lc * sm.ld + half * (int)(p.dim / 2) + 8 * f + 2 * t;
+                out[8 * f] = acc[f][2 * h] - adaface_bf16_bits_to_f32(wr[0]) * scale;
+                out[8 * f + 1] = acc[f][2 * h + 1] - adaface_bf16_bits_to_f32(wr[1]) * scale;
+            }
+        }
+    }
+}
+
+/* The row gradient of x / ||x|| in dx[i] -> dX[i] (Jacobian of the
+ * normalisation), a block per row: dx = (g - xh (xh . g)) / ||x||. */
+template <typename T>
+__device__ __forceinline__ void adaface_normalise_row_grad(const T* x, float* dx, int64_t i, int64_t dim,
+                                                           float inv_n) {
+    float along = 0.0f;
+    for (int64_t k = threadIdx.x; k < dim; k += ADAFACE_THREADS) along = fmaf(to_float(x[i * dim + k]), dx[i * dim + k], along);
+    along = adaface_block_sum_f32(along) * inv_n;
+    for (int64_t k = threadIdx.x; k < dim; k += ADAFACE_THREADS) {
+        const float xh = to_float(x[i * dim + k]) * inv_n;
+        dx[i * dim + k] = (dx[i * dim + k] - xh * along) * inv_n;
+    }
+}
+
+template <typename L>
+__device__ void adaface_flash_dx_finish_impl(const AdafaceTileParams& p) {
+    const AdafaceStepRecord* rec = (const AdafaceStepRecord*)p.record;
+    if (adaface_block_should_abort(rec)) return;
+    const adaface_bf16* x = (const adaface_bf16*)p.x;
+    const adaface_bf16* w = (const adaface_bf16*)p.w;
+    const float* o = (const float*)p.dx_partial;
+    const float* pmax = (const float*)p.partial_max;
+    float* dx = (float*)p.dx;
+    const int64_t i = blockIdx.x;
+    const int64_t dim = p.dim;
+    const float lse = ((const float*)p.lse)[i];
+    const int64_t y = adaface_label_at((const L*)p.labels, i);
+    const float p_target = expf(((const float*)p.target_logit)[i] - lse);
+    const float target_coef = (p_target - 1.0f) * ((const float*)p.target_dlogit)[i];
+    for (int64_t k = threadIdx.x; k < dim; k += ADAFACE_THREADS) {
+        float g = 0.0f;
+        for (int64_t s = 0; s < p.splits; ++s) {
+            const float m = pmax[s * p.batch + i];
+            if (m != -INFINITY) g = fmaf(expf(m - lse), o[(s * p.batch + i) * dim + k], g);
+        }
+        g = fmaf(target_coef, to_float(w[y * dim + k]), g);
+        dx[i * dim + k] = g * p.inv_batch;
+    }
+    adaface_normalise_row_grad(x, dx, i, dim, 1.0f / ((const float*)p.row_norm)[i]);
+}
+
+#define ADAFACE_FLASH_ENTRIES(L, suffix)                                                                         \
+    ADAFACE_KERNEL_BOUNDS(adaface_flash_forward_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,             \
+                          (adaface_flash_forward_impl<L, false>(p)))                                             \
+    ADAFACE_KERNEL_BOUNDS(adaface_flash_forward_dx_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,          \
+                          (adaface_flash_forward_impl<L, true>(p)))                                              \
+    ADAFACE_KERNEL_BOUNDS(adaface_flash_dw_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,                  \
+                          (adaface_flash_dw_impl<L>(p)))                                                         \
+    ADAFACE_KERNEL(adaface_flash_dx_finish_bf16_##suffix, AdafaceTileParams, (adaface_flash_dx_finish_impl<L>(p)))
+
+ADAFACE_FLASH_ENTRIES(int32_t, i32)
+ADAFACE_FLASH_ENTRIES(int64_t, i64)

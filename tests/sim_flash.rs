@@ -1,0 +1,184 @@
+//! The flash kernels (kernels/adaface_flash.cu: bf16, 64 x 64 tensor-core
+//! tiles, dX accumulated in the forward) on the simulator, against the f64
+//! reference on the same bf16-rounded inputs: awkward shapes (B odd and
+//! below, at and above the 64-row tile; C not a multiple of 64; D from 32 to
+//! the 512 maximum), 1 and 3 splits, both label types; the exact mma count
+//! of the 64 x 64 tiling (so neither the tiled family nor a SIMT fallback
+//! can pass for it); bit-identical repeats; device-detected errors that
+//! leave the gradients and the EMA state untouched.
+//!
+//! One test function: the mma counter is process-wide, so no other
+//! simulated launch may run while it counts.
+
+mod kernels_common;
+
+use adaface::launch::{Pass, PlanLimits, StepPlan, Variant};
+use adaface::sim::mma_count;
+use adaface::sim_backend::SimAdaFace;
+use adaface::{AdaFaceConfig, Dtype, Error, Tensor};
+use half::bf16;
+use kernels_common::*;
+
+/// mma instructions per (row tile, class tile) pair of 64 x 64, 8 warps:
+/// the logit product is 4 fragments x D/16 k-steps per warp = 2D per pair
+/// (forward, and again in flash_dw); each gradient product (O in the
+/// forward, dW in flash_dw) is 4 k-steps x D/16 fragments x 2 (hi, lo) per
+/// warp = 4D per pair.
+fn expected_mma(b: usize, d: usize, c: usize, training: bool) -> u64 {
+    let pairs = (b.div_ceil(64) * c.div_ceil(64)) as u64;
+    let d = d as u64;
+    pairs * if training { 2 * d + 4 * d + 2 * d + 4 * d } else { 2 * d }
+}
+
+fn limits(splits: usize, b: usize) -> PlanLimits {
+    PlanLimits {
+        flash_blocks: splits * b.div_ceil(64),
+        ..PlanLimits::default()
+    }
+}
+
+struct Run {
+    loss_forward: f64,
+    errors: StepErrors,
+    dx: Vec<f32>,
+    dw: Vec<f32>,
+    mma_forward: u64,
+    mma_step: u64,
+}
+
+/// Labels as the kernels' two label types.
+trait TestLabel: adaface::launch::KernelLabel {
+    fn from(v: i64) -> Self;
+}
+impl TestLabel for i32 {
+    fn from(v: i64) -> Self {
+        v as i32
+    }
+}
+impl TestLabel for i64 {
+    fn from(v: i64) -> Self {
+        v
+    }
+}
+
+fn run<L: TestLabel>(cfg: &AdaFaceConfig, inp: &Inputs, limits: PlanLimits) -> Run {
+    let x = round::<bf16>(&inp.x);
+    let w = round::<bf16>(&inp.w);
+    let labels: Vec<L> = inp.labels.iter().map(|&l| L::from(l)).collect();
+    let mut sim = SimAdaFace::new(*cfg).with_limits(limits);
+    let before = mma_count();
+    let loss_forward = sim
+        .forward(inp.shape, &x, &w, &labels, false)
+        .expect("forward")
+        .loss()
+        .expect("forward loss");
+    let after_forward = mma_count();
+    let mut dx = vec![0.0f32; x.len()];
+    let mut dw = vec![0.0f32; w.len()];
+    let summary = sim
+        .forward_backward(inp.shape, &x, &w, &labels, &mut dx, &mut dw)
+        .expect("step")
+        .summary()
+        .expect("summary");
+    let after_step = mma_count();
+    let r = reference_step::<bf16>(cfg, &cfg.initial_state(), inp);
+    Run {
+        loss_forward: rel(loss_forward, r.loss),
+        errors: StepErrors::new(summary.loss, &dx, &dw, summary.state_after, &r),
+        dx,
+        dw,
+        mma_forward: after_forward - before,
+        mma_step: after_step - after_forward,
+    }
+}
+
+#[test]
+fn flash_kernels_match_the_reference_with_the_exact_mma_count() {
+    let cfg = AdaFaceConfig::default();
+    let shapes = [
+        (33usize, 32usize, 130usize),
+        (65, 96, 200),
+        (1, 64, 70),
+        (130, 160, 77),
+        (7, 512, 65),
+    ];
+    for (n, &(b, d, c)) in shapes.iter().enumerate() {
+        let inp = random_inputs(7000 + n as u64, b, d, c);
+        for splits in [1usize, 3] {
+            let lim = limits(splits, b);
+            let plan = StepPlan::new(inp.shape, Pass::ForwardBackward, Dtype::BF16, lim).unwrap();
+            assert_eq!(plan.variant, Variant::Flash);
+            assert_eq!(plan.forward_splits, splits.min(c.div_ceil(64)));
+            let what = format!("B={b} D={d} C={c} splits={splits}");
+            let r = if n % 2 == 0 {
+                run::<i64>(&cfg, &inp, lim)
+            } else {
+                run::<i32>(&cfg, &inp, lim)
+            };
+            println!(
+                "{what}: {:?} forward-only loss {:e}, mma {} / {}",
+                r.errors, r.loss_forward, r.mma_forward, r.mma_step
+            );
+            assert!(r.loss_forward < 1e-6, "{what}: forward loss {:e}", r.loss_forward);
+            r.errors.assert_f32_accuracy(&what);
+            assert_eq!(r.mma_forward, expected_mma(b, d, c, false), "{what}: forward mma");
+            assert_eq!(r.mma_step, expected_mma(b, d, c, true), "{what}: step mma");
+        }
+    }
+
+    // Same inputs, same bits (fixed reduction orders everywhere).
+    let inp = random_inputs(7100, 65, 96, 200);
+    let a = run::<i64>(&cfg, &inp, limits(3, 65));
+    let b = run::<i64>(&cfg, &inp, limits(3, 65));
+    assert!(a.dx.iter().zip(&b.dx).all(|(p, q)| p.to_bits() == q.to_bits()));
+    assert!(a.dw.iter().zip(&b.dw).all(|(p, q)| p.to_bits() == q.to_bits()));
+
+    // After the counted runs: errors launch kernels too.
+    errors_write_nothing();
+}
+
+fn errors_write_nothing() {
+    let cfg = AdaFaceConfig::default();
+    let inp = random_inputs(7200, 33, 64, 150);
+    let mut w = round::<bf16>(&inp.w);
+    let x = round::<bf16>(&inp.x);
+    let cases: [(usize, f32, Error); 2] = [
+        (
+            70 * 64 + 5,
+            f32::NAN,
+            Error::NonFinite {
+                tensor: Tensor::Weight,
+                index: 70 * 64 + 5,
+            },
+        ),
+        (
+            129 * 64,
+            0.0,
+            Error::ZeroNorm {
+                tensor: Tensor::Weight,
+                row: 129,
+            },
+        ),
+    ];
+    for (index, value, want) in cases {
+        let saved = w.clone();
+        if value == 0.0 {
+            w[index..index + 64].fill(bf16::ZERO);
+        } else {
+            w[index] = bf16::from_f32(value);
+        }
+        let mut sim = SimAdaFace::new(cfg).with_limits(limits(3, 33));
+        let before = sim.state().unwrap();
+        let mut dx = vec![7.0f32; x.len()];
+        let mut dw = vec![7.0f32; w.len()];
+        let err = sim
+            .forward_backward(inp.shape, &x, &w, &inp.labels, &mut dx, &mut dw)
+            .expect("launch")
+            .summary()
+            .unwrap_err();
+        assert_eq!(err, want);
+        assert!(dx.iter().chain(&dw).all(|&v| v == 7.0), "{want:?}: gradients written");
+        assert_eq!(sim.state().unwrap(), before, "{want:?}: state moved");
+        w = saved;
+    }
+}
