@@ -26,8 +26,11 @@
  *   the end; dW written once, without atomics (the block owns its classes).
  *
  * Gradient products multiply A (or P) split into bf16 hi + lo by the raw
- * bf16 operand, keeping about 16 significant bits (the v2b scheme). Every
- * sum has a fixed order: same inputs, same bits.
+ * bf16 operand, keeping about 16 significant bits (the v2b scheme: dX and
+ * dW to ~3e-6 of the f64 reference), or, in the `_single` entries, A
+ * rounded once to bf16 as FlashAttention rounds P (half the gradient mma
+ * work; ~1e-3 relative error, the naive bf16 path's level). Every sum has a
+ * fixed order: same inputs, same bits.
  *
  * Warp layout (8 warps): the logit tile S (64 x 64) gives warp w rows
  * 16 (w % 4) .. + 16 and classes 32 (w / 4) .. + 32; the 64 x D output
@@ -92,10 +95,11 @@ __device__ __forceinline__ void adaface_flash_logit_product(float s[4][4], const
     }
 }
 
-/* acc (16 rows x this warp's depth half) += (A_hi + A_lo) . B over K = 64,
- * where A is 64 x 64 (row-major, stride PLD, transposed when a_trans: then
- * A[m][k] is stored at [k][m]) and B is 64 x dim row-major (stride ld). */
-template <bool ATrans>
+/* acc (16 rows x this warp's depth half) += (A_hi + A_lo) . B over K = 64
+ * (A_hi . B alone unless Split), where A is 64 x 64 (row-major, stride PLD,
+ * transposed when ATrans: then A[m][k] is stored at [k][m]) and B is 64 x
+ * dim row-major (stride ld). */
+template <bool ATrans, bool Split>
 __device__ __forceinline__ void adaface_flash_grad_product(float acc[ADAFACE_FLASH_NF][4], const uint16_t* a_hi,
                                                            const uint16_t* a_lo, int m0, const uint16_t* b_tile,
                                                            int ld, int n0, int nf) {
@@ -111,10 +115,10 @@ __device__ __forceinline__ void adaface_flash_grad_product(float acc[ADAFACE_FLA
                                  : (m0 + (m & 1) * 8 + r) * ADAFACE_FLASH_PLD + k + (m >> 1) * 8;
         if (ATrans) {
             ldmatrix_x4_trans(hi, a_hi + a_off);
-            ldmatrix_x4_trans(lo, a_lo + a_off);
+            if (Split) ldmatrix_x4_trans(lo, a_lo + a_off);
         } else {
             ldmatrix_x4(hi, a_hi + a_off);
-            ldmatrix_x4(lo, a_lo + a_off);
+            if (Split) ldmatrix_x4(lo, a_lo + a_off);
         }
         const uint16_t* b_row = b_tile + (k + (m & 1) * 8 + r) * ld + n0 + (m >> 1) * 8;
 #pragma unroll
@@ -123,20 +127,26 @@ __device__ __forceinline__ void adaface_flash_grad_product(float acc[ADAFACE_FLA
                 uint32_t b[4];
                 ldmatrix_x4_trans(b, b_row + 8 * f);
                 mma_m16n8k16_bf16_f32(acc[f], hi, &b[0], acc[f]);
-                mma_m16n8k16_bf16_f32(acc[f], lo, &b[0], acc[f]);
+                if (Split) mma_m16n8k16_bf16_f32(acc[f], lo, &b[0], acc[f]);
                 mma_m16n8k16_bf16_f32(acc[f + 1], hi, &b[2], acc[f + 1]);
-                mma_m16n8k16_bf16_f32(acc[f + 1], lo, &b[2], acc[f + 1]);
+                if (Split) mma_m16n8k16_bf16_f32(acc[f + 1], lo, &b[2], acc[f + 1]);
             }
         }
     }
 }
 
-/* Writes v as hi + lo bf16 into the two P / A tiles at [row][col]. */
+/* Writes v as hi + lo bf16 into the two P / A tiles at [row][col] (hi =
+ * bf16(v) alone unless Split). */
+template <bool Split>
 __device__ __forceinline__ void adaface_flash_put_split(uint16_t* hi, uint16_t* lo, int row, int col, float v) {
-    uint16_t h, l;
-    adaface_split16<adaface_bf16>(v, &h, &l);
-    hi[row * ADAFACE_FLASH_PLD + col] = h;
-    lo[row * ADAFACE_FLASH_PLD + col] = l;
+    if (Split) {
+        uint16_t h, l;
+        adaface_split16<adaface_bf16>(v, &h, &l);
+        hi[row * ADAFACE_FLASH_PLD + col] = h;
+        lo[row * ADAFACE_FLASH_PLD + col] = l;
+    } else {
+        hi[row * ADAFACE_FLASH_PLD + col] = from_float<adaface_bf16>(v).bits;
+    }
 }
 
 /* Per-row constants of the two rows (g, g + 8 of its warp's 16) a thread
@@ -205,8 +215,8 @@ __device__ __forceinline__ void adaface_flash_class_norms(const uint16_t* w_tile
  * is launch::flash_shared_bytes). */
 struct AdafaceFlashSmem {
     int ld;
+    int tile;             /* elements of one 64 x ld tile */
     uint16_t* stationary; /* 64 x ld: x rows (forward) or W rows (dw) */
-    uint16_t* stream[2];  /* 2 x 64 x ld: W tiles (forward) or x tiles (dw) */
     uint16_t* hi;         /* 64 x PLD */
     uint16_t* lo;         /* 64 x PLD */
     float* red;           /* 2 x 64: cross-warp row reductions */
@@ -214,19 +224,21 @@ struct AdafaceFlashSmem {
     float* inv_cls;       /* 64 */
     __device__ __forceinline__ AdafaceFlashSmem(unsigned char* base, int64_t dim) {
         ld = adaface_flash_ld(dim);
-        const int tile = 64 * ld;
+        tile = 64 * ld;
         stationary = (uint16_t*)base;
-        stream[0] = stationary + tile;
-        stream[1] = stationary + 2 * tile;
         hi = stationary + 3 * tile;
         lo = hi + 64 * ADAFACE_FLASH_PLD;
         red = (float*)(lo + 64 * ADAFACE_FLASH_PLD);
         red2 = red + 128;
         inv_cls = red2 + 128;
     }
+    /* Streamed tile b (0 or 1): W tiles (forward) or x tiles (dw). An
+     * offset, not an array of two pointers, so that indexing by the buffer
+     * parity stays in registers. */
+    __device__ __forceinline__ uint16_t* stream(int b) const { return stationary + (1 + b) * tile; }
 };
 
-template <typename L, bool WithDx>
+template <typename L, bool WithDx, bool Split>
 __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
     AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
     if (adaface_block_should_abort(rec)) return;
@@ -260,17 +272,17 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
 
     adaface_flash_stage(sm.stationary, sm.ld, x, row0, p.batch, p.dim);
     if (split < tiles_total)
-        adaface_flash_stage(sm.stream[0], sm.ld, w, split * ADAFACE_FLASH_CLASSES, p.classes, p.dim);
+        adaface_flash_stage(sm.stream(0), sm.ld, w, split * ADAFACE_FLASH_CLASSES, p.classes, p.dim);
     cp_async_commit();
 
     int buf = 0;
     for (int64_t tile = split; tile < tiles_total; tile += p.splits, buf ^= 1) {
         const int64_t c0 = tile * ADAFACE_FLASH_CLASSES;
-        const uint16_t* w_tile = sm.stream[buf];
+        const uint16_t* w_tile = sm.stream(buf);
         cp_async_wait_group<0>();
         __syncthreads(); /* tile landed; the previous iteration is over everywhere */
         if (tile + p.splits < tiles_total)
-            adaface_flash_stage(sm.stream[buf ^ 1], sm.ld, w, (tile + p.splits) * ADAFACE_FLASH_CLASSES, p.classes,
+            adaface_flash_stage(sm.stream(buf ^ 1), sm.ld, w, (tile + p.splits) * ADAFACE_FLASH_CLASSES, p.classes,
                                 p.dim);
         cp_async_commit();
 
@@ -332,7 +344,7 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
                 const int h = i >> 1;
                 const float e = s[f][i] == -INFINITY ? 0.0f : expf(s[f][i] - new_max[h]);
                 local_sum[h] += e;
-                if (WithDx) adaface_flash_put_split(sm.hi, sm.lo, rw + g + 8 * h, cw + 8 * f + 2 * t + (i & 1),
+                if (WithDx) adaface_flash_put_split<Split>(sm.hi, sm.lo, rw + g + 8 * h, cw + 8 * f + 2 * t + (i & 1),
                                                     e * dl[f][i]);
             }
 #pragma unroll
@@ -357,7 +369,7 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
                 o[f][2] *= alpha[1];
                 o[f][3] *= alpha[1];
             }
-            adaface_flash_grad_product<false>(o, sm.hi, sm.lo, rw, w_tile, sm.ld, half * (int)(p.dim / 2), nf);
+            adaface_flash_grad_product<false, Split>(o, sm.hi, sm.lo, rw, w_tile, sm.ld, half * (int)(p.dim / 2), nf);
         }
     }
     cp_async_wait_group<0>();
@@ -384,7 +396,7 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
     }
 }
 
-template <typename L>
+template <typename L, bool Split>
 __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
     AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
     if (adaface_block_should_abort(rec)) return;
@@ -405,7 +417,7 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
     const uint16_t* w = (const uint16_t*)p.w;
 
     adaface_flash_stage(sm.stationary, sm.ld, w, c0, p.classes, p.dim);
-    adaface_flash_stage(sm.stream[0], sm.ld, x, 0, p.batch, p.dim);
+    adaface_flash_stage(sm.stream(0), sm.ld, x, 0, p.batch, p.dim);
     cp_async_commit();
     if (threadIdx.x < 64) {
         const int64_t j = c0 + threadIdx.x;
@@ -426,11 +438,11 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
         cp_async_wait_group<0>();
         __syncthreads(); /* tile landed; the previous iteration is over everywhere */
         if (rt + 1 < row_tiles)
-            adaface_flash_stage(sm.stream[buf ^ 1], sm.ld, x, row0 + ADAFACE_FLASH_ROWS, p.batch, p.dim);
+            adaface_flash_stage(sm.stream(buf ^ 1), sm.ld, x, row0 + ADAFACE_FLASH_ROWS, p.batch, p.dim);
         cp_async_commit();
 
         float s[4][4];
-        adaface_flash_logit_product(s, sm.stream[buf], sm.stationary, sm.ld, p.dim, rw, cw);
+        adaface_flash_logit_product(s, sm.stream(buf), sm.stationary, sm.ld, p.dim, rw, cw);
 #pragma unroll
         for (int f = 0; f < 4; ++f)
 #pragma unroll
@@ -449,10 +461,10 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
                     a = (prob - (is_target ? 1.0f : 0.0f)) * p.inv_batch * dlogit * rows.inv_norm[h] *
                         sm.inv_cls[lc];
                 }
-                adaface_flash_put_split(sm.hi, sm.lo, rw + g + 8 * h, lc, a);
+                adaface_flash_put_split<Split>(sm.hi, sm.lo, rw + g + 8 * h, lc, a);
             }
         __syncthreads(); /* A */
-        adaface_flash_grad_product<true>(acc, sm.hi, sm.lo, rw, sm.stream[buf], sm.ld, half * (int)(p.dim / 2),
+        adaface_flash_grad_product<true, Split>(acc, sm.hi, sm.lo, rw, sm.stream(buf), sm.ld, half * (int)(p.dim / 2),
                                          nf);
     }
     cp_async_wait_group<0>();
@@ -541,11 +553,15 @@ __device__ void adaface_flash_dx_finish_impl(const AdafaceTileParams& p) {
 
 #define ADAFACE_FLASH_ENTRIES(L, suffix)                                                                         \
     ADAFACE_KERNEL_BOUNDS(adaface_flash_forward_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,             \
-                          (adaface_flash_forward_impl<L, false>(p)))                                             \
+                          (adaface_flash_forward_impl<L, false, true>(p)))                                       \
     ADAFACE_KERNEL_BOUNDS(adaface_flash_forward_dx_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,          \
-                          (adaface_flash_forward_impl<L, true>(p)))                                              \
+                          (adaface_flash_forward_impl<L, true, true>(p)))                                        \
+    ADAFACE_KERNEL_BOUNDS(adaface_flash_forward_dx_single_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,   \
+                          (adaface_flash_forward_impl<L, true, false>(p)))                                       \
     ADAFACE_KERNEL_BOUNDS(adaface_flash_dw_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,                  \
-                          (adaface_flash_dw_impl<L>(p)))                                                         \
+                          (adaface_flash_dw_impl<L, true>(p)))                                                   \
+    ADAFACE_KERNEL_BOUNDS(adaface_flash_dw_single_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,           \
+                          (adaface_flash_dw_impl<L, false>(p)))                                                  \
     ADAFACE_KERNEL(adaface_flash_dx_finish_bf16_##suffix, AdafaceTileParams, (adaface_flash_dx_finish_impl<L>(p)))
 
 ADAFACE_FLASH_ENTRIES(int32_t, i32)

@@ -24,10 +24,17 @@ use kernels_common::*;
 /// (forward, and again in flash_dw); each gradient product (O in the
 /// forward, dW in flash_dw) is 4 k-steps x D/16 fragments x 2 (hi, lo) per
 /// warp = 4D per pair.
-fn expected_mma(b: usize, d: usize, c: usize, training: bool) -> u64 {
+/// With `split_gradients` off the gradient products take 2D per pair.
+fn expected_mma(b: usize, d: usize, c: usize, training: bool, split: bool) -> u64 {
     let pairs = (b.div_ceil(64) * c.div_ceil(64)) as u64;
     let d = d as u64;
-    pairs * if training { 2 * d + 4 * d + 2 * d + 4 * d } else { 2 * d }
+    let grad = if split { 4 * d } else { 2 * d };
+    pairs
+        * if training {
+            2 * d + grad + 2 * d + grad
+        } else {
+            2 * d
+        }
 }
 
 fn limits(splits: usize, b: usize) -> PlanLimits {
@@ -119,19 +126,63 @@ fn flash_kernels_match_the_reference_with_the_exact_mma_count() {
                 "{what}: {:?} forward-only loss {:e}, mma {} / {}",
                 r.errors, r.loss_forward, r.mma_forward, r.mma_step
             );
-            assert!(r.loss_forward < 1e-6, "{what}: forward loss {:e}", r.loss_forward);
+            assert!(
+                r.loss_forward < 1e-6,
+                "{what}: forward loss {:e}",
+                r.loss_forward
+            );
             r.errors.assert_f32_accuracy(&what);
-            assert_eq!(r.mma_forward, expected_mma(b, d, c, false), "{what}: forward mma");
-            assert_eq!(r.mma_step, expected_mma(b, d, c, true), "{what}: step mma");
+            assert_eq!(
+                r.mma_forward,
+                expected_mma(b, d, c, false, true),
+                "{what}: forward mma"
+            );
+            assert_eq!(
+                r.mma_step,
+                expected_mma(b, d, c, true, true),
+                "{what}: step mma"
+            );
         }
+    }
+
+    // Gradient products from a once-rounded bf16 softmax gradient: the loss
+    // is unchanged, dX and dW carry bf16's 2^-9 relative rounding of A.
+    for (n, &(b, d, c)) in shapes.iter().enumerate().skip(1) {
+        let inp = random_inputs(7000 + n as u64, b, d, c);
+        let lim = PlanLimits {
+            split_gradients: false,
+            ..limits(3, b)
+        };
+        let r = run::<i64>(&cfg, &inp, lim);
+        let what = format!("single B={b} D={d} C={c}");
+        println!("{what}: {:?}, mma {}", r.errors, r.mma_step);
+        assert!(r.errors.loss < 1e-6, "{what}: loss {:e}", r.errors.loss);
+        assert!(
+            r.errors.dx < 4e-3 && r.errors.dw < 4e-3,
+            "{what}: {:?}",
+            r.errors
+        );
+        assert_eq!(
+            r.mma_step,
+            expected_mma(b, d, c, true, false),
+            "{what}: step mma"
+        );
     }
 
     // Same inputs, same bits (fixed reduction orders everywhere).
     let inp = random_inputs(7100, 65, 96, 200);
     let a = run::<i64>(&cfg, &inp, limits(3, 65));
     let b = run::<i64>(&cfg, &inp, limits(3, 65));
-    assert!(a.dx.iter().zip(&b.dx).all(|(p, q)| p.to_bits() == q.to_bits()));
-    assert!(a.dw.iter().zip(&b.dw).all(|(p, q)| p.to_bits() == q.to_bits()));
+    assert!(a
+        .dx
+        .iter()
+        .zip(&b.dx)
+        .all(|(p, q)| p.to_bits() == q.to_bits()));
+    assert!(a
+        .dw
+        .iter()
+        .zip(&b.dw)
+        .all(|(p, q)| p.to_bits() == q.to_bits()));
 
     // After the counted runs: errors launch kernels too.
     errors_write_nothing();
@@ -177,7 +228,10 @@ fn errors_write_nothing() {
             .summary()
             .unwrap_err();
         assert_eq!(err, want);
-        assert!(dx.iter().chain(&dw).all(|&v| v == 7.0), "{want:?}: gradients written");
+        assert!(
+            dx.iter().chain(&dw).all(|&v| v == 7.0),
+            "{want:?}: gradients written"
+        );
         assert_eq!(sim.state().unwrap(), before, "{want:?}: state moved");
         w = saved;
     }

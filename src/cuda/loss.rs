@@ -349,7 +349,8 @@ fn device_limits(stream: &Arc<CudaStream>) -> Result<PlanLimits> {
     let attr = |a| ctx.attribute(a).map_err(backend("query device attribute"));
     let major = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
     let sms = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
-    let smem_optin = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+    let smem_optin =
+        attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
     let defaults = PlanLimits::default();
     Ok(PlanLimits {
         // 214 KiB at D = 512: sm_80 (163 KiB) and sm_86/89 (99 KiB) take the

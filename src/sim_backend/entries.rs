@@ -31,7 +31,9 @@ declare!(AdafaceTileParams =>
     adaface_flash_forward_bf16_i32_sim, adaface_flash_forward_bf16_i64_sim,
     adaface_flash_forward_dx_bf16_i32_sim, adaface_flash_forward_dx_bf16_i64_sim,
     adaface_flash_dw_bf16_i32_sim, adaface_flash_dw_bf16_i64_sim,
-    adaface_flash_dx_finish_bf16_i32_sim, adaface_flash_dx_finish_bf16_i64_sim);
+    adaface_flash_dx_finish_bf16_i32_sim, adaface_flash_dx_finish_bf16_i64_sim,
+    adaface_flash_forward_dx_single_bf16_i32_sim, adaface_flash_forward_dx_single_bf16_i64_sim,
+    adaface_flash_dw_single_bf16_i32_sim, adaface_flash_dw_single_bf16_i64_sim);
 declare!(AdafaceCombineParams => adaface_combine_sim);
 declare!(AdafaceDxParams => adaface_dx_finish_f32_sim, adaface_dx_finish_bf16_sim, adaface_dx_finish_f16_sim);
 
@@ -101,6 +103,8 @@ pub(super) struct FlashEntries {
     pub forward: SimEntry<AdafaceTileParams>,
     pub forward_dx: SimEntry<AdafaceTileParams>,
     pub dw: SimEntry<AdafaceTileParams>,
+    pub forward_dx_single: SimEntry<AdafaceTileParams>,
+    pub dw_single: SimEntry<AdafaceTileParams>,
     pub dx_finish: SimEntry<AdafaceTileParams>,
 }
 
@@ -111,12 +115,16 @@ impl FlashEntries {
                 forward: adaface_flash_forward_bf16_i32_sim,
                 forward_dx: adaface_flash_forward_dx_bf16_i32_sim,
                 dw: adaface_flash_dw_bf16_i32_sim,
+                forward_dx_single: adaface_flash_forward_dx_single_bf16_i32_sim,
+                dw_single: adaface_flash_dw_single_bf16_i32_sim,
                 dx_finish: adaface_flash_dx_finish_bf16_i32_sim,
             },
             ("bf16", "i64") => FlashEntries {
                 forward: adaface_flash_forward_bf16_i64_sim,
                 forward_dx: adaface_flash_forward_dx_bf16_i64_sim,
                 dw: adaface_flash_dw_bf16_i64_sim,
+                forward_dx_single: adaface_flash_forward_dx_single_bf16_i64_sim,
+                dw_single: adaface_flash_dw_single_bf16_i64_sim,
                 dx_finish: adaface_flash_dx_finish_bf16_i64_sim,
             },
             (e, l) => return Err(unsupported(e, l)),

@@ -201,12 +201,17 @@ impl SimAdaFace {
                 Variant::Flash => {
                     let flash = FlashEntries::of::<E, L>()?;
                     let training = pass == Pass::ForwardBackward;
-                    let forward = if training { flash.forward_dx } else { flash.forward };
+                    let (forward_dx, dw) = if plan.split_gradients {
+                        (flash.forward_dx, flash.dw)
+                    } else {
+                        (flash.forward_dx_single, flash.dw_single)
+                    };
+                    let forward = if training { forward_dx } else { flash.forward };
                     launch(forward, &sim_launch(&plan.forward), &fp)?;
                     launch(entries.combine, &sim_launch(&plan.combine), &cp)?;
                     if training {
                         let bp = plan.backward_params(&self.cfg, &bufs);
-                        launch(flash.dw, &sim_launch(&plan.backward), &bp)?;
+                        launch(dw, &sim_launch(&plan.backward), &bp)?;
                         launch(flash.dx_finish, &sim_launch(&plan.dx_finish), &bp)?;
                     }
                 }
