@@ -185,10 +185,14 @@ __device__ __forceinline__ void adaface_flash_class_norms(const uint16_t* w_tile
     const uint16_t* row = w_tile + c * ld;
     float sq = 0.0f;
     for (int k = 8 * q; k < (int)p.dim; k += 32) {
+        uint32_t v8[4]; /* eight bf16 in one 16-byte load */
+        adaface_ld_shared_16(v8, row + k);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-            const float v = adaface_bf16_bits_to_f32(row[k + e]);
-            sq = fmaf(v, v, sq);
+        for (int e = 0; e < 4; ++e) {
+            const float lo = adaface_bf16_bits_to_f32((uint16_t)(v8[e] & 0xffffu));
+            const float hi = adaface_bf16_bits_to_f32((uint16_t)(v8[e] >> 16));
+            sq = fmaf(lo, lo, sq);
+            sq = fmaf(hi, hi, sq);
         }
     }
     sq += __shfl_xor_sync(0xffffffffu, sq, 1);

@@ -386,7 +386,22 @@ __device__ __forceinline__ void cp_async_wait_group() {
     adaface_sim::cp_async_wait(N);
 }
 
+// One 16-byte load from (16-byte aligned) shared memory into four words.
+__device__ __forceinline__ void adaface_ld_shared_16(uint32_t out[4], const void* p) {
+    __builtin_memcpy(out, p, 16);
+}
+
 #else  // CUDA mode
+
+// One 16-byte load from (16-byte aligned) shared memory into four words
+// (one LDS.128).
+__device__ __forceinline__ void adaface_ld_shared_16(uint32_t out[4], const void* p) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    out[0] = v.x;
+    out[1] = v.y;
+    out[2] = v.z;
+    out[3] = v.w;
+}
 
 __device__ __forceinline__ uint32_t adaface_smem_addr(const void* p) {
     uint32_t addr;
