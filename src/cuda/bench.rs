@@ -2,11 +2,16 @@
 //! the bench tool and `scripts/gpu_check.sh`: random inputs on the device,
 //! warm-up, then each forward+backward step timed with CUDA events, and
 //! the median reported with the step's extra device memory.
+//!
+//! The pieces are public for the criterion bench (`benches/cuda.rs`):
+//! [`BenchInputs`] (random device data), [`BenchRunner`] (one path, forward
+//! or forward+backward, with its extra-memory accounting) and
+//! [`time_launches`] (event time of consecutive steps).
 
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaStream, DeviceRepr};
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 use rayon::prelude::*;
 
 use super::{backend, CudaAdaFace};
@@ -16,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::kernel_params::AdafaceStepRecord;
 use crate::launch::{KernelElement, Pass, PlanLimits, StepPlan};
 use crate::naive::cuda::NaiveCuda;
+use crate::naive::NaiveLayout;
 use crate::shape::Shape;
 
 /// The implementations [`bench()`] can time.
@@ -109,6 +115,131 @@ fn random_matrix<E: KernelElement>(seed: u64, rows: usize, dim: usize, norms: bo
         .collect()
 }
 
+/// Random device inputs of one shape and the gradient buffers, shared by
+/// every path a benchmark times (the same data for each).
+pub struct BenchInputs<E> {
+    /// B, D, C.
+    pub shape: Shape,
+    /// Features, `B x D`: rows with norms spread over about 5..60, so the
+    /// margin scaler varies.
+    pub x: CudaSlice<E>,
+    /// Class weights, `C x D`, uniform in [-1, 1).
+    pub w: CudaSlice<E>,
+    /// Labels, uniform over the classes.
+    pub labels: CudaSlice<i64>,
+    /// `dX`, `B x D` (f32).
+    pub dx: CudaSlice<f32>,
+    /// `dW`, `C x D` (f32).
+    pub dw: CudaSlice<f32>,
+}
+
+impl<E: KernelElement + DeviceRepr> BenchInputs<E> {
+    /// Generates the inputs of `shape` from `seed` on the host (in
+    /// parallel) and uploads them to `stream`'s device.
+    pub fn random(stream: &Arc<CudaStream>, shape: Shape, seed: u64) -> Result<Self> {
+        let (b, d, c) = (shape.batch, shape.dim, shape.classes);
+        let x = stream
+            .clone_htod(&random_matrix::<E>(seed, b, d, true))
+            .map_err(backend("upload x"))?;
+        let w = stream
+            .clone_htod(&random_matrix::<E>(seed ^ 0xABCD, c, d, false))
+            .map_err(backend("upload W"))?;
+        let labels: Vec<i64> = (0..b)
+            .map(|i| {
+                (((uniform(seed ^ 7, i as u64) + 1.0) * 0.5 * c as f32) as i64)
+                    .clamp(0, c as i64 - 1)
+            })
+            .collect();
+        let labels = stream
+            .clone_htod(&labels)
+            .map_err(backend("upload labels"))?;
+        let dx = stream
+            .alloc_zeros::<f32>(shape.features_len()?)
+            .map_err(backend("alloc dX"))?;
+        let dw = stream
+            .alloc_zeros::<f32>(shape.weight_len()?)
+            .map_err(backend("alloc dW"))?;
+        Ok(BenchInputs {
+            shape,
+            x,
+            w,
+            labels,
+            dx,
+            dw,
+        })
+    }
+}
+
+enum Loss {
+    Fused(Box<CudaAdaFace>),
+    Naive(Box<NaiveCuda>),
+}
+
+/// One path ready to launch steps on a stream (the benches' unit of work).
+pub struct BenchRunner {
+    path: BenchPath,
+    loss: Loss,
+}
+
+impl BenchRunner {
+    /// The path with the default config on `stream` (compiles or loads the
+    /// kernels; the naive path also creates its cuBLAS handle).
+    pub fn new(stream: &Arc<CudaStream>, path: BenchPath) -> Result<Self> {
+        let cfg = AdaFaceConfig::default();
+        let loss = match path {
+            BenchPath::Fused => Loss::Fused(Box::new(CudaAdaFace::new(stream.clone(), cfg)?)),
+            BenchPath::Naive => Loss::Naive(Box::new(NaiveCuda::new(stream.clone(), cfg)?)),
+        };
+        Ok(BenchRunner { path, loss })
+    }
+
+    /// Which implementation.
+    pub fn path(&self) -> BenchPath {
+        self.path
+    }
+
+    /// Launches one step of `pass` (asynchronous: no synchronisation, the
+    /// step's record is dropped unread). A forward updates the EMA state on
+    /// both paths, as the naive path always does.
+    pub fn step<E: KernelElement + DeviceRepr>(
+        &mut self,
+        pass: Pass,
+        inp: &mut BenchInputs<E>,
+    ) -> Result<()> {
+        let s = inp.shape;
+        match (&mut self.loss, pass) {
+            (Loss::Fused(f), Pass::Forward) => f.forward(s, &inp.x, &inp.w, &inp.labels, true)?,
+            (Loss::Fused(f), Pass::ForwardBackward) => {
+                f.forward_backward(s, &inp.x, &inp.w, &inp.labels, &mut inp.dx, &mut inp.dw)?
+            }
+            (Loss::Naive(n), Pass::Forward) => {
+                n.forward(s, &inp.x, &inp.w, &inp.labels)?;
+                return Ok(());
+            }
+            (Loss::Naive(n), Pass::ForwardBackward) => {
+                n.forward_backward(s, &inp.x, &inp.w, &inp.labels, &mut inp.dx, &mut inp.dw)?;
+                return Ok(());
+            }
+        };
+        Ok(())
+    }
+
+    /// Device bytes a step of `pass` allocates beyond inputs and gradients:
+    /// the fused workspace, step record and EMA state, or the naive
+    /// workspace ([`crate::naive::NaiveLayout::extra_bytes`]); cuBLAS's
+    /// own workspace is not counted.
+    pub fn extra_bytes(&self, shape: Shape, pass: Pass, elem_bytes: usize) -> Result<usize> {
+        Ok(match self.path {
+            BenchPath::Fused => {
+                StepPlan::new(shape, pass, PlanLimits::default())?.workspace_bytes()
+                    + std::mem::size_of::<AdafaceStepRecord>()
+                    + 16
+            }
+            BenchPath::Naive => NaiveLayout::new(shape, elem_bytes)?.extra_bytes(),
+        })
+    }
+}
+
 fn bench_typed<E: KernelElement + DeviceRepr>(
     stream: &Arc<CudaStream>,
     cfg: &BenchConfig,
@@ -116,64 +247,47 @@ fn bench_typed<E: KernelElement + DeviceRepr>(
 ) -> Result<Vec<BenchResult>> {
     let shape = cfg.shape;
     let (b, d, c) = (shape.batch, shape.dim, shape.classes);
-    let x = stream
-        .clone_htod(&random_matrix::<E>(cfg.seed, b, d, true))
-        .map_err(backend("upload x"))?;
-    let w = stream
-        .clone_htod(&random_matrix::<E>(cfg.seed ^ 0xABCD, c, d, false))
-        .map_err(backend("upload W"))?;
-    let labels: Vec<i64> = (0..b)
-        .map(|i| {
-            (((uniform(cfg.seed ^ 7, i as u64) + 1.0) * 0.5 * c as f32) as i64)
-                .clamp(0, c as i64 - 1)
-        })
-        .collect();
-    let labels = stream
-        .clone_htod(&labels)
-        .map_err(backend("upload labels"))?;
-    let mut dx = stream
-        .alloc_zeros::<f32>(shape.features_len()?)
-        .map_err(backend("alloc dX"))?;
-    let mut dw = stream
-        .alloc_zeros::<f32>(shape.weight_len()?)
-        .map_err(backend("alloc dW"))?;
-    let loss_cfg = AdaFaceConfig::default();
+    let mut inp = BenchInputs::<E>::random(stream, shape, cfg.seed)?;
     let flops = 8.0 * b as f64 * d as f64 * c as f64;
+    let pass = Pass::ForwardBackward;
     let mut out = Vec::with_capacity(paths.len());
     for &path in paths {
-        let (times, extra) = match path {
-            BenchPath::Fused => {
-                let mut fused = CudaAdaFace::new(stream.clone(), loss_cfg)?;
-                let extra = StepPlan::new(shape, Pass::ForwardBackward, PlanLimits::default())?
-                    .workspace_bytes()
-                    + std::mem::size_of::<AdafaceStepRecord>()
-                    + 16;
-                let times = time_steps(stream, cfg, || {
-                    fused
-                        .forward_backward(shape, &x, &w, &labels, &mut dx, &mut dw)
-                        .map(|_| ())
-                })?;
-                (times, extra)
-            }
-            BenchPath::Naive => {
-                let mut naive = NaiveCuda::new(stream.clone(), loss_cfg)?;
-                let times = time_steps(stream, cfg, || {
-                    naive
-                        .forward_backward(shape, &x, &w, &labels, &mut dx, &mut dw)
-                        .map(|_| ())
-                })?;
-                (times, naive.peak_extra_bytes())
-            }
-        };
+        let mut runner = BenchRunner::new(stream, path)?;
+        let times = time_steps(stream, cfg, || runner.step(pass, &mut inp))?;
         let median_ms = median(times);
         out.push(BenchResult {
             path,
             median_ms,
             tflops: flops / (median_ms * 1e-3) / 1e12,
-            peak_extra_bytes: extra,
+            peak_extra_bytes: runner.extra_bytes(shape, pass, std::mem::size_of::<E>())?,
         });
     }
     Ok(out)
+}
+
+/// Milliseconds of `steps` consecutive launches of `step` on `stream`,
+/// between two CUDA events (synchronises once, after the second event).
+/// For criterion's `iter_custom`: the caller divides by `steps`.
+pub fn time_launches(
+    stream: &Arc<CudaStream>,
+    steps: u64,
+    mut step: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
+    let start = stream
+        .record_event(timing)
+        .map_err(backend("record event"))?;
+    for _ in 0..steps {
+        step()?;
+    }
+    let end = stream
+        .record_event(timing)
+        .map_err(backend("record event"))?;
+    stream.synchronize().map_err(backend("synchronize"))?;
+    start
+        .elapsed_ms(&end)
+        .map(f64::from)
+        .map_err(backend("event time"))
 }
 
 /// Runs `warmup` steps, then `iters` steps each between two timing events;
