@@ -63,26 +63,37 @@ pub struct BenchConfig {
 pub struct BenchResult {
     /// Which implementation.
     pub path: BenchPath,
-    /// Median milliseconds per forward+backward step (CUDA events).
+    /// Median milliseconds per step (CUDA events).
     pub median_ms: f64,
-    /// `8 B D C` flops over the median time, in TFLOP/s.
+    /// `8 B D C` flops (forward: `2 B D C`) over the median time, in TFLOP/s.
     pub tflops: f64,
     /// Device bytes the path allocates beyond inputs and gradients
     /// (workspace, record, EMA state; cuBLAS's own workspace not counted).
     pub peak_extra_bytes: usize,
 }
 
-/// Times every path in `paths` on `stream` (inputs are generated once and
-/// shared). Synchronises the stream; meant for benchmarks, not training.
+/// Times a forward+backward step of every path in `paths` on `stream`
+/// (inputs are generated once and shared). Synchronises the stream; meant
+/// for benchmarks, not training.
 pub fn bench(
     stream: &Arc<CudaStream>,
     cfg: &BenchConfig,
     paths: &[BenchPath],
 ) -> Result<Vec<BenchResult>> {
+    bench_pass(stream, cfg, paths, Pass::ForwardBackward)
+}
+
+/// [`bench()`] for either pass; a forward is credited `2 B D C` flops.
+pub fn bench_pass(
+    stream: &Arc<CudaStream>,
+    cfg: &BenchConfig,
+    paths: &[BenchPath],
+    pass: Pass,
+) -> Result<Vec<BenchResult>> {
     match cfg.dtype {
-        Dtype::F32 => bench_typed::<f32>(stream, cfg, paths),
-        Dtype::BF16 => bench_typed::<half::bf16>(stream, cfg, paths),
-        Dtype::F16 => bench_typed::<half::f16>(stream, cfg, paths),
+        Dtype::F32 => bench_typed::<f32>(stream, cfg, paths, pass),
+        Dtype::BF16 => bench_typed::<half::bf16>(stream, cfg, paths, pass),
+        Dtype::F16 => bench_typed::<half::f16>(stream, cfg, paths, pass),
         _ => Err(Error::DtypeMismatch {
             expected: "f32, bf16 or f16",
             actual: cfg.dtype.name(),
@@ -244,12 +255,16 @@ fn bench_typed<E: KernelElement + DeviceRepr>(
     stream: &Arc<CudaStream>,
     cfg: &BenchConfig,
     paths: &[BenchPath],
+    pass: Pass,
 ) -> Result<Vec<BenchResult>> {
     let shape = cfg.shape;
     let (b, d, c) = (shape.batch, shape.dim, shape.classes);
     let mut inp = BenchInputs::<E>::random(stream, shape, cfg.seed)?;
-    let flops = 8.0 * b as f64 * d as f64 * c as f64;
-    let pass = Pass::ForwardBackward;
+    let per_bdc = match pass {
+        Pass::Forward => 2.0,
+        Pass::ForwardBackward => 8.0,
+    };
+    let flops = per_bdc * b as f64 * d as f64 * c as f64;
     let mut out = Vec::with_capacity(paths.len());
     for &path in paths {
         let mut runner = BenchRunner::new(stream, path)?;
