@@ -233,6 +233,7 @@ impl NaiveCuda {
         let (l_ptr, _g5) = labels.device_ptr(&stream);
         let (s_ptr, _g6) = self.state.device_ptr_mut(&stream);
         let (r_ptr, _g7) = record.device_ptr_mut(&stream);
+        let backward = grads.is_some();
         let mut grad_guards = Vec::new();
         let (mut dx_ptr, mut dw_ptr) = (0, 0);
         if let Some((dx, dw)) = grads {
@@ -285,7 +286,7 @@ impl NaiveCuda {
                 .arg(&p)
                 .launch(cfg(1))
                 .map_err(backend("launch loss"))?;
-            if p.dx != 0 {
+            if backward {
                 // The GEMMs do not read the record: on a device-detected error
                 // they still write dX and dW (the naive path's known limit).
                 gemm(&self.blas, &gemms.dx, p.wn, dt, grad, dt, p.dx)?;
