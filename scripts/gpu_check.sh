@@ -41,6 +41,7 @@ step() { # step NAME TIMEOUT_S CMD...: runs CMD, logs it, records a table row
     local name="$1" limit="$2"
     shift 2
     local log="logs/$name.log" t0 rc
+    rm -f "$log"
     local left=$((BUDGET - ($(date +%s) - START)))
     if [ "$left" -lt 10 ]; then
         ROWS+=("$(printf '%-28s %-12s' "$name" "SKIP(budget)")")
