@@ -26,7 +26,8 @@ float32 Parameter and it builds float32 one-hot masks):
   autocast_f16   the same with float16, the official recipe's own dtype
                  (its GradScaler only multiplies the loss; left out).
   upcast_bf16    features and weights stored in bf16, as our kernels read
-                 them, converted with .float() at the step's entry and run
+                 them (weights in the head's D x C layout), converted with
+                 .float() at the step's entry and run
                  through the float32 head; gradients flow back to the bf16
                  leaves (so they are bf16).
 
@@ -211,6 +212,8 @@ def time_cuda(step, leaves, a):
         "warmup": a.warmup,
         "min_ms": round(min(times), 4),
         "gpu": torch.cuda.get_device_name(),
+        # PyTorch's default (False): f32 products are true f32, not TF32.
+        "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
     }
     return statistics.median(times), extra_mb, extra
 
