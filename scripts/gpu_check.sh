@@ -50,13 +50,13 @@ step() { # step NAME TIMEOUT_S CMD...: runs CMD, logs it, records a table row
     fi
     [ "$limit" -gt "$left" ] && limit=$left
     t0=$(date +%s.%N)
-    timeout "$limit" "$@" >"$log" 2>&1
+    timeout -k 10 "$limit" "$@" >"$log" 2>&1
     rc=$?
     local secs
     secs=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')" 2>/dev/null || echo "?")
     local status=PASS
     [ "$rc" -ne 0 ] && status="FAIL(rc=$rc)" && FAILED=1
-    [ "$rc" -eq 124 ] && status="TIMEOUT(${limit}s)"
+    { [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; } && status="TIMEOUT(${limit}s)"
     ROWS+=("$(printf '%-28s %-12s %8ss  %s' "$name" "$status" "$secs" "$(tail -c 300 "$log" | tr '\n' ' ' | tail -c 90)")")
     echo "== $name: $status (${secs}s, log $log)"
 }
