@@ -305,6 +305,11 @@ fn bench_cuda(args: &Args) -> Result<(Vec<Measurement>, Option<f64>), String> {
     use adaface::cuda::bench::{bench, BenchConfig, BenchPath};
     let stream = adaface::cuda::default_stream(0).map_err(|e| e.to_string())?;
     let mut paths = vec![BenchPath::Fused];
+    if args.dtype == adaface::Dtype::BF16 {
+        // The flash family's single-rounded gradient products (see
+        // PlanLimits::split_gradients): the speed / accuracy trade-off.
+        paths.push(BenchPath::FusedSingle);
+    }
     if !args.skip_naive {
         paths.push(BenchPath::Naive);
     }
@@ -318,19 +323,33 @@ fn bench_cuda(args: &Args) -> Result<(Vec<Measurement>, Option<f64>), String> {
     let results = bench(&stream, &cfg, &paths).map_err(|e| e.to_string())?;
     let s = args.shape;
     let flops = 8.0 * (s.batch * s.dim * s.classes) as f64;
-    let measurements = results
+    let measure = |r: &adaface::cuda::bench::BenchResult, path, flops| Measurement {
+        path,
+        timing: Timing {
+            median_ms: r.median_ms,
+            peak_extra_bytes: r.peak_extra_bytes,
+            first_call_bytes: r.peak_extra_bytes,
+            rss_extra_bytes: None,
+        },
+        flops,
+    };
+    let mut measurements: Vec<Measurement> = results
         .iter()
-        .map(|r| Measurement {
-            path: r.path.name(),
-            timing: Timing {
-                median_ms: r.median_ms,
-                peak_extra_bytes: r.peak_extra_bytes,
-                first_call_bytes: r.peak_extra_bytes,
-                rss_extra_bytes: None,
-            },
-            flops,
-        })
+        .map(|r| measure(r, r.path.name(), flops))
         .collect();
+    if args.forward {
+        let forward =
+            adaface::cuda::bench::bench_pass(&stream, &cfg, &paths, adaface::launch::Pass::Forward)
+                .map_err(|e| e.to_string())?;
+        for r in &forward {
+            let path = match r.path {
+                BenchPath::Fused => "fused_forward",
+                BenchPath::FusedSingle => continue, // the same forward as fused
+                BenchPath::Naive => "naive_forward",
+            };
+            measurements.push(measure(r, path, flops / 4.0));
+        }
+    }
     let is_h200 = stream
         .context()
         .name()

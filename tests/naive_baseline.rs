@@ -207,3 +207,49 @@ fn bench_b512_d512_bf16_fused_vs_naive() {
         }
     }
 }
+
+/// The naive forward (the benches' forward pass) is the training step cut
+/// after the loss: same loss and EMA state, bit for bit, since the same
+/// kernels compute them.
+#[cfg(feature = "cuda")]
+#[test]
+fn naive_cublas_forward_is_the_step_up_to_the_loss() {
+    use adaface::cuda::default_stream;
+    use adaface::naive::cuda::NaiveCuda;
+    let Ok(stream) = default_stream(0) else {
+        println!("SKIPPED naive_cublas_forward_is_the_step_up_to_the_loss: no GPU visible");
+        return;
+    };
+    let cfg = AdaFaceConfig::default();
+    let mut naive = match NaiveCuda::new(stream.clone(), cfg) {
+        Ok(n) => n,
+        Err(e) => {
+            println!("SKIPPED naive_cublas_forward_is_the_step_up_to_the_loss: {e}");
+            return;
+        }
+    };
+    let inp = random_inputs(7200, 37, 72, 1001);
+    let (b, d, c) = (37, 72, 1001);
+    let x = stream.clone_htod(&round::<bf16>(&inp.x)).unwrap();
+    let w = stream.clone_htod(&round::<bf16>(&inp.w)).unwrap();
+    let labels = stream.clone_htod(&inp.labels).unwrap();
+    let mut dx = stream.alloc_zeros::<f32>(b * d).unwrap();
+    let mut dw = stream.alloc_zeros::<f32>(c * d).unwrap();
+    let state = cfg.initial_state();
+    naive.set_state(state).unwrap();
+    let fwd = naive
+        .forward(inp.shape, &x, &w, &labels)
+        .unwrap()
+        .summary()
+        .unwrap();
+    naive.set_state(state).unwrap();
+    let step = naive
+        .forward_backward(inp.shape, &x, &w, &labels, &mut dx, &mut dw)
+        .unwrap()
+        .summary()
+        .unwrap();
+    println!("naive forward loss {} step loss {}", fwd.loss, step.loss);
+    assert!(fwd.loss.is_finite() && fwd.loss > 0.0);
+    assert_eq!(fwd.loss, step.loss);
+    assert_eq!(fwd.state_after, step.state_after);
+}

@@ -154,6 +154,33 @@ impl NaiveCuda {
             labels.len(),
             Some((dx.len(), dw.len())),
         )?;
+        self.run(shape, x, w, labels, Some((dx, dw)))
+    }
+
+    /// The loss only (and the EMA update, as every naive step commits it):
+    /// the step up to the loss kernel, without the gradient GEMMs and the
+    /// normalisation backward. Its softmax kernel still writes `dL/dcos`
+    /// over the logits (one pass, as a framework's stored softmax would),
+    /// and it uses the same workspace as a training step.
+    pub fn forward<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr>(
+        &mut self,
+        shape: Shape,
+        x: &CudaSlice<E>,
+        w: &CudaSlice<E>,
+        labels: &CudaSlice<L>,
+    ) -> Result<NaiveStep> {
+        check_call(&shape, x.len(), w.len(), labels.len(), None)?;
+        self.run(shape, x, w, labels, None)
+    }
+
+    fn run<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr>(
+        &mut self,
+        shape: Shape,
+        x: &CudaSlice<E>,
+        w: &CudaSlice<E>,
+        labels: &CudaSlice<L>,
+        grads: Option<(&mut CudaSlice<f32>, &mut CudaSlice<f32>)>,
+    ) -> Result<NaiveStep> {
         let gemms = NaiveGemms::new(shape)?;
         let layout = NaiveLayout::new(shape, std::mem::size_of::<E>())?;
         let (e, l) = (E::SUFFIX, L::SUFFIX);
@@ -206,8 +233,16 @@ impl NaiveCuda {
         let (l_ptr, _g5) = labels.device_ptr(&stream);
         let (s_ptr, _g6) = self.state.device_ptr_mut(&stream);
         let (r_ptr, _g7) = record.device_ptr_mut(&stream);
-        let (dx_ptr, _g8) = dx.device_ptr_mut(&stream);
-        let (dw_ptr, _g9) = dw.device_ptr_mut(&stream);
+        let backward = grads.is_some();
+        let mut grad_guards = Vec::new();
+        let (mut dx_ptr, mut dw_ptr) = (0, 0);
+        if let Some((dx, dw)) = grads {
+            let (p1, g8) = dx.device_ptr_mut(&stream);
+            let (p2, g9) = dw.device_ptr_mut(&stream);
+            (dx_ptr, dw_ptr) = (p1, p2);
+            grad_guards.push(g8);
+            grad_guards.push(g9);
+        }
         let mut p = naive_params(&self.cfg, shape, &layout, ws32_ptr, wst_ptr);
         p.x = x_ptr;
         p.w = w_ptr;
@@ -251,17 +286,20 @@ impl NaiveCuda {
                 .arg(&p)
                 .launch(cfg(1))
                 .map_err(backend("launch loss"))?;
-            // The GEMMs do not read the record: on a device-detected error
-            // they still write dX and dW (the naive path's known limit).
-            gemm(&self.blas, &gemms.dx, p.wn, dt, grad, dt, p.dx)?;
-            gemm(&self.blas, &gemms.dw, p.xn, dt, grad, dt, p.dw)?;
-            stream
-                .launch_builder(&f_back)
-                .arg(&p)
-                .launch(cfg(rows))
-                .map_err(backend("launch norm_backward"))?;
+            if backward {
+                // The GEMMs do not read the record: on a device-detected error
+                // they still write dX and dW (the naive path's known limit).
+                gemm(&self.blas, &gemms.dx, p.wn, dt, grad, dt, p.dx)?;
+                gemm(&self.blas, &gemms.dw, p.xn, dt, grad, dt, p.dw)?;
+                stream
+                    .launch_builder(&f_back)
+                    .arg(&p)
+                    .launch(cfg(rows))
+                    .map_err(backend("launch norm_backward"))?;
+            }
         }
-        drop((_g1, _g2, _g3, _g4, _g5, _g6, _g7, _g8, _g9));
+        drop(grad_guards);
+        drop((_g1, _g2, _g3, _g4, _g5, _g6, _g7));
         Ok(NaiveStep {
             stream,
             record,
