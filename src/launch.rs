@@ -76,6 +76,14 @@ pub fn flash_shared_bytes(dim: usize) -> usize {
     2 * 3 * ADAFACE_FLASH_ROWS as usize * ld + 2 * 2 * 64 * pld + 4 * (128 + 128 + 64)
 }
 
+/// Whether device addresses suit the flash family: its cp.async copies
+/// move 16 bytes at a time, so `x` and `W` must start on a 16-byte boundary
+/// (an allocation always does; a view at an odd offset may not). A
+/// misaligned step takes the tiled family instead.
+pub fn flash_aligned(x: u64, w: u64) -> bool {
+    x % 16 == 0 && w % 16 == 0
+}
+
 /// The kernel family of a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {

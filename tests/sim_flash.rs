@@ -186,6 +186,30 @@ fn flash_kernels_match_the_reference_with_the_exact_mma_count() {
 
     // After the counted runs: errors launch kernels too.
     errors_write_nothing();
+    misaligned_inputs_take_the_tiled_family();
+}
+
+/// cp.async moves 16 bytes at a time (the simulator, like the hardware,
+/// rejects a misaligned copy): features starting 2 bytes into an allocation
+/// go through the tiled kernels, with the same results.
+fn misaligned_inputs_take_the_tiled_family() {
+    let cfg = AdaFaceConfig::default();
+    let inp = random_inputs(7300, 33, 64, 150);
+    let mut x_buf = vec![bf16::ZERO];
+    x_buf.extend(round::<bf16>(&inp.x));
+    let x = &x_buf[1..];
+    assert_ne!(x.as_ptr() as usize % 16, 0);
+    let w = round::<bf16>(&inp.w);
+    let mut sim = SimAdaFace::new(cfg);
+    let mut dx = vec![0.0f32; x.len()];
+    let mut dw = vec![0.0f32; w.len()];
+    let s = sim
+        .forward_backward(inp.shape, x, &w, &inp.labels, &mut dx, &mut dw)
+        .expect("step")
+        .summary()
+        .expect("summary");
+    let r = reference_step::<bf16>(&cfg, &cfg.initial_state(), &inp);
+    StepErrors::new(s.loss, &dx, &dw, s.state_after, &r).assert_f32_accuracy("misaligned x");
 }
 
 fn errors_write_nothing() {

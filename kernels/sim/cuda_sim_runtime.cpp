@@ -621,6 +621,11 @@ void cp_async(void* dst, const void* src, uint32_t bytes, uint32_t src_bytes) {
     if (src_bytes > bytes) {
         abort_block(b, f, format("cp.async: src_bytes %u exceeds the copy size %u", src_bytes, bytes));
     }
+    // The hardware faults on a source or destination not aligned to the
+    // copy size (PTX ISA, cp.async); so does the simulator.
+    if ((uintptr_t)dst % bytes != 0 || (uintptr_t)src % bytes != 0) {
+        abort_block(b, f, format("cp.async: %u-byte copy from %p to %p is not %u-byte aligned", bytes, src, dst, bytes));
+    }
     f->copies.push_back(PendingCopy{dst, src, bytes, src_bytes, f->committed_groups});
 }
 

@@ -15,8 +15,8 @@ use crate::kernel_params::{
     AdafaceCombineParams, AdafaceDxParams, AdafaceStatsParams, AdafaceStepRecord, AdafaceTileParams,
 };
 use crate::launch::{
-    check_call, KernelElement, KernelLabel, KernelNames, LaunchDims, Pass, PlanLimits, StepBuffers,
-    StepPlan, StepSummary, Variant,
+    check_call, flash_aligned, KernelElement, KernelLabel, KernelNames, LaunchDims, Pass,
+    PlanLimits, StepBuffers, StepPlan, StepSummary, Variant,
 };
 use crate::shape::Shape;
 use crate::state::EmaState;
@@ -230,7 +230,16 @@ impl CudaAdaFace {
         grads: Option<(&mut CudaSlice<f32>, &mut CudaSlice<f32>)>,
         commit_state: bool,
     ) -> Result<CudaStep> {
-        let plan = StepPlan::new(shape, pass, E::DTYPE, self.limits)?;
+        let aligned = {
+            let (x_ptr, _gx) = x.device_ptr(&self.stream);
+            let (w_ptr, _gw) = w.device_ptr(&self.stream);
+            flash_aligned(x_ptr, w_ptr)
+        };
+        let limits = PlanLimits {
+            flash: self.limits.flash && aligned,
+            ..self.limits
+        };
+        let plan = StepPlan::new(shape, pass, E::DTYPE, limits)?;
         let names = KernelNames::for_plan::<E, L>(&plan);
         let f_stats = self.function(&names.stats)?;
         let f_forward = self.function(&names.forward)?;

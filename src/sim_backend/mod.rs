@@ -9,8 +9,8 @@ use crate::config::AdaFaceConfig;
 use crate::error::Result;
 use crate::kernel_params::AdafaceStepRecord;
 use crate::launch::{
-    check_call, KernelElement, KernelLabel, LaunchDims, Pass, PlanLimits, StepBuffers, StepPlan,
-    StepSummary, Variant,
+    check_call, flash_aligned, KernelElement, KernelLabel, LaunchDims, Pass, PlanLimits,
+    StepBuffers, StepPlan, StepSummary, Variant,
 };
 use crate::shape::Shape;
 use crate::sim::{launch, SimLaunch};
@@ -158,7 +158,11 @@ impl SimAdaFace {
         grads: Option<(&mut [f32], &mut [f32])>,
         commit_state: bool,
     ) -> Result<SimStep> {
-        let plan = StepPlan::new(shape, pass, E::DTYPE, self.limits)?;
+        let limits = PlanLimits {
+            flash: self.limits.flash && flash_aligned(x.as_ptr() as u64, w.as_ptr() as u64),
+            ..self.limits
+        };
+        let plan = StepPlan::new(shape, pass, E::DTYPE, limits)?;
         let entries = Entries::of::<E, L>()?;
         if self.workspace.len() < plan.workspace.len {
             self.workspace.resize(plan.workspace.len, 0.0);
