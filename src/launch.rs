@@ -34,8 +34,9 @@
 //! ceil(B/32)))`; flash, `S_g = S_f = min(tiles, max(1, flash_blocks /
 //! ceil(B/64)))` (capped by the same budget), with `tiles = ceil(C / 64)`. So
 //! the workspace is bounded by the budget (48 MiB by default) plus
-//! `O(B + C)`: at `B = D = 512`, `C = 1M`, 16.8 + 4.3 MB (flash) or
-//! 48 + 4.3 MB (tiled), against 2 GB for one `B x C` f32 matrix.
+//! `O(B + C)`: at `B = D = 512`, `C = 1M`, 20.9 MB (flash: 16.8 MB of
+//! partials) or 54.9 MB (tiled: 50.3 MB), against 2 GB for one `B x C` f32
+//! matrix.
 
 use crate::config::AdaFaceConfig;
 use crate::element::{Dtype, Element, Label};
