@@ -236,19 +236,13 @@ __device__ void adaface_dx_finish_impl(const AdafaceDxParams& p) {
     const int64_t row_stride = p.batch * dim;
     const float inv_n = 1.0f / ((const float*)p.row_norm)[i];
 
-    /* gx into dx (this thread's elements), and x . gx. */
-    float along = 0.0f;
+    /* gx (splits in order) into dx, then the normalisation's Jacobian. */
     for (int64_t k = threadIdx.x; k < dim; k += ADAFACE_THREADS) {
         float g = 0.0f;
         for (int64_t s = 0; s < p.splits; ++s) g += dxp[s * row_stride + i * dim + k];
         dx[i * dim + k] = g;
-        along = fmaf(to_float(x[i * dim + k]), g, along);
     }
-    along = adaface_block_sum_f32(along) * inv_n;
-    for (int64_t k = threadIdx.x; k < dim; k += ADAFACE_THREADS) {
-        const float xh = to_float(x[i * dim + k]) * inv_n;
-        dx[i * dim + k] = (dx[i * dim + k] - xh * along) * inv_n;
-    }
+    adaface_normalise_row_grad(x, dx, i, dim, inv_n);
 }
 
 ADAFACE_KERNEL(adaface_backward_f32_i32, AdafaceTileParams, (adaface_backward_impl<float, int32_t>(p)))

@@ -73,6 +73,22 @@ __device__ __forceinline__ float adaface_block_sum_f32(float v) {
     return total;
 }
 
+/* The gradient with respect to x_i / ||x_i||, held in dx[i], becomes the one
+ * with respect to x_i (the Jacobian of the normalisation), a block per row:
+ * dx = (g - xh (xh . g)) / ||x||, with xh . g summed in a fixed order. */
+template <typename T>
+__device__ __forceinline__ void adaface_normalise_row_grad(const T* x, float* dx, int64_t i, int64_t dim,
+                                                           float inv_n) {
+    float along = 0.0f;
+    for (int64_t k = threadIdx.x; k < dim; k += ADAFACE_THREADS)
+        along = fmaf(to_float(x[i * dim + k]), dx[i * dim + k], along);
+    along = adaface_block_sum_f32(along) * inv_n;
+    for (int64_t k = threadIdx.x; k < dim; k += ADAFACE_THREADS) {
+        const float xh = to_float(x[i * dim + k]) * inv_n;
+        dx[i * dim + k] = (dx[i * dim + k] - xh * along) * inv_n;
+    }
+}
+
 __device__ __forceinline__ int64_t adaface_label_at(const int32_t* labels, int64_t i) {
     return (int64_t)labels[i];
 }

@@ -514,20 +514,6 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
     }
 }
 
-/* The row gradient of x / ||x|| in dx[i] -> dX[i] (Jacobian of the
- * normalisation), a block per row: dx = (g - xh (xh . g)) / ||x||. */
-template <typename T>
-__device__ __forceinline__ void adaface_normalise_row_grad(const T* x, float* dx, int64_t i, int64_t dim,
-                                                           float inv_n) {
-    float along = 0.0f;
-    for (int64_t k = threadIdx.x; k < dim; k += ADAFACE_THREADS) along = fmaf(to_float(x[i * dim + k]), dx[i * dim + k], along);
-    along = adaface_block_sum_f32(along) * inv_n;
-    for (int64_t k = threadIdx.x; k < dim; k += ADAFACE_THREADS) {
-        const float xh = to_float(x[i * dim + k]) * inv_n;
-        dx[i * dim + k] = (dx[i * dim + k] - xh * along) * inv_n;
-    }
-}
-
 template <typename L>
 __device__ void adaface_flash_dx_finish_impl(const AdafaceTileParams& p) {
     const AdafaceStepRecord* rec = (const AdafaceStepRecord*)p.record;
