@@ -242,6 +242,25 @@ struct AdafaceFlashSmem {
     __device__ __forceinline__ uint16_t* stream(int b) const { return stationary + (1 + b) * tile; }
 };
 
+/* This thread's place in the warp layout (see the top of the file): the
+ * mma fragment coordinates g = lane / 4 and t = lane % 4, its warp's 16 rows
+ * (rw: rows of x in S and O; classes in dW), its warp's 32 classes in S
+ * (cw), its depth half of the 64 x D outputs, and the n8 fragments per
+ * depth half (nf = D / 16). */
+struct AdafaceFlashLayout {
+    int g, t, rw, cw, half, nf;
+    __device__ __forceinline__ explicit AdafaceFlashLayout(int64_t dim) {
+        const int lane = (int)threadIdx.x & 31;
+        const int warp = (int)threadIdx.x >> 5;
+        g = lane >> 2;
+        t = lane & 3;
+        rw = 16 * (warp & 3);
+        cw = 32 * (warp >> 2);
+        half = warp >> 2;
+        nf = (int)(dim / 16);
+    }
+};
+
 template <typename L, bool WithDx, bool Split>
 __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
     AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
@@ -249,14 +268,8 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
     ADAFACE_DYNAMIC_SMEM(unsigned char, smem_base);
     AdafaceFlashSmem sm(smem_base, p.dim);
 
-    const int lane = (int)threadIdx.x & 31;
-    const int warp = (int)threadIdx.x >> 5;
-    const int g = lane >> 2;
-    const int t = lane & 3;
-    const int rw = 16 * (warp & 3);  /* this warp's rows in the tile */
-    const int cw = 32 * (warp >> 2); /* its classes in S */
-    const int half = warp >> 2;      /* its depth half in O */
-    const int nf = (int)(p.dim / 16); /* fragments per depth half */
+    const AdafaceFlashLayout lay(p.dim);
+    const int g = lay.g, t = lay.t, rw = lay.rw, cw = lay.cw, half = lay.half, nf = lay.nf;
     const int64_t row0 = (int64_t)blockIdx.x * ADAFACE_FLASH_ROWS;
     const int64_t split = blockIdx.y;
     const bool validates = blockIdx.x == 0;
@@ -407,14 +420,8 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
     ADAFACE_DYNAMIC_SMEM(unsigned char, smem_base);
     AdafaceFlashSmem sm(smem_base, p.dim);
 
-    const int lane = (int)threadIdx.x & 31;
-    const int warp = (int)threadIdx.x >> 5;
-    const int g = lane >> 2;
-    const int t = lane & 3;
-    const int rw = 16 * (warp & 3);  /* S: rows of x; output: classes */
-    const int cw = 32 * (warp >> 2); /* S: classes */
-    const int half = warp >> 2;      /* output: depth half */
-    const int nf = (int)(p.dim / 16); /* fragments per depth half */
+    const AdafaceFlashLayout lay(p.dim);
+    const int g = lay.g, t = lay.t, rw = lay.rw, cw = lay.cw, half = lay.half, nf = lay.nf;
     const int64_t c0 = (int64_t)blockIdx.x * ADAFACE_FLASH_CLASSES;
     const int64_t row_tiles = (p.batch + ADAFACE_FLASH_ROWS - 1) / ADAFACE_FLASH_ROWS;
     const uint16_t* x = (const uint16_t*)p.x;
