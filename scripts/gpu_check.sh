@@ -11,7 +11,9 @@
 #   torch      the official PyTorch head (scripts/torch_head_bench.py with
 #              the head.py given to gpu_bundle.sh as HEAD_PY), B = D = 512,
 #              C = 100k and 1M, f32 / autocast bf16 / bf16 upcast
-#   sanitizer  compute-sanitizer memcheck and racecheck on a small eval case
+#   sanitizer  compute-sanitizer memcheck and racecheck on a small eval case,
+#              and memcheck, racecheck, synccheck on the flash kernels
+#   profile    Nsight Compute on one flash_forward_dx and one flash_dw launch
 # in this order (all by default, or only the GROUPs named), then prints the
 # side-by-side table (fused / naive / torch) and a table of the steps last.
 # Every step has a timeout, and the whole run a budget of
@@ -173,6 +175,20 @@ if want sanitizer; then
     else
         ROWS+=("$(printf '%-28s %-12s' sanitizer "FAIL(compute-sanitizer not found)")")
         FAILED=1
+    fi
+fi
+
+# 7. Nsight Compute on the two flash tile kernels at B = D = 512, C = 100k
+# (one launch each): throughput against the SM's peaks, tensor pipe use and
+# warp stall reasons, to choose the next kernel version (docs/PERF.md, v3).
+if want profile; then
+    if command -v ncu >/dev/null; then
+        step ncu_flash 150 ncu --kernel-name regex:adaface_flash_forward_dx_bf16_i64\|adaface_flash_dw_bf16_i64 \
+            --launch-count 2 --section SpeedOfLight --section ComputeWorkloadAnalysis \
+            --section WarpStateStats --section Occupancy --section MemoryWorkloadAnalysis \
+            ./examples/bench --device cuda --batch 512 --dim 512 --classes 100000 --dtype bf16 --iters 1 --skip-naive
+    else
+        ROWS+=("$(printf '%-28s %-12s' ncu_flash "SKIP(ncu not found)")")
     fi
 fi
 
