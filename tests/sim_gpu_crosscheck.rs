@@ -31,8 +31,7 @@ unsafe impl DeviceRepr for ConvertParams {}
 unsafe impl DeviceRepr for BarrierLoopParams {}
 
 fn nvrtc_present() -> bool {
-    // SAFETY: only probes whether the library can be loaded.
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+    adaface::cuda::probe_nvrtc().is_ok()
 }
 
 fn compile(arch: &'static str) -> cudarc::nvrtc::Ptx {
@@ -65,8 +64,7 @@ struct Gpu {
 }
 
 fn gpu() -> Option<Gpu> {
-    // SAFETY: only probes whether the driver library can be loaded.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } || !nvrtc_present() {
+    if adaface::cuda::probe().is_err() {
         eprintln!("skipped: no CUDA driver or NVRTC on this machine");
         return None;
     }

@@ -9,6 +9,7 @@
 //! ```
 
 mod data;
+mod device;
 mod model;
 mod plot;
 mod png;
@@ -19,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use adaface::trainer::AdaFaceLoss;
 use adaface::{AdaFaceConfig, MarginPolicy, Shape};
 
 use data::{Identities, Rng};
+use device::{Device, Head};
 use model::{learning_rate, Mlp, Sgd};
 use plot::{Chart, BLACK, PALETTE};
 use progress::Progress;
@@ -44,7 +45,10 @@ usage: cargo run --release --example train -- [options]
   --wd X         weight decay                       (default 5e-4)
   --out DIR      folder for the plots               (default adaface-train)
   --seed N       seed of data, init and pairs       (default 1)
-  --device D     cpu (default) or cuda
+  --device D     cpu (default) or cuda: the loss step on GPU 0 with the
+                 CUDA kernels; the MLP stays on the CPU, so each step
+                 uploads embeddings and class weights and downloads the
+                 gradients. Without a usable GPU: an error, exit status 1
   -h, --help     this text
 ";
 
@@ -60,6 +64,7 @@ struct Args {
     wd: f32,
     out: PathBuf,
     seed: u64,
+    device: Device,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -74,6 +79,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         wd: 5e-4,
         out: PathBuf::from("adaface-train"),
         seed: 1,
+        device: Device::Cpu,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -94,7 +100,11 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--batch" => a.batch = count(2)?,
             "--hidden" => a.hidden = count(1)?,
             "--input" => a.input = count(8)?,
-            "--seed" => a.seed = value.parse().map_err(|_| format!("--seed {value}: expected a number"))?,
+            "--seed" => {
+                a.seed = value
+                    .parse()
+                    .map_err(|_| format!("--seed {value}: expected a number"))?
+            }
             "--out" => a.out = PathBuf::from(value),
             "--lr" => {
                 a.lr = match value.parse::<f32>() {
@@ -108,17 +118,7 @@ fn parse_args() -> Result<Option<Args>, String> {
                     _ => return Err(format!("--wd {value}: expected a number >= 0")),
                 }
             }
-            "--device" => match value.as_str() {
-                "cpu" => {}
-                // CUDA BACKEND: training on the GPU plugs in here, through
-                // the same `AdaFaceLoss` calls with device buffers.
-                "cuda" => {
-                    return Err("--device cuda: the CUDA training path is not in this build yet \
-                                (it comes with the CUDA backend); run without --device to train on the CPU"
-                        .into())
-                }
-                other => return Err(format!("--device {other}: expected cpu or cuda")),
-            },
+            "--device" => a.device = Device::parse(&value)?,
             other => return Err(format!("unknown option {other} (see --help)")),
         }
     }
@@ -160,13 +160,13 @@ fn train(
     policy: MarginPolicy,
     a: &Args,
     ids: &Identities,
-) -> Result<Run, adaface::Error> {
+) -> Result<Run, Box<dyn std::error::Error>> {
     let cfg = AdaFaceConfig::builder()
         .margin(policy)
         .s(64.0)
         .t_alpha(0.01)
         .build()?;
-    let mut loss = AdaFaceLoss::new(cfg);
+    let mut loss = Head::new(a.device, cfg)?;
     let (mut mlp, mut rng) = initial_model(a);
     let mut weight: Vec<f32> = (0..a.classes * a.dim)
         .map(|_| rng.normal() as f32)
@@ -197,12 +197,7 @@ fn train(
         let l = out.loss as f64;
         losses.push(l);
         let phase = step * PHASES / a.steps;
-        let z: Vec<f64> = out
-            .diagnostics
-            .margin_scaler
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
+        let z: Vec<f64> = out.margin_scaler.iter().map(|&v| v as f64).collect();
         for (h, c) in z_hist[phase]
             .iter_mut()
             .zip(stats::histogram(&z, -1.0, 1.0, Z_BINS))
@@ -350,7 +345,11 @@ fn main() -> ExitCode {
 
 fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
-    println!("AdaFace on synthetic identities with known image quality (CPU)");
+    a.device.check()?;
+    println!(
+        "AdaFace on synthetic identities with known image quality ({})",
+        a.device.describe()
+    );
     println!(
         "  {} training identities, input {} -> hidden {} -> embedding {}, batch {}, {} steps per loss, seed {}",
         a.classes, a.input, a.hidden, a.dim, a.batch, a.steps, a.seed

@@ -69,6 +69,41 @@ impl CudaStep {
     pub fn loss(&self) -> Result<f64> {
         Ok(self.summary()?.loss)
     }
+
+    /// The mean loss copied into a one-element device buffer, without a
+    /// sync (for frameworks that keep the loss on the GPU). It is NaN when
+    /// the kernels detected an error; [`summary`](Self::summary) says which.
+    pub fn loss_on_device(&self) -> Result<CudaSlice<f64>> {
+        // SAFETY: the record is #[repr(C)] with `loss: f64` at LOSS_OFFSET,
+        // 8-aligned (the layout checks in kernel_params.rs).
+        let loss = unsafe { self.record.transmute::<f64>(RECORD_F64S) }.ok_or(Error::Backend {
+            message: "step record smaller than its f64 fields".into(),
+        })?;
+        self.stream
+            .clone_dtod(&loss.slice(LOSS_OFFSET / 8..LOSS_OFFSET / 8 + 1))
+            .map_err(backend("copy loss"))
+    }
+}
+
+/// The step record as `f64` words, and the byte offset of its loss.
+const RECORD_F64S: usize = std::mem::size_of::<AdafaceStepRecord>() / 8;
+const LOSS_OFFSET: usize = std::mem::offset_of!(AdafaceStepRecord, loss);
+
+/// Sets the record's loss to NaN (all bits set) on the stream: the combine
+/// kernel overwrites it on success only, so a failed step's loss reads NaN
+/// to anyone who looks at it without reading the record.
+fn mark_loss_unset(stream: &CudaStream, record: &mut CudaSlice<AdafaceStepRecord>) -> Result<()> {
+    let (ptr, _guard) = record.device_ptr_mut(stream);
+    // SAFETY: 8 bytes inside the live one-record allocation, on its stream.
+    unsafe {
+        cudarc::driver::result::memset_d8_async(
+            ptr + LOSS_OFFSET as u64,
+            0xff,
+            8,
+            stream.cu_stream(),
+        )
+    }
+    .map_err(backend("mark loss"))
 }
 
 fn to_cfg(d: &LaunchDims) -> LaunchConfig {
@@ -157,9 +192,9 @@ impl CudaAdaFace {
     pub fn forward<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr>(
         &mut self,
         shape: Shape,
-        x: &CudaSlice<E>,
-        w: &CudaSlice<E>,
-        labels: &CudaSlice<L>,
+        x: &impl DevicePtr<E>,
+        w: &impl DevicePtr<E>,
+        labels: &impl DevicePtr<L>,
         update_state: bool,
     ) -> Result<CudaStep> {
         check_call(&shape, x.len(), w.len(), labels.len(), None)?;
@@ -169,13 +204,15 @@ impl CudaAdaFace {
     /// A training step: loss, `dX` (`B x D`, f32) and `dW` (`C x D`, f32),
     /// and the EMA update. On a device-detected error `dX`, `dW` and the
     /// state are left untouched and [`CudaStep::summary`] reports it.
+    /// Inputs may be slices or views (e.g. a framework tensor's storage at
+    /// an offset).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_backward<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr>(
         &mut self,
         shape: Shape,
-        x: &CudaSlice<E>,
-        w: &CudaSlice<E>,
-        labels: &CudaSlice<L>,
+        x: &impl DevicePtr<E>,
+        w: &impl DevicePtr<E>,
+        labels: &impl DevicePtr<L>,
         dx: &mut CudaSlice<f32>,
         dw: &mut CudaSlice<f32>,
     ) -> Result<CudaStep> {
@@ -224,9 +261,9 @@ impl CudaAdaFace {
         &mut self,
         shape: Shape,
         pass: Pass,
-        x: &CudaSlice<E>,
-        w: &CudaSlice<E>,
-        labels: &CudaSlice<L>,
+        x: &impl DevicePtr<E>,
+        w: &impl DevicePtr<E>,
+        labels: &impl DevicePtr<L>,
         grads: Option<(&mut CudaSlice<f32>, &mut CudaSlice<f32>)>,
         commit_state: bool,
     ) -> Result<CudaStep> {
@@ -268,6 +305,7 @@ impl CudaAdaFace {
             .stream
             .alloc_zeros::<AdafaceStepRecord>(1)
             .map_err(backend("alloc step record"))?;
+        mark_loss_unset(&self.stream, &mut record)?;
         let stream = self.stream.clone();
         let ws = self.workspace.as_mut().ok_or(Error::Backend {
             message: "workspace".into(),

@@ -15,14 +15,29 @@ pub use loss::{CudaAdaFace, CudaStep};
 
 use std::sync::Arc;
 
+/// Whether the CUDA library behind cudarc module `$lib` is there. With the
+/// feature `cuda` alone cudarc loads the libraries at run time, so this tries
+/// to load it. With `candle-cuda` candle's CUDA backend has them linked into
+/// the binary (cudarc `dynamic-linking`): a running program has them.
+macro_rules! library_present {
+    ($lib:ident) => {{
+        #[cfg(not(feature = "candle-cuda"))]
+        // SAFETY: only tries to dlopen the library.
+        let present = unsafe { cudarc::$lib::sys::is_culib_present() };
+        #[cfg(feature = "candle-cuda")]
+        let present = true;
+        present
+    }};
+}
+pub(crate) use library_present;
+
 use cudarc::driver::{CudaContext, CudaStream};
 
 use crate::error::{Error, Result};
 
 /// Checks that the CUDA driver library and NVRTC can be loaded.
 pub fn probe() -> Result<()> {
-    // SAFETY: these only try to dlopen the libraries.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+    if !library_present!(driver) {
         return Err(Error::DeviceUnavailable {
             reason: "libcuda (the CUDA driver) cannot be loaded".into(),
         });
@@ -32,8 +47,7 @@ pub fn probe() -> Result<()> {
 
 /// Checks that NVRTC can be loaded (enough to compile, no GPU needed).
 pub fn probe_nvrtc() -> Result<()> {
-    // SAFETY: only tries to dlopen the library.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+    if !library_present!(nvrtc) {
         return Err(Error::DeviceUnavailable {
             reason: "libnvrtc cannot be loaded (set LD_LIBRARY_PATH to CUDA's lib directory)"
                 .into(),

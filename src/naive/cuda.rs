@@ -31,8 +31,7 @@ unsafe impl DeviceRepr for NaiveParams {}
 /// Checks that cuBLAS can be loaded (after [`probe`]).
 pub fn probe_cublas() -> Result<()> {
     probe()?;
-    // SAFETY: only tries to dlopen the library.
-    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+    if !crate::cuda::library_present!(cublas) {
         return Err(Error::DeviceUnavailable {
             reason: "libcublas cannot be loaded (set LD_LIBRARY_PATH to CUDA's lib directory)"
                 .into(),

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Compile check (clippy, all targets, warnings are errors) of the feature
+# `candle-cuda` on a machine without a CUDA toolkit or GPU.
+#
+# candle's CUDA backend runs nvcc in its build script, so this installs
+# nvcc 13.0 and the headers it needs from PyPI into the venv that
+# scripts/check_kernels.sh uses (default .venv/cuda13, git-ignored; override
+# with ADAFACE_CUDA_VENV), puts nvcc on PATH and sets CUDA_COMPUTE_CAP (no
+# nvidia-smi here). Nothing is linked: linking needs libcuda, libcublas,
+# libcublasLt, libcurand, libnvrtc and libcudart, i.e. a CUDA install, so
+# the tests of tests/candle_cuda.rs run only on such a machine
+# (`cargo test --no-default-features --features candle-cuda --test candle_cuda`).
+#
+# The first run spends about 10 minutes (2 cores) in candle's nvcc step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${ADAFACE_CUDA_VENV:-$PWD/.venv/cuda13}"
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+SITE="$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
+CU="$SITE/nvidia/cu13"
+# 13.0 like check_kernels.sh: one version for every nvcc wheel.
+if [ ! -x "$CU/bin/nvcc" ] || [ ! -e "$CU/include/cuda_runtime.h" ] || [ ! -d "$CU/nvvm" ]; then
+    "$VENV/bin/pip" install --quiet \
+        "nvidia-cuda-nvcc==13.0.*" "nvidia-nvvm==13.0.*" "nvidia-cuda-crt==13.0.*" \
+        "nvidia-cuda-cccl==13.0.*" "nvidia-cuda-runtime==13.0.*"
+fi
+export PATH="$CU/bin:$PATH"
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+nvcc --version | tail -2 | head -1
+
+cargo clippy --no-default-features --features candle-cuda --all-targets -- -D warnings
