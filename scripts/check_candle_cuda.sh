@@ -7,9 +7,12 @@
 # scripts/check_kernels.sh uses (default .venv/cuda13, git-ignored; override
 # with ADAFACE_CUDA_VENV), puts nvcc on PATH and sets CUDA_COMPUTE_CAP (no
 # nvidia-smi here). Nothing is linked: linking needs libcuda, libcublas,
-# libcublasLt, libcurand, libnvrtc and libcudart, i.e. a CUDA install, so
-# the tests of tests/candle_cuda.rs run only on such a machine
-# (`cargo test --no-default-features --features candle-cuda --test candle_cuda`).
+# libcublasLt, libcurand, libnvrtc and libcudart, i.e. a CUDA install
+# (`cargo test --no-default-features --features candle-cuda --test candle_cuda`
+# there). Without one, scripts/cuda_link_dir.sh links against PyPI's CUDA
+# 13.0 libraries and a stub libcuda, and
+# `ADAFACE_BUNDLE_CANDLE_CUDA=1 bash scripts/gpu_bundle.sh` bundles the test
+# binary for the GPU machine; both reuse this script's build of candle.
 #
 # The first run spends about 10 minutes (2 cores) in candle's nvcc step.
 set -euo pipefail

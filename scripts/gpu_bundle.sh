@@ -9,6 +9,13 @@
 # (github mk-minchul/AdaFace head.py, not part of this repository) from
 #   HEAD_PY=/path/to/head.py bash scripts/gpu_bundle.sh
 # (without HEAD_PY the torch step of gpu_check.sh is skipped).
+# Opt-in: ADAFACE_BUNDLE_CANDLE_CUDA=1 also bundles tests/candle_cuda.rs (the
+# candle op on CUDA tensors) as tests/candle_cuda.xz, linked here against the
+# CUDA 13.0 libraries of PyPI and a stub libcuda (scripts/cuda_link_dir.sh).
+# It uses the dev profile, whose candle kernels scripts/check_candle_cuda.sh
+# has already built (that script's first run: about 10 minutes of nvcc);
+# stripped it is about 85 MiB (candle's kernels are embedded), so it travels
+# xz-compressed (about 14 MiB) and gpu_check.sh unpacks it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -74,6 +81,35 @@ for line in sys.stdin:
 [ -x "$BUNDLE/benches/cuda" ] || { echo "error: the criterion bench benches/cuda did not build" >&2; exit 1; }
 
 strip "$BUNDLE"/tests/* "$BUNDLE"/examples/* "$BUNDLE"/benches/* 2>/dev/null || true
+
+if [ "${ADAFACE_BUNDLE_CANDLE_CUDA:-0}" = 1 ]; then
+    VENV="${ADAFACE_CUDA_VENV:-$ROOT/.venv/cuda13}"
+    NVCC_BIN="$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)/nvidia/cu13/bin"
+    [ -x "$NVCC_BIN/nvcc" ] || { echo "error: no nvcc in $VENV: run scripts/check_candle_cuda.sh first" >&2; exit 1; }
+    LINK_DIR="$(bash scripts/cuda_link_dir.sh)"
+    # `cargo rustc` passes -L to the test crate only: no other crate rebuilds.
+    # Same PATH and CUDA_COMPUTE_CAP as check_candle_cuda.sh, so candle's
+    # kernels are not rebuilt either.
+    PATH="$NVCC_BIN:$PATH" CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}" \
+        cargo rustc --no-default-features --features candle-cuda --test candle_cuda \
+        --message-format=json-render-diagnostics -- -L "native=$LINK_DIR" \
+        | python3 -c '
+import json, sys, shutil
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "candle_cuda":
+        shutil.copy2(m["executable"], sys.argv[1])
+        print("test binary: candle_cuda (xz)")
+' "$BUNDLE/tests/candle_cuda"
+    [ -x "$BUNDLE/tests/candle_cuda" ] || { echo "error: tests/candle_cuda did not build" >&2; exit 1; }
+    # What the GPU machine must provide: the driver and CUDA 13.0's libraries.
+    readelf -d "$BUNDLE/tests/candle_cuda" | grep NEEDED | grep -E "cuda|cublas|curand|nvrtc"
+    strip "$BUNDLE/tests/candle_cuda"
+    xz -T2 -3 "$BUNDLE/tests/candle_cuda"
+fi
 # The PyTorch peer: our script and, when given, the official head.
 mkdir -p "$BUNDLE/torch"
 cp scripts/torch_head_bench.py "$BUNDLE/torch/"

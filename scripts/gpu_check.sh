@@ -2,7 +2,8 @@
 # Runs on the GPU machine (CUDA 13.0, driver 580, H200; no Rust) from the
 # bundle made by scripts/gpu_bundle.sh:  bash gpu-bundle/gpu_check.sh [GROUP...]
 #   tests      the GPU tests (gpu_kernels, the simulator's GPU cross-check,
-#              the naive cuBLAS baseline), logs in logs/
+#              the naive cuBLAS baseline, the candle op on CUDA tensors when
+#              bundled as tests/candle_cuda.xz), logs in logs/
 #   eval       the eval tool on the large case (cuda vs reference)
 #   bench      the bench tool (issue 4), B = D = 512, bf16, C = 1M and 100k
 #   criterion  the criterion bench benches/cuda (fused vs naive, forward and
@@ -87,6 +88,25 @@ if want tests; then
         step naive_baseline 90 ./tests/naive_baseline --test-threads=1 --nocapture
         if grep -q "SKIPPED" logs/naive_baseline.log 2>/dev/null; then
             ROWS+=("$(printf '%-28s %-12s' naive_baseline_skipped "FAIL(no GPU or no cuBLAS visible to the tests)")")
+            FAILED=1
+        fi
+    fi
+
+    # The candle op on CUDA tensors (tests/candle_cuda.rs), if bundled
+    # (ADAFACE_BUNDLE_CANDLE_CUDA=1): xz-compressed, unpacked here; xz or
+    # else python3's lzma.
+    if [ -f tests/candle_cuda.xz ]; then
+        if [ ! -x tests/candle_cuda ]; then
+            if command -v xz >/dev/null; then
+                xz -dc tests/candle_cuda.xz > tests/candle_cuda.tmp
+            else
+                python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+                    tests/candle_cuda.xz tests/candle_cuda.tmp
+            fi && chmod +x tests/candle_cuda.tmp && mv tests/candle_cuda.tmp tests/candle_cuda
+        fi
+        step candle_cuda 90 ./tests/candle_cuda --test-threads=1 --nocapture
+        if grep -q "SKIPPED" logs/candle_cuda.log 2>/dev/null; then
+            ROWS+=("$(printf '%-28s %-12s' candle_cuda_skipped "FAIL(no GPU visible to candle)")")
             FAILED=1
         fi
     fi
