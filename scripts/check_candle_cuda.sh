@@ -24,12 +24,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 SITE="$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
 CU="$SITE/nvidia/cu13"
-# 13.0 like check_kernels.sh: one version for every nvcc wheel.
-if [ ! -x "$CU/bin/nvcc" ] || [ ! -e "$CU/include/cuda_runtime.h" ] || [ ! -d "$CU/nvvm" ]; then
-    "$VENV/bin/pip" install --quiet \
-        "nvidia-cuda-nvcc==13.0.*" "nvidia-nvvm==13.0.*" "nvidia-cuda-crt==13.0.*" \
-        "nvidia-cuda-cccl==13.0.*" "nvidia-cuda-runtime==13.0.*"
-fi
+# The same pinned 13.0 wheels as check_kernels.sh (nvcc rejects headers of
+# another version); pip leaves them alone when they are already there.
+"$VENV/bin/pip" install --quiet -r scripts/cuda13-requirements.txt
 export PATH="$CU/bin:$PATH"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 nvcc --version | tail -2 | head -1

@@ -4,7 +4,8 @@
 # table of registers / shared memory / stack / spills and FAILS on any spill
 # in the main kernels (stats, forward, combine, backward, dx_finish).
 #
-# Installs NVRTC and nvcc/ptxas 13.0 from PyPI into a venv (default
+# Installs NVRTC and nvcc/ptxas 13.0 from PyPI (scripts/cuda13-requirements.txt)
+# into a venv (default
 # .venv/cuda13, git-ignored; override with ADAFACE_CUDA_VENV). 13.0 is
 # pinned: the target machine's driver (580, CUDA 13.0) cannot load PTX from
 # a newer compiler, and the nvcc wheels must all be the same version.
@@ -18,11 +19,12 @@ OUT="${ADAFACE_PTX_OUT:-$PWD/target/kernel-check}"
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import nvidia" 2>/dev/null || [ ! -e "$VENV/.adaface-cuda13" ]; then
-    "$VENV/bin/pip" install --quiet \
-        "nvidia-cuda-nvrtc==13.0.*" "nvidia-cuda-nvcc==13.0.*" \
-        "nvidia-nvvm==13.0.*" "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*"
-    touch "$VENV/.adaface-cuda13"
+# The marker names the requirements file's content, so an older venv is
+# brought up to date.
+MARK="$VENV/.adaface-$(sha256sum scripts/cuda13-requirements.txt | cut -c1-16)"
+if ! "$VENV/bin/python" -c "import nvidia" 2>/dev/null || [ ! -e "$MARK" ]; then
+    "$VENV/bin/pip" install --quiet -r scripts/cuda13-requirements.txt
+    touch "$MARK"
 fi
 SITE="$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
 CU="$SITE/nvidia/cu13"
