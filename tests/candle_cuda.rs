@@ -13,25 +13,8 @@ use adaface::{AdaFaceConfig, Error, MarginPolicy};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, SGD};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn normal(&mut self) -> f32 {
-        let u = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let v = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-    }
-    fn normals(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| scale * self.normal()).collect()
-    }
-}
+mod common;
+use common::Rng;
 
 fn flat(t: &Tensor) -> Vec<f32> {
     t.to_dtype(DType::F32)
@@ -77,10 +60,10 @@ fn sgd_steps_on_cuda_match_the_cpu() {
         .t_alpha(0.3)
         .build()
         .unwrap();
-    let mut rng = Rng(11);
-    let inputs = rng.normals((b + 3) * p, 1.0);
-    let proj0 = rng.normals(p * d, 1.5);
-    let weight_t0 = rng.normals(d * c, 1.0);
+    let mut rng = Rng::new(11);
+    let inputs = rng.normals_f32((b + 3) * p, 1.0);
+    let proj0 = rng.normals_f32(p * d, 1.5);
+    let weight_t0 = rng.normals_f32(d * c, 1.0);
     let labels: Vec<u32> = (0..b).map(|_| (rng.next_u64() % c as u64) as u32).collect();
 
     let run = |dev: &Device| {
@@ -130,9 +113,9 @@ fn sgd_steps_on_cuda_match_the_cpu() {
 fn bf16_inputs_and_i64_labels() {
     let Some(gpu) = gpu() else { return };
     let (b, d, c) = (29, 40, 67);
-    let mut rng = Rng(12);
-    let x0 = rng.normals(b * d, 2.0);
-    let w0 = rng.normals(c * d, 1.0);
+    let mut rng = Rng::new(12);
+    let x0 = rng.normals_f32(b * d, 2.0);
+    let w0 = rng.normals_f32(c * d, 1.0);
     let y0: Vec<i64> = (0..b).map(|_| (rng.next_u64() % c as u64) as i64).collect();
     let grads = |dev: &Device| {
         let x = Var::from_tensor(
@@ -173,9 +156,9 @@ fn bf16_inputs_and_i64_labels() {
 fn rejected_inputs_and_moving_between_devices() {
     let Some(gpu) = gpu() else { return };
     let (b, d, c) = (9, 8, 5);
-    let mut rng = Rng(13);
-    let x0 = rng.normals(b * d, 1.0);
-    let w0 = rng.normals(c * d, 1.0);
+    let mut rng = Rng::new(13);
+    let x0 = rng.normals_f32(b * d, 1.0);
+    let w0 = rng.normals_f32(c * d, 1.0);
     let x = Var::from_slice(&x0, (b, d), &gpu).unwrap();
     let w = Var::from_slice(&w0, (c, d), &gpu).unwrap();
     let good = Tensor::new(&[0u32, 1, 2, 3, 4, 0, 1, 2, 3], &gpu).unwrap();

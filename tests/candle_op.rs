@@ -10,25 +10,8 @@ use adaface::{AdaFaceConfig, Error, MarginPolicy, Shape};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, SGD};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn normal(&mut self) -> f32 {
-        let u = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let v = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-    }
-    fn normals(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| scale * self.normal()).collect()
-    }
-}
+mod common;
+use common::Rng;
 
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
@@ -91,10 +74,10 @@ fn sgd_steps_match_the_crate() {
             .t_alpha(0.3)
             .build()
             .unwrap();
-        let mut rng = Rng(seed);
-        let inputs = rng.normals(b * p, 1.0);
-        let proj0 = rng.normals(p * d, 1.5);
-        let weight0 = rng.normals(c * d, 1.0);
+        let mut rng = Rng::new(seed);
+        let inputs = rng.normals_f32(b * p, 1.0);
+        let proj0 = rng.normals_f32(p * d, 1.5);
+        let weight0 = rng.normals_f32(c * d, 1.0);
         let labels: Vec<u32> = (0..b).map(|_| (rng.next_u64() % c as u64) as u32).collect();
 
         // candle: the graph, candle_nn's SGD, and the loss scaled by 2 (so
@@ -159,9 +142,9 @@ fn sgd_steps_match_the_crate() {
 #[test]
 fn half_precision_inputs_and_i64_labels() {
     let (b, d, c) = (9, 16, 11);
-    let mut rng = Rng(9);
-    let xs = rng.normals(b * d, 2.0);
-    let ws = rng.normals(c * d, 1.0);
+    let mut rng = Rng::new(9);
+    let xs = rng.normals_f32(b * d, 2.0);
+    let ws = rng.normals_f32(c * d, 1.0);
     let labels: Vec<i64> = (0..b).map(|i| ((i * 5) % c) as i64).collect();
     let dev = Device::Cpu;
     let cfg = AdaFaceConfig::default();
@@ -209,9 +192,9 @@ fn half_precision_inputs_and_i64_labels() {
 #[test]
 fn bad_inputs_are_typed_errors_and_keep_the_state() {
     let dev = Device::Cpu;
-    let mut rng = Rng(4);
-    let x = Tensor::from_vec(rng.normals(5 * 4, 1.0), (5, 4), &dev).unwrap();
-    let w = Tensor::from_vec(rng.normals(3 * 4, 1.0), (3, 4), &dev).unwrap();
+    let mut rng = Rng::new(4);
+    let x = Tensor::from_vec(rng.normals_f32(5 * 4, 1.0), (5, 4), &dev).unwrap();
+    let w = Tensor::from_vec(rng.normals_f32(3 * 4, 1.0), (3, 4), &dev).unwrap();
     let mut head = AdaFaceCandle::new(AdaFaceConfig::default());
     let start = head.state().unwrap();
 
@@ -239,7 +222,7 @@ fn bad_inputs_are_typed_errors_and_keep_the_state() {
         Err(Error::DtypeMismatch { .. })
     ));
     let y = Tensor::new(&[0u32, 1, 2, 0, 1], &dev).unwrap();
-    let w5 = Tensor::from_vec(rng.normals(3 * 5, 1.0), (3, 5), &dev).unwrap();
+    let w5 = Tensor::from_vec(rng.normals_f32(3 * 5, 1.0), (3, 5), &dev).unwrap();
     assert!(matches!(
         head.forward(&x, &w5, &y),
         Err(Error::ShapeMismatch { .. })
@@ -263,7 +246,7 @@ fn bad_inputs_are_typed_errors_and_keep_the_state() {
         head.forward(&x, &w, &short),
         Err(Error::ShapeMismatch { .. })
     ));
-    let mut xnan = rng.normals(5 * 4, 1.0);
+    let mut xnan = rng.normals_f32(5 * 4, 1.0);
     xnan[6] = f32::NAN;
     let xnan = Tensor::from_vec(xnan, (5, 4), &dev).unwrap();
     assert!(matches!(

@@ -31,6 +31,10 @@ impl Rng {
     pub fn normals(&mut self, n: usize, scale: f64) -> Vec<f64> {
         (0..n).map(|_| scale * self.normal()).collect()
     }
+    /// `normals` rounded to `f32` (candle tensors).
+    pub fn normals_f32(&mut self, n: usize, scale: f64) -> Vec<f32> {
+        (0..n).map(|_| (scale * self.normal()) as f32).collect()
+    }
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
     }
