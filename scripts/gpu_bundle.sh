@@ -25,62 +25,40 @@ GOLDEN="${ADAFACE_GOLDEN_DIR:-$ROOT/../shared/golden}"
 rm -rf "$BUNDLE"
 mkdir -p "$BUNDLE/tests" "$BUNDLE/examples" "$BUNDLE/benches" "$BUNDLE/golden" "$BUNDLE/cases"
 
-# Test binaries: ask cargo for their paths rather than guessing hashes.
+# copy_artifacts DEST KIND NAME...: reads cargo's JSON messages on stdin and
+# copies the executables of the targets NAME of kind KIND (test, example,
+# bench) into DEST, under their target names. Asking cargo for the paths
+# rather than guessing hashes.
+copy_artifacts() {
+    python3 -c '
+import json, os, shutil, sys
+dest, kind, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    t = m.get("target", {})
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("name") in names \
+            and kind in t.get("kind", []):
+        shutil.copy2(m["executable"], os.path.join(dest, t["name"]))
+        print(kind + ":", t["name"])
+' "$@"
+}
+
+# Only what gpu_check.sh runs: the bundle must stay under the device tool's
+# limit of 64 MiB.
 cargo test --release --no-run --message-format=json 2>/dev/null \
-    | python3 -c '
-import json, sys, shutil, os
-dest = sys.argv[1]
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m.get("profile", {}).get("test"):
-        name = m["target"]["name"]
-        # Only what gpu_check.sh runs: the bundle must stay under the
-        # device tool limit of 64 MiB.
-        if name not in ("gpu_kernels", "sim_gpu_crosscheck", "naive_baseline"):
-            continue
-        kind = m["target"]["kind"][0]
-        out = os.path.join(dest, name if kind == "test" else f"{name}-{kind}")
-        shutil.copy2(m["executable"], out)
-        print("test binary:", os.path.basename(out))
-' "$BUNDLE/tests"
-
+    | copy_artifacts "$BUNDLE/tests" test gpu_kernels sim_gpu_crosscheck naive_baseline
 cargo build --release --examples --message-format=json 2>/dev/null \
-    | python3 -c '
-import json, sys, shutil, os
-dest = sys.argv[1]
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and "example" in m["target"]["kind"]:
-        if m["target"]["name"] not in ("adaface_eval", "bench"):
-            continue
-        shutil.copy2(m["executable"], os.path.join(dest, m["target"]["name"]))
-        print("example:", m["target"]["name"])
-' "$BUNDLE/examples"
-
+    | copy_artifacts "$BUNDLE/examples" example adaface_eval bench
 # The criterion bench (GPU fused vs naive); the bench profile, like --release.
 cargo bench --no-run --features cuda --bench cuda --message-format=json 2>/dev/null \
-    | python3 -c '
-import json, sys, shutil, os
-dest = sys.argv[1]
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda" \
-            and "bench" in m["target"]["kind"]:
-        shutil.copy2(m["executable"], os.path.join(dest, "cuda"))
-        print("bench: cuda")
-' "$BUNDLE/benches"
+    | copy_artifacts "$BUNDLE/benches" bench cuda
 [ -x "$BUNDLE/benches/cuda" ] || { echo "error: the criterion bench benches/cuda did not build" >&2; exit 1; }
 
 strip "$BUNDLE"/tests/* "$BUNDLE"/examples/* "$BUNDLE"/benches/* 2>/dev/null || true
+
 
 if [ "${ADAFACE_BUNDLE_CANDLE_CUDA:-0}" = 1 ]; then
     VENV="${ADAFACE_CUDA_VENV:-$ROOT/.venv/cuda13}"
@@ -93,17 +71,7 @@ if [ "${ADAFACE_BUNDLE_CANDLE_CUDA:-0}" = 1 ]; then
     PATH="$NVCC_BIN:$PATH" CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}" \
         cargo rustc --no-default-features --features candle-cuda --test candle_cuda \
         --message-format=json-render-diagnostics -- -L "native=$LINK_DIR" \
-        | python3 -c '
-import json, sys, shutil
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "candle_cuda":
-        shutil.copy2(m["executable"], sys.argv[1])
-        print("test binary: candle_cuda (xz)")
-' "$BUNDLE/tests/candle_cuda"
+        | copy_artifacts "$BUNDLE/tests" test candle_cuda
     [ -x "$BUNDLE/tests/candle_cuda" ] || { echo "error: tests/candle_cuda did not build" >&2; exit 1; }
     # What the GPU machine must provide: the driver and CUDA 13.0's libraries.
     readelf -d "$BUNDLE/tests/candle_cuda" | grep NEEDED | grep -E "cuda|cublas|curand|nvrtc"
