@@ -267,13 +267,11 @@ impl CudaAdaFace {
         grads: Option<(&mut CudaSlice<f32>, &mut CudaSlice<f32>)>,
         commit_state: bool,
     ) -> Result<CudaStep> {
-        let aligned = {
-            let (x_ptr, _gx) = x.device_ptr(&self.stream);
-            let (w_ptr, _gw) = w.device_ptr(&self.stream);
-            flash_aligned(x_ptr, w_ptr)
-        };
+        let stream = self.stream.clone();
+        let (x_ptr, _gx) = x.device_ptr(&stream);
+        let (w_ptr, _gw) = w.device_ptr(&stream);
         let limits = PlanLimits {
-            flash: self.limits.flash && aligned,
+            flash: self.limits.flash && flash_aligned(x_ptr, w_ptr),
             ..self.limits
         };
         let plan = StepPlan::new(shape, pass, E::DTYPE, limits)?;
@@ -306,13 +304,10 @@ impl CudaAdaFace {
             .alloc_zeros::<AdafaceStepRecord>(1)
             .map_err(backend("alloc step record"))?;
         mark_loss_unset(&self.stream, &mut record)?;
-        let stream = self.stream.clone();
         let ws = self.workspace.as_mut().ok_or(Error::Backend {
             message: "workspace".into(),
         })?;
 
-        let (x_ptr, _gx) = x.device_ptr(&stream);
-        let (w_ptr, _gw) = w.device_ptr(&stream);
         let (l_ptr, _gl) = labels.device_ptr(&stream);
         let (s_ptr, _gs) = self.state.device_ptr_mut(&stream);
         let (r_ptr, _gr) = record.device_ptr_mut(&stream);
