@@ -130,12 +130,19 @@ fn bench_dtype<E: KernelElement + DeviceRepr>(
                     flops_per_bdc * (batch * DIM * classes) as u64,
                 ));
             // fused_single differs from fused in the training step of the
-            // flash family (bf16 here) only.
+            // flash family (bf16 here) only; fused_wgmma in every bf16 pass
+            // (D = 512), on compute capability 9.0 (elsewhere `prepare`
+            // prints why it skips it).
             let single = dtype == Dtype::BF16 && pass == Pass::ForwardBackward;
-            let paths: &[BenchPath] = if single {
-                &[BenchPath::Fused, BenchPath::FusedSingle, BenchPath::Naive]
-            } else {
-                &[BenchPath::Fused, BenchPath::Naive]
+            let paths: &[BenchPath] = match (dtype == Dtype::BF16, single) {
+                (true, true) => &[
+                    BenchPath::Fused,
+                    BenchPath::FusedSingle,
+                    BenchPath::FusedWgmma,
+                    BenchPath::Naive,
+                ],
+                (true, false) => &[BenchPath::Fused, BenchPath::FusedWgmma, BenchPath::Naive],
+                _ => &[BenchPath::Fused, BenchPath::Naive],
             };
             for &path in paths {
                 let label = format!("cuda {pass_name} {} {} {case}", path.name(), dtype.name());

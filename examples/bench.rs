@@ -309,6 +309,10 @@ fn bench_cuda(args: &Args) -> Result<(Vec<Measurement>, Option<f64>), String> {
         // The flash family's single-rounded gradient products (see
         // PlanLimits::split_gradients): the speed / accuracy trade-off.
         paths.push(BenchPath::FusedSingle);
+        // Hopper's wgmma kernels (PlanLimits::wgmma), where the device has them.
+        if stream.context().compute_capability().ok() == Some((9, 0)) {
+            paths.push(BenchPath::FusedWgmma);
+        }
     }
     if !args.skip_naive {
         paths.push(BenchPath::Naive);
@@ -345,6 +349,7 @@ fn bench_cuda(args: &Args) -> Result<(Vec<Measurement>, Option<f64>), String> {
             let path = match r.path {
                 BenchPath::Fused => "fused_forward",
                 BenchPath::FusedSingle => continue, // the same forward as fused
+                BenchPath::FusedWgmma => "fused_wgmma_forward",
                 BenchPath::Naive => "naive_forward",
             };
             measurements.push(measure(r, path, flops / 4.0));

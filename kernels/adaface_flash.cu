@@ -35,7 +35,20 @@
  * Warp layout (8 warps): the logit tile S (64 x 64) gives warp w rows
  * 16 (w % 4) .. + 16 and classes 32 (w / 4) .. + 32; the 64 x D output
  * tiles (O, and dW with classes as rows) give warp w the same 16 rows and
- * the depth half w / 4. So a thread's rows are the same in S and in O. */
+ * the depth half w / 4. So a thread's rows are the same in S and in O.
+ *
+ * Two instruction sets share this file (template parameter Wg):
+ *   - mma.sync (sm_80+): operands through ldmatrix from rows padded to an
+ *     odd number of 16-byte chunks; every product completes in program order.
+ *   - wgmma (sm_90a, the `_wg` entries, D % 128 == 0): warps 0-3 and 4-7 are
+ *     the two warpgroups, and the layout above is exactly wgmma's
+ *     accumulator layout (warpgroup = depth half = class half of S). Tiles
+ *     are stored in the 128-byte-swizzle layout wgmma reads through matrix
+ *     descriptors (1024-byte atoms of 8 rows x 64 elements, 16-byte chunks
+ *     XORed with the row), and the products are asynchronous: the logit
+ *     product runs while the CUDA cores compute the class norms, and each
+ *     tile's gradient product (O or dW) runs while the next iteration waits
+ *     for its tile and issues its logit product. */
 #include "adaface_common.cuh"
 
 #define ADAFACE_FLASH_WARPS 8
@@ -51,9 +64,23 @@ static_assert(ADAFACE_FLASH_ROWS == 64 && ADAFACE_FLASH_CLASSES == 64, "the flas
  * ldmatrix fall in distinct bank groups. */
 __device__ __forceinline__ int adaface_flash_ld(int64_t dim) { return (int)dim + ADAFACE_FLASH_ROW_PAD; }
 
+/* Element offset of (r, k) in a staged 64-row tile of row stride ld.
+ * mma.sync: row-major, padded. wgmma: 128-byte-swizzle atoms of 8 rows x
+ * 64 elements (1024 bytes), stored atom column after atom column (8 atoms
+ * per column for 64 rows), the 16-byte chunk index XORed with r % 8. The
+ * same tile is then a K-major operand (rows = M or N, k = K) with stride
+ * byte offset 1024, and an MN-major one (rows = K, k = N) with stride byte
+ * offset 1024 and leading byte offset 8192 (one atom column). */
+template <bool Wg>
+__device__ __forceinline__ int adaface_flash_off(int r, int k, int ld) {
+    if (Wg) return (((k >> 6) * 8 + (r >> 3)) << 9) + ((r & 7) << 6) + ((((k >> 3) & 7) ^ (r & 7)) << 3) + (k & 7);
+    return r * ld + k;
+}
+
 /* Issues the cp.async copies of rows [row0, row0 + 64) of a row-major
  * (rows x dim) bf16 matrix into dst (stride ld); rows past `rows` are
  * zero-filled. dim % 8 == 0 (16-byte chunks). */
+template <bool Wg>
 __device__ __forceinline__ void adaface_flash_stage(uint16_t* dst, int ld, const uint16_t* src, int64_t row0,
                                                     int64_t rows, int64_t dim) {
     const int chunks_per_row = (int)(dim / 8);
@@ -64,22 +91,20 @@ __device__ __forceinline__ void adaface_flash_stage(uint16_t* dst, int ld, const
         const int64_t row = row0 + r;
         const bool in = row < rows;
         const uint16_t* g = src + (in ? row * dim + 8 * ch : 0);
-        cp_async_16_zfill(dst + r * ld + 8 * ch, g, in ? 16u : 0u);
+        cp_async_16_zfill(dst + adaface_flash_off<Wg>(r, 8 * ch, ld), g, in ? 16u : 0u);
     }
 }
 
 /* S (16 rows x 32 classes of this warp) = A_tile . B_tile^T over depth
  * [0, dim), both tiles row-major in shared memory with stride ld. */
-__device__ __forceinline__ void adaface_flash_logit_product(float s[4][4], const uint16_t* a_tile,
+__device__ __forceinline__ void adaface_flash_logit_product(float (&s)[16], const uint16_t* a_tile,
                                                             const uint16_t* b_tile, int ld, int64_t dim,
                                                             int row0, int class0) {
     const int lane = (int)threadIdx.x & 31;
     const int m = lane >> 3;
     const int r = lane & 7;
 #pragma unroll
-    for (int f = 0; f < 4; ++f)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) s[f][i] = 0.0f;
+    for (int i = 0; i < 16; ++i) s[i] = 0.0f;
     const uint16_t* a_row = a_tile + (row0 + (m & 1) * 8 + r) * ld + (m >> 1) * 8;
     const uint16_t* b_row0 = b_tile + (class0 + (m >> 1) * 8 + r) * ld + (m & 1) * 8;
     const uint16_t* b_row1 = b_row0 + 16 * ld;
@@ -88,11 +113,109 @@ __device__ __forceinline__ void adaface_flash_logit_product(float s[4][4], const
         ldmatrix_x4(a, a_row + k);
         ldmatrix_x4(b01, b_row0 + k);
         ldmatrix_x4(b23, b_row1 + k);
-        mma_m16n8k16_bf16_f32(s[0], a, &b01[0], s[0]);
-        mma_m16n8k16_bf16_f32(s[1], a, &b01[2], s[1]);
-        mma_m16n8k16_bf16_f32(s[2], a, &b23[0], s[2]);
-        mma_m16n8k16_bf16_f32(s[3], a, &b23[2], s[3]);
+        mma_m16n8k16_bf16_f32(&s[0], a, &b01[0], &s[0]);
+        mma_m16n8k16_bf16_f32(&s[4], a, &b01[2], &s[4]);
+        mma_m16n8k16_bf16_f32(&s[8], a, &b23[0], &s[8]);
+        mma_m16n8k16_bf16_f32(&s[12], a, &b23[2], &s[12]);
     }
+}
+
+/* Straight-line issue of the logit product over Cols atom columns (64
+ * deep each), 32 bytes per 16-deep step inside a column. */
+template <int Cols>
+__device__ __forceinline__ void adaface_flash_logit_wgmma_n(float (&s)[16], uint32_t a0, uint32_t b0) {
+#pragma unroll
+    for (int kb = 0; kb < Cols; ++kb)
+#pragma unroll
+        for (int k = 0; k < 64; k += 16) {
+            const uint32_t off = (uint32_t)kb * 8192u + 2u * (uint32_t)k;
+            wgmma_m64n32k16_bf16<false>(s, adaface_wgmma_desc(a0 + off, 16, 1024),
+                                        adaface_wgmma_desc(b0 + off, 16, 1024), kb + k > 0);
+        }
+}
+
+/* wgmma twin of adaface_flash_logit_product: issues (does not wait for)
+ * S = A_tile . B_tile^T for the warpgroup's 64 rows and the 32 classes from
+ * class0, both tiles in the swizzled layout, over whatever s held. The depth (D % 128 == 0) picks
+ * one straight-line sequence: a loop or a guard between the products is
+ * divergent code to ptxas, which then fences and serialises them
+ * (C7519 / C7520). */
+__device__ __forceinline__ void adaface_flash_logit_wgmma(float (&s)[16], const uint16_t* a_tile,
+                                                          const uint16_t* b_tile, int64_t dim, int class0) {
+    /* No zeroing: the first product overwrites s. Writing accumulator
+     * registers while the previous tile's O product is in flight would make
+     * ptxas serialise every wgmma (C7515). */
+    wgmma_fence();
+    const uint32_t a0 = adaface_smem_addr(a_tile);
+    const uint32_t b0 = adaface_smem_addr(b_tile) + (uint32_t)(class0 / 8) * 1024u;
+    static_assert(ADAFACE_FLASH_MAX_DIM == 512, "one issue sequence per depth");
+    if (dim == 512)
+        adaface_flash_logit_wgmma_n<8>(s, a0, b0);
+    else if (dim == 384)
+        adaface_flash_logit_wgmma_n<6>(s, a0, b0);
+    else if (dim == 256)
+        adaface_flash_logit_wgmma_n<4>(s, a0, b0);
+    else
+        adaface_flash_logit_wgmma_n<2>(s, a0, b0);
+    wgmma_commit();
+}
+
+/* Accumulators of a 64 x D output tile (O, or dW) for one thread: chunk j
+ * holds the n8 fragments 8j .. 8j + 7 of its depth half (fragment f at
+ * [f / 8][4 (f % 8)], four floats), so a chunk is the 32 floats of one
+ * m64n64 wgmma and fragment f is one mma.m16n8 accumulator. */
+#define ADAFACE_FLASH_CHUNKS (ADAFACE_FLASH_NF / 8)
+#define ADAFACE_FLASH_FRAG(acc, f) (&(acc)[(f) >> 3][4 * ((f) & 7)])
+
+/* wgmma twin of adaface_flash_grad_product: issues acc (64 x the depth
+ * half from n0, Chunks chunks of 64) += (A_hi + A_lo) . B over K = 64,
+ * with A 64 x 64 K-major and B (64 x D) MN-major, both swizzled. */
+template <bool Split, int Chunks>
+__device__ __forceinline__ void adaface_flash_grad_wgmma_n(float (&acc)[ADAFACE_FLASH_CHUNKS][32], uint32_t hi0,
+                                                           uint32_t lo0, uint32_t b0) {
+#pragma unroll
+    for (int k = 0; k < 64; k += 16) {
+        const uint64_t d_hi = adaface_wgmma_desc(hi0 + 2u * (uint32_t)k, 16, 1024);
+        const uint64_t d_lo = adaface_wgmma_desc(lo0 + 2u * (uint32_t)k, 16, 1024);
+#pragma unroll
+        for (int j = 0; j < Chunks; ++j) {
+            const uint64_t d_b = adaface_wgmma_desc(b0 + (uint32_t)j * 8192u + (uint32_t)(k / 8) * 1024u, 8192, 1024);
+            wgmma_m64n64k16_bf16<true>(acc[j], d_hi, d_b);
+            if (Split) wgmma_m64n64k16_bf16<true>(acc[j], d_lo, d_b);
+        }
+    }
+}
+
+/* The chunk count (D / 128) picks one straight-line issue sequence, as in
+ * adaface_flash_logit_wgmma. */
+template <bool Split>
+__device__ __forceinline__ void adaface_flash_grad_wgmma(float (&acc)[ADAFACE_FLASH_CHUNKS][32], const uint16_t* a_hi,
+                                                         const uint16_t* a_lo, const uint16_t* b_tile, int n0,
+                                                         int nchunks) {
+    wgmma_fence();
+    const uint32_t hi0 = adaface_smem_addr(a_hi);
+    const uint32_t lo0 = adaface_smem_addr(a_lo);
+    const uint32_t b0 = adaface_smem_addr(b_tile) + (uint32_t)(n0 / 64) * 8192u;
+    static_assert(ADAFACE_FLASH_CHUNKS == 4, "one issue sequence per chunk count");
+    if (nchunks == 4)
+        adaface_flash_grad_wgmma_n<Split, 4>(acc, hi0, lo0, b0);
+    else if (nchunks == 3)
+        adaface_flash_grad_wgmma_n<Split, 3>(acc, hi0, lo0, b0);
+    else if (nchunks == 2)
+        adaface_flash_grad_wgmma_n<Split, 2>(acc, hi0, lo0, b0);
+    else
+        adaface_flash_grad_wgmma_n<Split, 1>(acc, hi0, lo0, b0);
+    wgmma_commit();
+}
+
+/* Waits for this thread's outstanding wgmma products and pins the
+ * accumulators behind the wait. */
+template <int Chunks>
+__device__ __forceinline__ void adaface_flash_wgmma_drain(float (&s)[16], float (&acc)[Chunks][32]) {
+    wgmma_wait<0>();
+    wgmma_fence_operands(s);
+#pragma unroll
+    for (int j = 0; j < Chunks; ++j) wgmma_fence_operands(acc[j]);
 }
 
 /* acc (16 rows x this warp's depth half) += (A_hi + A_lo) . B over K = 64
@@ -100,7 +223,7 @@ __device__ __forceinline__ void adaface_flash_logit_product(float s[4][4], const
  * transposed when ATrans: then A[m][k] is stored at [k][m]) and B is 64 x
  * dim row-major (stride ld). */
 template <bool ATrans, bool Split>
-__device__ __forceinline__ void adaface_flash_grad_product(float acc[ADAFACE_FLASH_NF][4], const uint16_t* a_hi,
+__device__ __forceinline__ void adaface_flash_grad_product(float (&acc)[ADAFACE_FLASH_CHUNKS][32], const uint16_t* a_hi,
                                                            const uint16_t* a_lo, int m0, const uint16_t* b_tile,
                                                            int ld, int n0, int nf) {
     const int lane = (int)threadIdx.x & 31;
@@ -126,26 +249,29 @@ __device__ __forceinline__ void adaface_flash_grad_product(float acc[ADAFACE_FLA
             if (f < nf) {
                 uint32_t b[4];
                 ldmatrix_x4_trans(b, b_row + 8 * f);
-                mma_m16n8k16_bf16_f32(acc[f], hi, &b[0], acc[f]);
-                if (Split) mma_m16n8k16_bf16_f32(acc[f], lo, &b[0], acc[f]);
-                mma_m16n8k16_bf16_f32(acc[f + 1], hi, &b[2], acc[f + 1]);
-                if (Split) mma_m16n8k16_bf16_f32(acc[f + 1], lo, &b[2], acc[f + 1]);
+                float* c0 = ADAFACE_FLASH_FRAG(acc, f);
+                float* c1 = ADAFACE_FLASH_FRAG(acc, f + 1);
+                mma_m16n8k16_bf16_f32(c0, hi, &b[0], c0);
+                if (Split) mma_m16n8k16_bf16_f32(c0, lo, &b[0], c0);
+                mma_m16n8k16_bf16_f32(c1, hi, &b[2], c1);
+                if (Split) mma_m16n8k16_bf16_f32(c1, lo, &b[2], c1);
             }
         }
     }
 }
 
-/* Writes v as hi + lo bf16 into the two P / A tiles at [row][col] (hi =
- * bf16(v) alone unless Split). */
-template <bool Split>
+/* Writes v as hi + lo bf16 into the two 64 x 64 P / A tiles at [row][col]
+ * (hi = bf16(v) alone unless Split). */
+template <bool Split, bool Wg>
 __device__ __forceinline__ void adaface_flash_put_split(uint16_t* hi, uint16_t* lo, int row, int col, float v) {
+    const int off = adaface_flash_off<Wg>(row, col, ADAFACE_FLASH_PLD);
     if (Split) {
         uint16_t h, l;
         adaface_split16<adaface_bf16>(v, &h, &l);
-        hi[row * ADAFACE_FLASH_PLD + col] = h;
-        lo[row * ADAFACE_FLASH_PLD + col] = l;
+        hi[off] = h;
+        lo[off] = l;
     } else {
-        hi[row * ADAFACE_FLASH_PLD + col] = from_float<adaface_bf16>(v).bits;
+        hi[off] = from_float<adaface_bf16>(v).bits;
     }
 }
 
@@ -176,17 +302,17 @@ struct AdafaceFlashRows {
  * order): inv_cls[c] = 1 / ||w_c||. When `validate`, also stores ||w_c|| and
  * records non-finite elements, zero and overflowing norms (the checks the
  * tiled forward makes on the elements it stages). */
+template <bool Wg>
 __device__ __forceinline__ void adaface_flash_class_norms(const uint16_t* w_tile, int ld, int64_t c0,
                                                           const AdafaceTileParams& p, float* inv_cls,
                                                           bool validate) {
     const int c = (int)threadIdx.x >> 2;
     const int q = (int)threadIdx.x & 3;
     const int64_t j = c0 + c;
-    const uint16_t* row = w_tile + c * ld;
     float sq = 0.0f;
     for (int k = 8 * q; k < (int)p.dim; k += 32) {
         uint32_t v8[4]; /* eight bf16 in one 16-byte load */
-        adaface_ld_shared_16(v8, row + k);
+        adaface_ld_shared_16(v8, w_tile + adaface_flash_off<Wg>(c, k, ld));
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const float lo = adaface_bf16_bits_to_f32((uint16_t)(v8[e] & 0xffffu));
@@ -210,7 +336,7 @@ __device__ __forceinline__ void adaface_flash_class_norms(const uint16_t* w_tile
         for (int k = 8 * q; k < (int)p.dim; k += 32)
 #pragma unroll
             for (int e = 0; e < 8; ++e)
-                if (!adaface_is_finite(adaface_bf16_bits_to_f32(row[k + e])))
+                if (!adaface_is_finite(adaface_bf16_bits_to_f32(w_tile[adaface_flash_off<Wg>(c, k + e, ld)])))
                     adaface_record_error(rec, ADAFACE_ERR_NONFINITE_W, (unsigned long long)(j * p.dim + k + e));
     }
 }
@@ -226,13 +352,16 @@ struct AdafaceFlashSmem {
     float* red;           /* 2 x 64: cross-warp row reductions */
     float* red2;          /* 2 x 64 */
     float* inv_cls;       /* 64 */
-    __device__ __forceinline__ AdafaceFlashSmem(unsigned char* base, int64_t dim) {
-        ld = adaface_flash_ld(dim);
+    /* Wg: unpadded swizzled tiles from the first 1024-byte aligned shared
+     * address (the host reserves 1 KiB for it), so every atom is aligned. */
+    __device__ __forceinline__ AdafaceFlashSmem(unsigned char* base, int64_t dim, bool wg) {
+        ld = wg ? (int)dim : adaface_flash_ld(dim);
         tile = 64 * ld;
-        stationary = (uint16_t*)base;
+        const int p_tile = 64 * (wg ? 64 : ADAFACE_FLASH_PLD);
+        stationary = (uint16_t*)(wg ? base + ((1024u - (adaface_smem_addr(base) & 1023u)) & 1023u) : base);
         hi = stationary + 3 * tile;
-        lo = hi + 64 * ADAFACE_FLASH_PLD;
-        red = (float*)(lo + 64 * ADAFACE_FLASH_PLD);
+        lo = hi + p_tile;
+        red = (float*)(lo + p_tile);
         red2 = red + 128;
         inv_cls = red2 + 128;
     }
@@ -261,12 +390,12 @@ struct AdafaceFlashLayout {
     }
 };
 
-template <typename L, bool WithDx, bool Split>
+template <typename L, bool WithDx, bool Split, bool Wg>
 __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
     AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
     if (adaface_block_should_abort(rec)) return;
     ADAFACE_DYNAMIC_SMEM(unsigned char, smem_base);
-    AdafaceFlashSmem sm(smem_base, p.dim);
+    AdafaceFlashSmem sm(smem_base, p.dim, Wg);
 
     const AdafaceFlashLayout lay(p.dim);
     const int g = lay.g, t = lay.t, rw = lay.rw, cw = lay.cw, half = lay.half, nf = lay.nf;
@@ -281,35 +410,52 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
     rows.load(p, row0, false);
     float run_max[2] = {-INFINITY, -INFINITY};
     float run_sum[2] = {0.0f, 0.0f};
-    float o[ADAFACE_FLASH_NF][4];
+    float o[ADAFACE_FLASH_CHUNKS][32];
 #pragma unroll
-    for (int f = 0; f < ADAFACE_FLASH_NF; ++f)
+    for (int j = 0; j < ADAFACE_FLASH_CHUNKS; ++j)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) o[f][i] = 0.0f;
+        for (int i = 0; i < 32; ++i) o[j][i] = 0.0f;
+    float s[16];
 
-    adaface_flash_stage(sm.stationary, sm.ld, x, row0, p.batch, p.dim);
+    adaface_flash_stage<Wg>(sm.stationary, sm.ld, x, row0, p.batch, p.dim);
     if (split < tiles_total)
-        adaface_flash_stage(sm.stream(0), sm.ld, w, split * ADAFACE_FLASH_CLASSES, p.classes, p.dim);
+        adaface_flash_stage<Wg>(sm.stream(0), sm.ld, w, split * ADAFACE_FLASH_CLASSES, p.classes, p.dim);
     cp_async_commit();
 
     int buf = 0;
     for (int64_t tile = split; tile < tiles_total; tile += p.splits, buf ^= 1) {
         const int64_t c0 = tile * ADAFACE_FLASH_CLASSES;
         const uint16_t* w_tile = sm.stream(buf);
+        const bool has_next = tile + p.splits < tiles_total;
         cp_async_wait_group<0>();
-        __syncthreads(); /* tile landed; the previous iteration is over everywhere */
-        if (tile + p.splits < tiles_total)
-            adaface_flash_stage(sm.stream(buf ^ 1), sm.ld, w, (tile + p.splits) * ADAFACE_FLASH_CLASSES, p.classes,
-                                p.dim);
-        cp_async_commit();
-
-        adaface_flash_class_norms(w_tile, sm.ld, c0, p, sm.inv_cls, validates);
-        float s[4][4];
-        adaface_flash_logit_product(s, sm.stationary, w_tile, sm.ld, p.dim, rw, cw);
-        __syncthreads(); /* inv_cls */
+        if (Wg) fence_proxy_async_shared(); /* the copies are read by wgmma (async proxy) */
+        __syncthreads(); /* tile landed; the previous iteration is over everywhere (Wg: issued) */
+        if (Wg) {
+            /* The wait also retires the previous tile's O product, after
+             * which its W buffer may be refilled. The class norms come after
+             * it: divergent code while accumulators are in flight makes
+             * ptxas serialise every wgmma of the kernel (C7520). */
+            adaface_flash_logit_wgmma(s, sm.stationary, w_tile, p.dim, cw);
+            adaface_flash_wgmma_drain(s, o);
+            adaface_flash_class_norms<Wg>(w_tile, sm.ld, c0, p, sm.inv_cls, validates);
+        } else {
+            if (has_next)
+                adaface_flash_stage<Wg>(sm.stream(buf ^ 1), sm.ld, w, (tile + p.splits) * ADAFACE_FLASH_CLASSES,
+                                        p.classes, p.dim);
+            cp_async_commit();
+            adaface_flash_class_norms<Wg>(w_tile, sm.ld, c0, p, sm.inv_cls, validates);
+            adaface_flash_logit_product(s, sm.stationary, w_tile, sm.ld, p.dim, rw, cw);
+        }
+        __syncthreads(); /* inv_cls (Wg: and every warpgroup's previous O product has retired) */
+        if (Wg) {
+            if (has_next)
+                adaface_flash_stage<Wg>(sm.stream(buf ^ 1), sm.ld, w, (tile + p.splits) * ADAFACE_FLASH_CLASSES,
+                                        p.classes, p.dim);
+            cp_async_commit();
+        }
 
         /* Logits in place of the dot products; dlogit / ||w_c|| kept for P. */
-        float dl[4][4];
+        float dl[16];
         float local_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int f = 0; f < 4; ++f)
@@ -319,9 +465,9 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
                 const int lc = cw + 8 * f + 2 * t + (i & 1);
                 const int64_t j = c0 + lc;
                 float logit = -INFINITY;
-                dl[f][i] = 0.0f;
+                dl[4 * f + i] = 0.0f;
                 if (rows.ok[h] && j < p.classes) {
-                    const float dot = s[f][i] * rows.inv_norm[h] * sm.inv_cls[lc];
+                    const float dot = s[4 * f + i] * rows.inv_norm[h] * sm.inv_cls[lc];
                     const bool is_target = j == rows.label[h];
                     float dlogit;
                     logit = adaface_logit(dot, is_target, rows.a[h], rows.b[h], p.s, p.m1, p.eps, &dlogit);
@@ -332,10 +478,10 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
                         ((float*)p.target_cos)[i_row] = adaface_clamp_cosine(dot, p.eps, &passes);
                         if (WithDx) ((float*)p.target_dlogit)[i_row] = dlogit * sm.inv_cls[lc];
                     } else {
-                        dl[f][i] = dlogit * sm.inv_cls[lc];
+                        dl[4 * f + i] = dlogit * sm.inv_cls[lc];
                     }
                 }
-                s[f][i] = logit;
+                s[4 * f + i] = logit;
                 local_max[h] = fmaxf(local_max[h], logit);
             }
 #pragma unroll
@@ -359,10 +505,11 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const int h = i >> 1;
-                const float e = s[f][i] == -INFINITY ? 0.0f : expf(s[f][i] - new_max[h]);
+                const float e = s[4 * f + i] == -INFINITY ? 0.0f : expf(s[4 * f + i] - new_max[h]);
                 local_sum[h] += e;
-                if (WithDx) adaface_flash_put_split<Split>(sm.hi, sm.lo, rw + g + 8 * h, cw + 8 * f + 2 * t + (i & 1),
-                                                    e * dl[f][i]);
+                if (WithDx)
+                    adaface_flash_put_split<Split, Wg>(sm.hi, sm.lo, rw + g + 8 * h, cw + 8 * f + 2 * t + (i & 1),
+                                                       e * dl[4 * f + i]);
             }
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -370,6 +517,7 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
             local_sum[h] += __shfl_xor_sync(0xffffffffu, local_sum[h], 2);
             if (t == 0) sm.red2[half * 64 + rw + g + 8 * h] = local_sum[h];
         }
+        if (Wg && WithDx) fence_proxy_async_shared(); /* P is read by wgmma */
         __syncthreads(); /* red2 (sums), P */
 
 #pragma unroll
@@ -381,15 +529,26 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
         if (WithDx) {
 #pragma unroll
             for (int f = 0; f < ADAFACE_FLASH_NF; ++f) {
-                o[f][0] *= alpha[0];
-                o[f][1] *= alpha[0];
-                o[f][2] *= alpha[1];
-                o[f][3] *= alpha[1];
+                float* c = ADAFACE_FLASH_FRAG(o, f);
+                c[0] *= alpha[0];
+                c[1] *= alpha[0];
+                c[2] *= alpha[1];
+                c[3] *= alpha[1];
             }
-            adaface_flash_grad_product<false, Split>(o, sm.hi, sm.lo, rw, w_tile, sm.ld, half * (int)(p.dim / 2), nf);
+            if (Wg) {
+                /* Retired before the next iteration: O in flight across the
+                 * loop's barrier and logit product made ptxas serialise the
+                 * products (C7515 / C7517). */
+                adaface_flash_grad_wgmma<Split>(o, sm.hi, sm.lo, w_tile, half * (int)(p.dim / 2), (int)(p.dim / 128));
+                adaface_flash_wgmma_drain(s, o);
+            }
+            else
+                adaface_flash_grad_product<false, Split>(o, sm.hi, sm.lo, rw, w_tile, sm.ld, half * (int)(p.dim / 2),
+                                                         nf);
         }
     }
     cp_async_wait_group<0>();
+    if (Wg) adaface_flash_wgmma_drain(s, o);
 
     /* Per-split results: running max and sum (depth-half 0 warps), O. */
 #pragma unroll
@@ -405,20 +564,21 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
 #pragma unroll
             for (int f = 0; f < ADAFACE_FLASH_NF; ++f) {
                 if (f < nf) {
-                    out[8 * f] = o[f][2 * h];
-                    out[8 * f + 1] = o[f][2 * h + 1];
+                    const float* c = ADAFACE_FLASH_FRAG(o, f);
+                    out[8 * f] = c[2 * h];
+                    out[8 * f + 1] = c[2 * h + 1];
                 }
             }
         }
     }
 }
 
-template <typename L, bool Split>
+template <typename L, bool Split, bool Wg>
 __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
     AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
     if (adaface_block_should_abort(rec)) return;
     ADAFACE_DYNAMIC_SMEM(unsigned char, smem_base);
-    AdafaceFlashSmem sm(smem_base, p.dim);
+    AdafaceFlashSmem sm(smem_base, p.dim, Wg);
 
     const AdafaceFlashLayout lay(p.dim);
     const int g = lay.g, t = lay.t, rw = lay.rw, cw = lay.cw, half = lay.half, nf = lay.nf;
@@ -427,33 +587,40 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
     const uint16_t* x = (const uint16_t*)p.x;
     const uint16_t* w = (const uint16_t*)p.w;
 
-    adaface_flash_stage(sm.stationary, sm.ld, w, c0, p.classes, p.dim);
-    adaface_flash_stage(sm.stream(0), sm.ld, x, 0, p.batch, p.dim);
+    adaface_flash_stage<Wg>(sm.stationary, sm.ld, w, c0, p.classes, p.dim);
+    adaface_flash_stage<Wg>(sm.stream(0), sm.ld, x, 0, p.batch, p.dim);
     cp_async_commit();
     if (threadIdx.x < 64) {
         const int64_t j = c0 + threadIdx.x;
         sm.inv_cls[threadIdx.x] = j < p.classes ? 1.0f / ((const float*)p.class_norm)[j] : 0.0f;
     }
 
-    float acc[ADAFACE_FLASH_NF][4];
+    float acc[ADAFACE_FLASH_CHUNKS][32];
 #pragma unroll
-    for (int f = 0; f < ADAFACE_FLASH_NF; ++f)
+    for (int j = 0; j < ADAFACE_FLASH_CHUNKS; ++j)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) acc[f][i] = 0.0f;
+        for (int i = 0; i < 32; ++i) acc[j][i] = 0.0f;
+    float s[16];
 
     for (int64_t rt = 0; rt < row_tiles; ++rt) {
         const int buf = (int)(rt & 1);
         const int64_t row0 = rt * ADAFACE_FLASH_ROWS;
+        const bool has_next = rt + 1 < row_tiles;
         AdafaceFlashRows<L> rows;
         rows.load(p, row0, true);
         cp_async_wait_group<0>();
-        __syncthreads(); /* tile landed; the previous iteration is over everywhere */
-        if (rt + 1 < row_tiles)
-            adaface_flash_stage(sm.stream(buf ^ 1), sm.ld, x, row0 + ADAFACE_FLASH_ROWS, p.batch, p.dim);
+        if (Wg) fence_proxy_async_shared();
+        __syncthreads(); /* tile landed; the previous iteration is over everywhere (Wg: issued) */
+        if (Wg) {
+            adaface_flash_logit_wgmma(s, sm.stream(buf), sm.stationary, p.dim, cw);
+            adaface_flash_wgmma_drain(s, acc);
+            __syncthreads(); /* every warpgroup's previous dW product has retired: x buffer and A free */
+        }
+        if (has_next)
+            adaface_flash_stage<Wg>(sm.stream(buf ^ 1), sm.ld, x, row0 + ADAFACE_FLASH_ROWS, p.batch, p.dim);
         cp_async_commit();
 
-        float s[4][4];
-        adaface_flash_logit_product(s, sm.stream(buf), sm.stationary, sm.ld, p.dim, rw, cw);
+        if (!Wg) adaface_flash_logit_product(s, sm.stream(buf), sm.stationary, sm.ld, p.dim, rw, cw);
 #pragma unroll
         for (int f = 0; f < 4; ++f)
 #pragma unroll
@@ -463,7 +630,7 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
                 const int64_t j = c0 + lc;
                 float a = 0.0f;
                 if (rows.ok[h] && j < p.classes) {
-                    const float dot = s[f][i] * rows.inv_norm[h] * sm.inv_cls[lc];
+                    const float dot = s[4 * f + i] * rows.inv_norm[h] * sm.inv_cls[lc];
                     const bool is_target = j == rows.label[h];
                     float dlogit;
                     const float logit =
@@ -472,13 +639,24 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
                     a = (prob - (is_target ? 1.0f : 0.0f)) * p.inv_batch * dlogit * rows.inv_norm[h] *
                         sm.inv_cls[lc];
                 }
-                adaface_flash_put_split<Split>(sm.hi, sm.lo, rw + g + 8 * h, lc, a);
+                /* wgmma takes A^T (classes x rows) K-major: stored transposed;
+                 * mma.sync reads the row-major tile through ldmatrix.trans. */
+                if (Wg)
+                    adaface_flash_put_split<Split, Wg>(sm.hi, sm.lo, lc, rw + g + 8 * h, a);
+                else
+                    adaface_flash_put_split<Split, Wg>(sm.hi, sm.lo, rw + g + 8 * h, lc, a);
             }
+        if (Wg) fence_proxy_async_shared();
         __syncthreads(); /* A */
-        adaface_flash_grad_product<true, Split>(acc, sm.hi, sm.lo, rw, sm.stream(buf), sm.ld, half * (int)(p.dim / 2),
-                                         nf);
+        if (Wg)
+            adaface_flash_grad_wgmma<Split>(acc, sm.hi, sm.lo, sm.stream(buf), half * (int)(p.dim / 2),
+                                            (int)(p.dim / 128));
+        else
+            adaface_flash_grad_product<true, Split>(acc, sm.hi, sm.lo, rw, sm.stream(buf), sm.ld,
+                                                    half * (int)(p.dim / 2), nf);
     }
     cp_async_wait_group<0>();
+    if (Wg) adaface_flash_wgmma_drain(s, acc);
 
     /* Jacobian of w -> w / ||w||: dW = acc - w (w . acc) / ||w||^2, with the
      * row dot reduced over the quad, then over the two depth halves. */
@@ -487,11 +665,13 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
     for (int f = 0; f < ADAFACE_FLASH_NF; ++f) {
         if (f < nf) {
             const int k = half * (int)(p.dim / 2) + 8 * f + 2 * t;
+            const float* c = ADAFACE_FLASH_FRAG(acc, f);
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const int h = i >> 1;
-                const float wv = adaface_bf16_bits_to_f32(sm.stationary[(rw + g + 8 * h) * sm.ld + k + (i & 1)]);
-                along[h] = fmaf(wv, acc[f][i], along[h]);
+                const float wv =
+                    adaface_bf16_bits_to_f32(sm.stationary[adaface_flash_off<Wg>(rw + g + 8 * h, k + (i & 1), sm.ld)]);
+                along[h] = fmaf(wv, c[i], along[h]);
             }
         }
     }
@@ -513,9 +693,11 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
 #pragma unroll
         for (int f = 0; f < ADAFACE_FLASH_NF; ++f) {
             if (f < nf) {
-                const uint16_t* wr = sm.stationary + lc * sm.ld + half * (int)(p.dim / 2) + 8 * f + 2 * t;
-                out[8 * f] = acc[f][2 * h] - adaface_bf16_bits_to_f32(wr[0]) * scale;
-                out[8 * f + 1] = acc[f][2 * h + 1] - adaface_bf16_bits_to_f32(wr[1]) * scale;
+                const int k = half * (int)(p.dim / 2) + 8 * f + 2 * t;
+                const uint16_t* wr = sm.stationary + adaface_flash_off<Wg>(lc, k, sm.ld);
+                const float* c = ADAFACE_FLASH_FRAG(acc, f);
+                out[8 * f] = c[2 * h] - adaface_bf16_bits_to_f32(wr[0]) * scale;
+                out[8 * f + 1] = c[2 * h + 1] - adaface_bf16_bits_to_f32(wr[1]) * scale;
             }
         }
     }
@@ -548,17 +730,22 @@ __device__ void adaface_flash_dx_finish_impl(const AdafaceTileParams& p) {
     adaface_normalise_row_grad(x, dx, i, dim, 1.0f / ((const float*)p.row_norm)[i]);
 }
 
+/* The mma.sync entries (sm_80+) and their wgmma twins (`_wg`, sm_90a). */
+#define ADAFACE_FLASH_TILE_ENTRIES(L, suffix, wg, Wg)                                                            \
+    ADAFACE_KERNEL_BOUNDS(adaface_flash##wg##_forward_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,       \
+                          (adaface_flash_forward_impl<L, false, true, Wg>(p)))                                   \
+    ADAFACE_KERNEL_BOUNDS(adaface_flash##wg##_forward_dx_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,    \
+                          (adaface_flash_forward_impl<L, true, true, Wg>(p)))                                    \
+    ADAFACE_KERNEL_BOUNDS(adaface_flash##wg##_forward_dx_single_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, \
+                          1, (adaface_flash_forward_impl<L, true, false, Wg>(p)))                                \
+    ADAFACE_KERNEL_BOUNDS(adaface_flash##wg##_dw_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,            \
+                          (adaface_flash_dw_impl<L, true, Wg>(p)))                                               \
+    ADAFACE_KERNEL_BOUNDS(adaface_flash##wg##_dw_single_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,     \
+                          (adaface_flash_dw_impl<L, false, Wg>(p)))
+
 #define ADAFACE_FLASH_ENTRIES(L, suffix)                                                                         \
-    ADAFACE_KERNEL_BOUNDS(adaface_flash_forward_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,             \
-                          (adaface_flash_forward_impl<L, false, true>(p)))                                       \
-    ADAFACE_KERNEL_BOUNDS(adaface_flash_forward_dx_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,          \
-                          (adaface_flash_forward_impl<L, true, true>(p)))                                        \
-    ADAFACE_KERNEL_BOUNDS(adaface_flash_forward_dx_single_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,   \
-                          (adaface_flash_forward_impl<L, true, false>(p)))                                       \
-    ADAFACE_KERNEL_BOUNDS(adaface_flash_dw_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,                  \
-                          (adaface_flash_dw_impl<L, true>(p)))                                                   \
-    ADAFACE_KERNEL_BOUNDS(adaface_flash_dw_single_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,           \
-                          (adaface_flash_dw_impl<L, false>(p)))                                                  \
+    ADAFACE_FLASH_TILE_ENTRIES(L, suffix, , false)                                                               \
+    ADAFACE_FLASH_TILE_ENTRIES(L, suffix, _wg, true)                                                             \
     ADAFACE_KERNEL(adaface_flash_dx_finish_bf16_##suffix, AdafaceTileParams, (adaface_flash_dx_finish_impl<L>(p)))
 
 ADAFACE_FLASH_ENTRIES(int32_t, i32)

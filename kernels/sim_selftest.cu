@@ -406,11 +406,71 @@ __device__ __forceinline__ void selftest_barrier_loop(const SelftestBarrierLoopP
 ADAFACE_KERNEL(selftest_barrier_loop_u32, SelftestBarrierLoopParams, (selftest_barrier_loop(p)))
 
 // ---------------------------------------------------------------------------
+// wgmma m64n64k16 (one warpgroup, K = 64): A (64 x 64) and B (64 x 64, given
+// N x K) are stored by plain stores in the 128-byte-swizzle layout (8-row x
+// 64-element atoms of 1024 bytes, 16-byte chunk c of row r at chunk
+// c ^ (r % 8)), B K-major (mode 0) or MN-major (mode 1); D = A . B^T comes
+// back in the documented accumulator layout.
+// ---------------------------------------------------------------------------
+struct SelftestWgmmaParams {
+    uint64_t a;     // uint16[64 * 64], row-major M x K
+    uint64_t b_nk;  // uint16[64 * 64], row-major N x K
+    uint64_t d;     // float[64 * 64], M x N
+    uint32_t mode;
+    uint32_t pad;
+};
+
+__device__ __forceinline__ int selftest_swizzled(int r, int c) {
+    return (r >> 3) * 512 + (r & 7) * 64 + ((((c >> 3) & 7) ^ (r & 7)) << 3) + (c & 7);
+}
+
+__device__ __forceinline__ void selftest_wgmma(const SelftestWgmmaParams& p) {
+    ADAFACE_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* base = raw + ((1024u - (adaface_smem_addr(raw) & 1023u)) & 1023u);
+    uint16_t* As = (uint16_t*)base;
+    uint16_t* Bs = As + 64 * 64;
+    const uint16_t* A = SELFTEST_PTR(const uint16_t, a);
+    const uint16_t* B = SELFTEST_PTR(const uint16_t, b_nk);
+    for (unsigned e = threadIdx.x; e < 64 * 64; e += blockDim.x) {
+        const int r = (int)(e / 64), c = (int)(e % 64);
+        As[selftest_swizzled(r, c)] = A[e];
+        // B element (n = r, k = c): K-major keeps rows = n, MN-major rows = k.
+        Bs[p.mode == 0 ? selftest_swizzled(r, c) : selftest_swizzled(c, r)] = B[e];
+    }
+    fence_proxy_async_shared();
+    __syncthreads();
+    float acc[32];
+    wgmma_fence();
+    const uint32_t a0 = adaface_smem_addr(As), b0 = adaface_smem_addr(Bs);
+    for (uint32_t ks = 0; ks < 4; ++ks) {
+        const uint64_t da = adaface_wgmma_desc(a0 + 32 * ks, 16, 1024);
+        if (p.mode == 0) {
+            wgmma_m64n64k16_bf16<false>(acc, da, adaface_wgmma_desc(b0 + 32 * ks, 16, 1024), ks > 0);
+        } else {
+            wgmma_m64n64k16_bf16<true>(acc, da, adaface_wgmma_desc(b0 + 2048 * ks, 8192, 1024), ks > 0);
+        }
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(acc);
+    const unsigned q = (threadIdx.x >> 5) & 3u, lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
+    float* D = SELFTEST_PTR(float, d);
+    for (int i = 0; i < 32; ++i) {
+        const unsigned row = 16 * q + g + 8 * ((i >> 1) & 1);
+        const unsigned col = 8 * (i >> 2) + 2 * t + (i & 1);
+        D[row * 64 + col] = acc[i];
+    }
+}
+ADAFACE_KERNEL(selftest_wgmma_bf16, SelftestWgmmaParams, (selftest_wgmma(p)))
+
+// ---------------------------------------------------------------------------
 // Broken kernels the simulator must reject with a launch error (never
 // launched on a GPU: there they would hang or be undefined).
 // mode 0: divergent __syncthreads; 1: shuffle mask without the caller;
 // 2: two halves of a warp in different collectives with the full mask;
-// 3: __trap(); 4: a lane exits before a full-warp shuffle.
+// 3: __trap(); 4: a lane exits before a full-warp shuffle; 5: a wgmma
+// descriptor without the 128-byte swizzle; 6: a thread exits with a wgmma
+// it never waited for; 7: wgmma in a block that is not whole warpgroups.
 // ---------------------------------------------------------------------------
 struct SelftestBrokenParams {
     uint64_t out;  // int32[blockDim.x]
@@ -438,11 +498,20 @@ __device__ __forceinline__ void selftest_broken(const SelftestBrokenParams& p) {
         if (tid == 5) {
             __trap();
         }
-    } else {
+    } else if (p.mode == 4) {
         if (tid == 3) {
             return;
         }
         v = __shfl_down_sync(0xffffffffu, v, 1);
+    } else {
+        float acc[16];
+        const uint64_t desc = adaface_wgmma_desc(0, 16, 1024);
+        wgmma_fence();
+        wgmma_m64n32k16_bf16<false>(acc, p.mode == 5 ? desc & ~(3ull << 62) : desc, desc, false);
+        wgmma_commit();
+        if (p.mode != 6) {
+            wgmma_wait<0>();
+        }
     }
     out[tid] = v;
 }

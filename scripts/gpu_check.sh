@@ -14,7 +14,9 @@
 #              C = 100k and 1M, f32 / autocast bf16 / bf16 upcast
 #   sanitizer  compute-sanitizer memcheck and racecheck on a small eval case,
 #              and memcheck, racecheck, synccheck on the flash kernels
-#   profile    Nsight Compute on one flash_forward_dx and one flash_dw launch
+#              (mma.sync, and wgmma on compute capability 9.0)
+#   profile    Nsight Compute on one forward_dx and one dw launch of each
+#              flash kernel set (mma.sync, wgmma)
 # in this order (all by default, or only the GROUPs named), then prints the
 # side-by-side table (fused / naive / torch) and a table of the steps last.
 # Every step has a timeout, and the whole run a budget of
@@ -192,6 +194,14 @@ if want sanitizer; then
                 ./examples/adaface_eval --input golden/f_large_float32.json --output "out/large_flash_$tool.json" \
                 --device cuda --dtype bf16
         done
+        # Every flash tile kernel at an awkward shape through the bench tool:
+        # mma.sync (fused, fused_single) and, on compute capability 9.0,
+        # wgmma (fused_wgmma: async proxy, swizzled tiles, 1 KiB alignment).
+        for tool in memcheck racecheck synccheck; do
+            step "sanitizer_${tool}_bench" 150 compute-sanitizer --tool "$tool" --error-exitcode 99 \
+                ./examples/bench --device cuda --batch 65 --dim 256 --classes 3000 --dtype bf16 --iters 1 \
+                --skip-naive --forward
+        done
     else
         ROWS+=("$(printf '%-28s %-12s' sanitizer "FAIL(compute-sanitizer not found)")")
         FAILED=1
@@ -203,8 +213,9 @@ fi
 # warp stall reasons, to choose the next kernel version (docs/PERF.md, v3).
 if want profile; then
     if command -v ncu >/dev/null; then
-        step ncu_flash 150 ncu --kernel-name regex:adaface_flash_forward_dx_bf16_i64\|adaface_flash_dw_bf16_i64 \
-            --launch-count 2 --section SpeedOfLight --section ComputeWorkloadAnalysis \
+        step ncu_flash 150 ncu --kernel-name \
+            regex:'adaface_flash_(wg_)?forward_dx_bf16_i64|adaface_flash_(wg_)?dw_bf16_i64' \
+            --launch-count 4 --section SpeedOfLight --section ComputeWorkloadAnalysis \
             --section WarpStateStats --section Occupancy --section MemoryWorkloadAnalysis \
             ./examples/bench --device cuda --batch 512 --dim 512 --classes 100000 --dtype bf16 --iters 1 --skip-naive
     else
@@ -254,7 +265,7 @@ for bj in glob.glob(os.path.join(crit, "**", "new", "benchmark.json"), recursive
 
 print()
 print("== side by side: B=512 D=512 bf16 forward+backward (median ms, TFLOP/s at 8BDC, extra device MB)")
-cols = ["fused", "fused_single", "naive", "torch_official_head", "torch_official_head_autocast_bf16", "torch_official_head_upcast_bf16"]
+cols = ["fused", "fused_single", "fused_wgmma", "naive", "torch_official_head", "torch_official_head_autocast_bf16", "torch_official_head_upcast_bf16"]
 for c in (100000, 1000000):
     at = {r["path"]: r for r in rows if r.get("batch") == 512 and r.get("dim") == 512 and r.get("classes") == c
           and r.get("device") == "cuda"

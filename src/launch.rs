@@ -24,6 +24,12 @@
 //! | `flash_dw` | `ceil(C/64)` | 256 | W tile resident, x streamed; `dW` of its classes, Jacobian |
 //! | `flash_dx_finish` | `B` | 256 | `gx` from the splits, target term, Jacobian |
 //!
+//! The flash tile kernels exist twice: on `mma.sync` (sm_80 and newer) and,
+//! as the `_wg` entries, on Hopper's asynchronous warpgroup products
+//! (`wgmma`, sm_90a, `D % 128 == 0`), chosen by [`PlanLimits::wgmma`]. Same
+//! grids, workspace and results; only the instructions and the shared-memory
+//! layout differ.
+//!
 //! # Workspace
 //!
 //! One `f32` buffer of `9 B + C + 2 S_f B + S_g B D` elements (the last
@@ -68,13 +74,29 @@ pub struct LaunchDims {
 }
 
 /// Dynamic shared memory of the flash tile kernels for depth `dim`: three
-/// 64-row tiles of `dim + 8` bf16 (one resident, two streamed), the hi and
-/// lo 64 x 72 bf16 tiles of `P` or `A`, and 320 floats of row reductions and
-/// class norms (the layout of `AdafaceFlashSmem` in kernels/adaface_flash.cu).
-pub fn flash_shared_bytes(dim: usize) -> usize {
-    let ld = dim + ADAFACE_FLASH_ROW_PAD as usize;
-    let pld = ADAFACE_FLASH_CLASSES as usize + 8;
-    2 * 3 * ADAFACE_FLASH_ROWS as usize * ld + 2 * 2 * 64 * pld + 4 * (128 + 128 + 64)
+/// 64-row tiles of bf16 (one resident, two streamed), the hi and lo 64 x 64
+/// bf16 tiles of `P` or `A`, and 320 floats of row reductions and class
+/// norms (the layout of `AdafaceFlashSmem` in kernels/adaface_flash.cu).
+/// The `mma.sync` kernels pad every row by 8 elements (conflict-free
+/// `ldmatrix`); the `wgmma` ones store unpadded swizzled tiles and take
+/// 1 KiB more to align them to 1024 bytes.
+pub fn flash_shared_bytes(dim: usize, wgmma: bool) -> usize {
+    let pad = if wgmma {
+        0
+    } else {
+        ADAFACE_FLASH_ROW_PAD as usize
+    };
+    let align = if wgmma { 1024 } else { 0 };
+    let rows = ADAFACE_FLASH_ROWS as usize;
+    let classes = ADAFACE_FLASH_CLASSES as usize;
+    align + 2 * 3 * rows * (dim + pad) + 2 * 2 * rows * (classes + pad) + 4 * (128 + 128 + 64)
+}
+
+/// Whether a flash step of depth `dim` can take the `wgmma` kernels under
+/// `limits`: they issue `m64n64` products over each depth half, so
+/// `D % 128 == 0`.
+fn flash_wgmma(dim: usize, limits: &PlanLimits) -> bool {
+    limits.wgmma && dim % 128 == 0 && flash_shared_bytes(dim, true) <= limits.flash_max_shared
 }
 
 /// Whether device addresses suit the flash family: its cp.async copies
@@ -107,7 +129,7 @@ impl Variant {
             && dtype == Dtype::BF16
             && d % 32 == 0
             && d <= ADAFACE_FLASH_MAX_DIM as usize
-            && flash_shared_bytes(d) <= limits.flash_max_shared
+            && flash_shared_bytes(d, false) <= limits.flash_max_shared
         {
             Variant::Flash
         } else {
@@ -157,6 +179,11 @@ pub struct PlanLimits {
     /// rounded once to bf16 as FlashAttention does (`false`: half the
     /// gradient tensor-core work, ~1e-3 relative error).
     pub split_gradients: bool,
+    /// Flash steps with `D % 128 == 0` use Hopper's `wgmma` kernels (sm_90a)
+    /// instead of `mma.sync`. Off by default: they are verified in the
+    /// simulator but have not yet run on a GPU (docs/PERF.md); the CUDA
+    /// backend keeps it off on devices other than compute capability 9.0.
+    pub wgmma: bool,
 }
 
 impl Default for PlanLimits {
@@ -169,6 +196,7 @@ impl Default for PlanLimits {
             flash_blocks: 132,
             flash_max_shared: 227 << 10,
             split_gradients: true,
+            wgmma: false,
         }
     }
 }
@@ -227,6 +255,8 @@ pub struct StepPlan {
     pub variant: Variant,
     /// Flash only: hi + lo gradient products ([`PlanLimits::split_gradients`]).
     pub split_gradients: bool,
+    /// Flash only: the `wgmma` kernels ([`PlanLimits::wgmma`]).
+    pub wgmma: bool,
     /// Class tiles, `ceil(C / 64)`.
     pub class_tiles: usize,
     /// `S_f`.
@@ -294,6 +324,7 @@ impl StepPlan {
             return Err(Error::TooLarge { what: "C * D" });
         }
         let variant = Variant::choose(dtype, &shape, &limits);
+        let wgmma = variant == Variant::Flash && flash_wgmma(d, &limits);
         debug_assert_eq!(ADAFACE_TILE_CLASSES, ADAFACE_FLASH_CLASSES);
         let tiles = div_ceil(c, ADAFACE_TILE_CLASSES as usize);
         let dx_cap = (limits.dx_budget_bytes / b.saturating_mul(d).saturating_mul(4).max(1)).max(1);
@@ -358,7 +389,7 @@ impl StepPlan {
                 LaunchDims::new(backward_splits.max(1), 1)?,
             ),
             Variant::Flash => {
-                let smem = u32::try_from(flash_shared_bytes(d))
+                let smem = u32::try_from(flash_shared_bytes(d, wgmma))
                     .map_err(|_| Error::TooLarge { what: "dim" })?;
                 let with_smem = |dims: LaunchDims| LaunchDims {
                     shared_bytes: smem,
@@ -379,6 +410,7 @@ impl StepPlan {
             pass,
             variant,
             split_gradients: limits.split_gradients,
+            wgmma,
             class_tiles: tiles,
             forward_splits,
             backward_splits,
@@ -569,7 +601,13 @@ impl KernelNames {
     pub fn for_plan<E: KernelElement, L: KernelLabel>(plan: &StepPlan) -> Self {
         match plan.variant {
             Variant::Tiled => Self::of::<E, L>(),
-            Variant::Flash => Self::flash(E::SUFFIX, L::SUFFIX, plan.pass, plan.split_gradients),
+            Variant::Flash => Self::flash(
+                E::SUFFIX,
+                L::SUFFIX,
+                plan.pass,
+                plan.split_gradients,
+                plan.wgmma,
+            ),
         }
     }
 
@@ -586,18 +624,20 @@ impl KernelNames {
 
     /// Names of the flash family (`e` is "bf16"); the forward accumulates
     /// `gx` only for training steps; `split` picks the hi + lo gradient
-    /// products (else the `_single` entries).
-    pub fn flash(e: &str, l: &str, pass: Pass, split: bool) -> Self {
+    /// products (else the `_single` entries), `wgmma` the sm_90a tile
+    /// kernels (the `_wg` entries).
+    pub fn flash(e: &str, l: &str, pass: Pass, split: bool, wgmma: bool) -> Self {
         let single = if split { "" } else { "_single" };
+        let wg = if wgmma { "_wg" } else { "" };
         let forward = match pass {
-            Pass::Forward => format!("adaface_flash_forward_{e}_{l}"),
-            Pass::ForwardBackward => format!("adaface_flash_forward_dx{single}_{e}_{l}"),
+            Pass::Forward => format!("adaface_flash{wg}_forward_{e}_{l}"),
+            Pass::ForwardBackward => format!("adaface_flash{wg}_forward_dx{single}_{e}_{l}"),
         };
         KernelNames {
             stats: format!("adaface_stats_{e}_{l}"),
             forward,
             combine: "adaface_combine".to_string(),
-            backward: format!("adaface_flash_dw{single}_{e}_{l}"),
+            backward: format!("adaface_flash{wg}_dw{single}_{e}_{l}"),
             dx_finish: format!("adaface_flash_dx_finish_{e}_{l}"),
         }
     }
@@ -613,17 +653,15 @@ impl KernelNames {
             }
         }
         for l in ["i32", "i64"] {
-            let t = Self::flash("bf16", l, Pass::ForwardBackward, true);
-            let s = Self::flash("bf16", l, Pass::ForwardBackward, false);
-            let f = Self::flash("bf16", l, Pass::Forward, true);
-            out.extend([
-                f.forward,
-                t.forward,
-                t.backward,
-                t.dx_finish,
-                s.forward,
-                s.backward,
-            ]);
+            for wgmma in [false, true] {
+                let t = Self::flash("bf16", l, Pass::ForwardBackward, true, wgmma);
+                let s = Self::flash("bf16", l, Pass::ForwardBackward, false, wgmma);
+                let f = Self::flash("bf16", l, Pass::Forward, true, wgmma);
+                out.extend([f.forward, t.forward, t.backward, s.forward, s.backward]);
+                if !wgmma {
+                    out.push(t.dx_finish);
+                }
+            }
         }
         out
     }
@@ -780,8 +818,29 @@ mod tests {
             assert!(sf * b.div_ceil(64) <= 132 || sf == 1);
             assert_eq!(flash.forward.grid, (b.div_ceil(64) as u32, sf as u32, 1));
             assert_eq!(flash.backward.grid, (c.div_ceil(64) as u32, 1, 1));
-            assert_eq!(flash.forward.shared_bytes as usize, flash_shared_bytes(d));
-            assert!(flash_shared_bytes(d) <= 227 << 10);
+            assert_eq!(
+                flash.forward.shared_bytes as usize,
+                flash_shared_bytes(d, false)
+            );
+            assert!(flash_shared_bytes(d, false) <= 227 << 10);
+            assert!(!flash.wgmma);
+
+            // With wgmma allowed, depths that are multiples of 128 take it:
+            // same grids and workspace, the swizzled tiles' shared memory.
+            let limits = PlanLimits {
+                wgmma: true,
+                ..PlanLimits::default()
+            };
+            let wg = StepPlan::new(shape, Pass::ForwardBackward, Dtype::BF16, limits).unwrap();
+            assert_eq!(wg.wgmma, d % 128 == 0);
+            assert_eq!(wg.workspace, flash.workspace);
+            assert_eq!(wg.forward.grid, flash.forward.grid);
+            assert_eq!(wg.backward.grid, flash.backward.grid);
+            assert_eq!(
+                wg.forward.shared_bytes as usize,
+                flash_shared_bytes(d, wg.wgmma)
+            );
+            assert!(flash_shared_bytes(d, true) <= 227 << 10);
         }
         // Not multiples of 32, or deeper than 512: the tiled family.
         for d in [40, 544] {
@@ -882,10 +941,12 @@ mod tests {
     #[test]
     fn every_kernel_name_is_listed_once() {
         let all = KernelNames::all();
-        assert_eq!(all.len(), 1 + 3 * (1 + 2 * 3) + 2 * 6);
+        assert_eq!(all.len(), 1 + 3 * (1 + 2 * 3) + 2 * (6 + 5));
         let n = KernelNames::of::<half::bf16, i32>();
-        let f = KernelNames::flash("bf16", "i64", Pass::ForwardBackward, true);
-        let g = KernelNames::flash("bf16", "i32", Pass::ForwardBackward, false);
+        let f = KernelNames::flash("bf16", "i64", Pass::ForwardBackward, true, false);
+        let g = KernelNames::flash("bf16", "i32", Pass::ForwardBackward, false, false);
+        let h = KernelNames::flash("bf16", "i32", Pass::ForwardBackward, false, true);
+        let k = KernelNames::flash("bf16", "i64", Pass::Forward, true, true);
         for name in [
             &n.stats,
             &n.forward,
@@ -897,6 +958,9 @@ mod tests {
             &f.dx_finish,
             &g.forward,
             &g.backward,
+            &h.forward,
+            &h.backward,
+            &k.forward,
         ] {
             assert_eq!(all.iter().filter(|a| *a == name).count(), 1, "{name}");
         }

@@ -433,3 +433,74 @@ fn gpu_weight_beyond_2_pow_31_elements() {
     );
     assert!(err < 1e-4, "tail dW rel err {err:e}");
 }
+
+/// The wgmma (sm_90a) flash kernels against the reference and against the
+/// mma.sync ones on the same inputs: every depth they take, awkward B and C,
+/// and the B = D = 512, C = 1M training shape, where dX and dW of the two
+/// instruction sets must agree to the hi + lo products' precision. Skipped
+/// on devices other than compute capability 9.0.
+#[test]
+fn gpu_wgmma_kernels_match_the_reference_and_mma_sync() {
+    let Some(stream) = gpu("gpu_wgmma_kernels_match_the_reference_and_mma_sync") else {
+        return;
+    };
+    let cfg = AdaFaceConfig::default();
+    let with = |wgmma: bool| {
+        let loss = CudaAdaFace::new(stream.clone(), cfg).expect("loss object");
+        let limits = PlanLimits {
+            wgmma,
+            ..loss.limits()
+        };
+        loss.with_limits(limits)
+    };
+    if !with(true).limits().wgmma {
+        println!("SKIPPED gpu_wgmma_kernels_match_the_reference_and_mma_sync: not compute capability 9.0");
+        return;
+    }
+    let mut n = 0u64;
+    for b in [1usize, 33, 130, 512] {
+        for d in [128usize, 256, 384, 512] {
+            for c in [77usize, 1000] {
+                let inp = random_inputs(9500 + n, b, d, c);
+                let mut wg = with(true);
+                let plan = wg.plan::<bf16>(inp.shape, Pass::ForwardBackward).unwrap();
+                assert!(plan.wgmma, "B={b} D={d} C={c}: plan without wgmma");
+                let s = if n % 2 == 0 {
+                    gpu_step::<bf16, i64>(&stream, &mut wg, &inp).expect("wgmma step")
+                } else {
+                    gpu_step::<bf16, i32>(&stream, &mut wg, &inp).expect("wgmma step")
+                };
+                let r = reference_step::<bf16>(&cfg, &cfg.initial_state(), &inp);
+                let e = StepErrors::new(s.loss, &s.dx, &s.dw, s.state, &r);
+                let what = format!("wgmma B={b} D={d} C={c}");
+                println!("{what}: {e:?}");
+                e.assert_f32_accuracy(&what);
+                n += 1;
+            }
+        }
+    }
+
+    let inp = random_inputs(9600, 512, 512, 20_000);
+    let a = gpu_step::<bf16, i64>(&stream, &mut with(true), &inp).unwrap();
+    let again = gpu_step::<bf16, i64>(&stream, &mut with(true), &inp).unwrap();
+    let m = gpu_step::<bf16, i64>(&stream, &mut with(false), &inp).unwrap();
+    let (dx, dw) = (
+        rel_norm(&widen32(&a.dx), &widen32(&m.dx)),
+        rel_norm(&widen32(&a.dw), &widen32(&m.dw)),
+    );
+    println!(
+        "B=512 D=512 C=20k wgmma vs mma.sync: loss {:e} dX {dx:e} dW {dw:e}",
+        rel(a.loss, m.loss)
+    );
+    assert!(rel(a.loss, m.loss) < 1e-6 && dx < 1e-5 && dw < 1e-5);
+    assert!(
+        a.dx.iter()
+            .zip(&again.dx)
+            .all(|(p, q)| p.to_bits() == q.to_bits())
+            && a.dw
+                .iter()
+                .zip(&again.dw)
+                .all(|(p, q)| p.to_bits() == q.to_bits()),
+        "two wgmma runs differ"
+    );
+}

@@ -27,6 +27,7 @@ unsafe impl DeviceRepr for WarpParams {}
 unsafe impl DeviceRepr for AtomicsParams {}
 unsafe impl DeviceRepr for GridParams {}
 unsafe impl DeviceRepr for MmaParams {}
+unsafe impl DeviceRepr for WgmmaParams {}
 unsafe impl DeviceRepr for ConvertParams {}
 unsafe impl DeviceRepr for BarrierLoopParams {}
 
@@ -50,17 +51,25 @@ fn selftest_kernels_compile_with_nvrtc() {
         eprintln!("skipped: libnvrtc not found");
         return;
     }
-    for arch in ["sm_80", "sm_90"] {
+    for arch in ["sm_80", "sm_90a"] {
         let ptx = compile(arch).to_src();
         assert!(ptx.contains("mma.sync.aligned.m16n8k16"), "{arch}");
         assert!(ptx.contains("ldmatrix.sync.aligned"), "{arch}");
         assert!(ptx.contains("cp.async"), "{arch}");
+        // wgmma only where the architecture-specific features are on.
+        assert_eq!(
+            ptx.contains("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16"),
+            arch == "sm_90a",
+            "{arch}"
+        );
     }
 }
 
 struct Gpu {
     stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
+    /// Compute capability 9.0: the module is built for sm_90a (wgmma).
+    wgmma: bool,
 }
 
 fn gpu() -> Option<Gpu> {
@@ -77,9 +86,10 @@ fn gpu() -> Option<Gpu> {
     };
     let (major, minor) = ctx.compute_capability().expect("compute capability");
     // PTX for sm_80 / sm_90 is JIT-compiled by the driver for newer GPUs.
-    let arch = match major {
-        9.. => "sm_90",
-        8 => "sm_80",
+    let arch = match (major, minor) {
+        (9, 0) => "sm_90a",
+        (9.., _) => "sm_90",
+        (8, _) => "sm_80",
         _ => {
             eprintln!("skipped: the self-tests need sm_80 or newer, found sm_{major}{minor}");
             return None;
@@ -91,6 +101,7 @@ fn gpu() -> Option<Gpu> {
     Some(Gpu {
         stream: ctx.default_stream(),
         module,
+        wgmma: arch == "sm_90a",
     })
 }
 
@@ -385,5 +396,44 @@ fn simulator_matches_gpu() {
                 "mma bf16={is_bf16} mode {mode}: simulator vs GPU relative error {err}"
             );
         }
+    }
+
+    // wgmma from 128-byte-swizzled shared memory, B K-major and MN-major:
+    // the simulator's model of the descriptors, the swizzle and the
+    // accumulator layout against the hardware.
+    if !gpu.wgmma {
+        eprintln!("skipped wgmma: not compute capability 9.0");
+        return;
+    }
+    let a: Vec<u16> = (0..64 * 64)
+        .map(|_| bf16::from_f32(rng.uniform(-2.0, 2.0)).to_bits())
+        .collect();
+    let b: Vec<u16> = (0..64 * 64)
+        .map(|_| bf16::from_f32(rng.uniform(-2.0, 2.0)).to_bits())
+        .collect();
+    for mode in 0..2u32 {
+        let bufs = vec![words(&a), words(&b), vec![0; 64 * 64 / 2]];
+        let make = |p: &[u64]| WgmmaParams {
+            a: p[0],
+            b_nk: p[1],
+            d: p[2],
+            mode,
+            pad: 0,
+        };
+        let launch = SimLaunch::linear(1, 128, 1024 + 2 * 64 * 64 * 2);
+        let s = typed::<f32>(
+            &run_sim(selftest_wgmma_bf16_sim, launch, &bufs, make)[2],
+            64 * 64,
+        );
+        let g = typed::<f32>(
+            &run_gpu(&gpu, "selftest_wgmma_bf16", launch, &bufs, make)[2],
+            64 * 64,
+        );
+        let want: Vec<f64> = g.iter().map(|&x| x as f64).collect();
+        let err = rel_err(&s, &want);
+        assert!(
+            err < 1e-5,
+            "wgmma mode {mode}: simulator vs GPU relative error {err}"
+        );
     }
 }

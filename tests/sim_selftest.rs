@@ -417,6 +417,45 @@ fn mma_m16n8k16_matches_plain_matmul() {
 }
 
 // ---------------------------------------------------------------------------
+// wgmma from 128-byte-swizzled shared memory, B K-major and MN-major.
+// ---------------------------------------------------------------------------
+#[test]
+fn wgmma_m64n64k16_matches_plain_matmul() {
+    let mut rng = Rng(41);
+    let mut a: Vec<u16> = (0..64 * 64)
+        .map(|_| bf16::from_f32(rng.uniform(-2.0, 2.0)).to_bits())
+        .collect();
+    let mut b: Vec<u16> = (0..64 * 64)
+        .map(|_| bf16::from_f32(rng.uniform(-2.0, 2.0)).to_bits())
+        .collect();
+    let v = |h: u16| bf16::from_bits(h).to_f64();
+    let want: Vec<f64> = (0..64 * 64)
+        .map(|idx| {
+            let (i, j) = (idx / 64, idx % 64);
+            (0..64).map(|k| v(a[i * 64 + k]) * v(b[j * 64 + k])).sum()
+        })
+        .collect();
+    let mut results = Vec::new();
+    for mode in 0..2 {
+        let mut d = vec![f32::NAN; 64 * 64];
+        let p = WgmmaParams {
+            a: addr(&mut a),
+            b_nk: addr(&mut b),
+            d: addr(&mut d),
+            mode,
+            pad: 0,
+        };
+        let launch = SimLaunch::linear(1, 128, 1024 + 2 * 64 * 64 * 2);
+        unsafe { sim::launch(selftest_wgmma_bf16_sim as SimEntry<_>, &launch, &p) }.unwrap();
+        let err = rel_err(&d, &want);
+        assert!(err < 1e-6, "mode {mode}: relative error {err}");
+        results.push(d);
+    }
+    // K-major and MN-major B feed identical operands.
+    assert_eq!(results[0], results[1]);
+}
+
+// ---------------------------------------------------------------------------
 // bf16 / f16 conversions against the `half` crate.
 // ---------------------------------------------------------------------------
 fn same_float(got: f32, want: f32) -> bool {
@@ -641,9 +680,13 @@ fn broken_kernels_are_launch_errors() {
         (2, "meets lane"),
         (3, "__trap"),
         (4, "exited"),
+        (5, "not a 128-byte-swizzle descriptor"),
+        (6, "never waited"),
+        (7, "not made of whole warpgroups"),
     ];
     for (mode, needle) in cases {
-        let message = backend_message(run_broken(mode, 64));
+        let threads = if mode == 5 || mode == 6 { 128 } else { 64 };
+        let message = backend_message(run_broken(mode, threads));
         assert!(message.contains(needle), "mode {mode}: {message}");
         assert!(
             message.contains("selftest_broken_i32"),

@@ -120,6 +120,25 @@ int block_barrier(int op, int predicate);
 // Fails the launch with a message and leaves the block (never returns).
 [[noreturn]] void fail(const char* what);
 
+// Warpgroup tensor-core products (wgmma, sm_90a) executed, one per
+// warpgroup and instruction; tests read it through adaface_sim_wgmma_count().
+inline unsigned long long wgmma_executed = 0;
+
+// Deferred wgmma.mma_async m64nNk16 (bf16 in, f32 accumulate) with both
+// operands in dynamic shared memory, described by 128-byte-swizzle matrix
+// descriptors; B is MN-major (N contiguous) when b_mn_major, else K-major.
+// The calling thread's N/2 accumulators `d` (its fragment of the 64 x N
+// tile) are updated (accumulate) or overwritten at the matching wgmma_wait,
+// reading shared memory then:
+// a kernel that overwrites an operand or reads `d` before the wait gets a
+// wrong result here too.
+void wgmma_issue(uint64_t desc_a, uint64_t desc_b, float* d, int n, bool b_mn_major, bool accumulate);
+void wgmma_commit();
+void wgmma_wait(int pending_groups_allowed);
+// Offset of p in the block's dynamic shared memory: the simulator's shared
+// address space for descriptors (fails the launch if p lies outside it).
+uint32_t smem_offset(const void* p);
+
 // Deferred copies behind cp_async_16 and friends.
 void cp_async(void* dst, const void* src, uint32_t bytes, uint32_t src_bytes);
 void cp_async_commit();

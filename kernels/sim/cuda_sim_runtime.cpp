@@ -128,6 +128,16 @@ struct PendingCopy {
     uint64_t group;
 };
 
+struct PendingWgmma {
+    uint64_t desc_a;
+    uint64_t desc_b;
+    float* d;
+    int n;
+    bool b_mn_major;
+    bool accumulate;
+    uint64_t group;
+};
+
 // One simulated thread: a stack, a saved context and its collective posting.
 struct Fiber {
     void* sp = nullptr;
@@ -147,6 +157,9 @@ struct Fiber {
 
     std::vector<PendingCopy> copies;
     uint64_t committed_groups = 0;
+
+    std::vector<PendingWgmma> wgmmas;
+    uint64_t wgmma_groups = 0;
 
     Fiber() = default;
     Fiber(const Fiber&) = delete;
@@ -274,6 +287,7 @@ struct Block {
 
     unsigned exited = 0;
     std::vector<Warp> warps;
+    unsigned shared_bytes = 0;  // of the launch's dynamic shared memory
 
     bool failed = false;
     std::string message;
@@ -375,6 +389,9 @@ void flush_copies(Fiber* f, size_t count) {
 
 [[noreturn]] void fiber_finish(Block& b, Fiber* f) {
     flush_copies(f, f->copies.size());
+    if (!f->wgmmas.empty()) {
+        abort_block(b, f, "the thread exits with wgmma operations it never waited for");
+    }
     f->state = FiberState::Done;
     ++b.exited;
     b.warps[f->linear >> 5].exited |= 1u << (f->linear & 31);
@@ -441,6 +458,8 @@ bool run_block(Block& b, unsigned long long linear_block, unsigned shared_bytes)
         f->coll_fn = nullptr;
         f->copies.clear();
         f->committed_groups = 0;
+        f->wgmmas.clear();
+        f->wgmma_groups = 0;
         init_fiber_context(b, f);
     }
     for (unsigned w = 0; w < b.nwarps; ++w) {
@@ -460,6 +479,7 @@ bool run_block(Block& b, unsigned long long linear_block, unsigned shared_bytes)
     b.at_barrier = 0;
     b.barrier_waiters.clear();
     b.exited = 0;
+    b.shared_bytes = shared_bytes;
     b.failed = false;
     b.message.clear();
     jump(b, nullptr, b.pop());
@@ -652,6 +672,124 @@ void cp_async_wait(int pending_groups_allowed) {
 }
 
 // ---------------------------------------------------------------------------
+// wgmma (sm_90a warpgroup products), deferred to the matching wait.
+// ---------------------------------------------------------------------------
+uint32_t smem_offset(const void* p) {
+    Block& b = current_block();
+    const unsigned char* base = tl_dynamic_smem;
+    const unsigned char* q = static_cast<const unsigned char*>(p);
+    if (base == nullptr || q < base || q >= base + b.shared_bytes) {
+        abort_block(b, tl_fiber, format("shared address of %p: not in the block's dynamic shared memory", p));
+    }
+    return (uint32_t)(q - base);
+}
+
+namespace {
+// Field checks of a matrix descriptor; only what the kernels use is modelled
+// (128-byte swizzle, base offset 0), anything else fails the launch.
+void check_descriptor(Block& b, Fiber* f, uint64_t desc, const char* which) {
+    const uint64_t reserved = (3ull << 14) | (3ull << 30) | (7ull << 46) | (0x3ffull << 52);
+    if ((desc >> 62) != 1 || ((desc >> 49) & 7) != 0 || (desc & reserved) != 0) {
+        abort_block(b, f,
+                    format("wgmma: descriptor %s 0x%016llx is not a 128-byte-swizzle descriptor with base "
+                           "offset 0 (the only layout the simulator models)",
+                           which, (unsigned long long)desc));
+    }
+}
+
+// Byte offset in shared memory of element (mn, k) of an operand: the
+// canonical 128-byte-swizzle layouts of the PTX ISA (8 rows of 128 bytes per
+// 1024-byte atom; 16-byte chunk index XORed with the row within the atom,
+// taken from the address bits, so atoms must be 1024-byte aligned).
+//   K-major (K contiguous): start + (mn / 8) SBO + (mn % 8) 128 + 2 k
+//   MN-major (MN contiguous): start + (mn / 64) LBO + (k / 8) SBO + (k % 8) 128 + 2 (mn % 64)
+uint32_t operand_offset(uint64_t desc, int mn, int k, bool mn_major) {
+    const uint32_t start = (uint32_t)(desc & 0x3fff) << 4;
+    const uint32_t lbo = (uint32_t)((desc >> 16) & 0x3fff) << 4;
+    const uint32_t sbo = (uint32_t)((desc >> 32) & 0x3fff) << 4;
+    const uint32_t off = mn_major ? start + (uint32_t)(mn / 64) * lbo + (uint32_t)(k / 8) * sbo +
+                                        (uint32_t)(k % 8) * 128 + (uint32_t)(mn % 64) * 2
+                                  : start + (uint32_t)(mn / 8) * sbo + (uint32_t)(mn % 8) * 128 + (uint32_t)k * 2;
+    return off ^ (((off >> 7) & 7u) << 4);
+}
+
+ADAFACE_SIM_FAST_MATH_CLONES void run_wgmma(Block& b, Fiber* f, const PendingWgmma& w) {
+    const unsigned char* smem = tl_dynamic_smem;
+    auto load = [&](uint32_t off) {
+        if (off + 2 > b.shared_bytes) {
+            abort_block(b, f, format("wgmma: operand byte %u past the %u bytes of shared memory", off, b.shared_bytes));
+        }
+        uint16_t bits;
+        std::memcpy(&bits, smem + off, 2);
+        return std::bit_cast<float>((uint32_t)bits << 16);
+    };
+    // This thread's fragment of the 64 x N accumulator: warp q of the
+    // warpgroup holds rows 16q + g and 16q + g + 8, lane (g, t) = (l / 4, l % 4)
+    // columns 8j + 2t and 8j + 2t + 1 of every n8 block j, in that order.
+    const int q = (int)((f->linear >> 5) & 3);
+    const int lane = (int)(f->linear & 31);
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    float a[2][16];
+    for (int h = 0; h < 2; ++h) {
+        for (int k = 0; k < 16; ++k) {
+            a[h][k] = load(operand_offset(w.desc_a, 16 * q + g + 8 * h, k, false));
+        }
+    }
+    for (int i = 0; i < w.n / 2; ++i) {
+        const int h = (i >> 1) & 1;
+        const int col = 8 * (i >> 2) + 2 * t + (i & 1);
+        float acc = w.accumulate ? w.d[i] : 0.0f;
+        for (int k = 0; k < 16; ++k) {
+            acc = fmaf(a[h][k], load(operand_offset(w.desc_b, col, k, w.b_mn_major)), acc);
+        }
+        w.d[i] = acc;
+    }
+}
+
+void flush_wgmmas(Block& b, Fiber* f, size_t count) {
+    for (size_t i = 0; i < count; ++i) {
+        run_wgmma(b, f, f->wgmmas[i]);
+    }
+    f->wgmmas.erase(f->wgmmas.begin(), f->wgmmas.begin() + (ptrdiff_t)count);
+}
+}  // namespace
+
+void wgmma_issue(uint64_t desc_a, uint64_t desc_b, float* d, int n, bool b_mn_major, bool accumulate) {
+    Block& b = current_block();
+    Fiber* f = tl_fiber;
+    if (b.nthreads % 128 != 0) {
+        abort_block(b, f, format("wgmma: a block of %u threads is not made of whole warpgroups", b.nthreads));
+    }
+    if (n < 8 || n > 256 || n % 8 != 0) {
+        abort_block(b, f, format("wgmma: N = %d is not a multiple of 8 in [8, 256]", n));
+    }
+    check_descriptor(b, f, desc_a, "A");
+    check_descriptor(b, f, desc_b, "B");
+    if (f->linear % 128 == 0) {
+        __atomic_fetch_add(&wgmma_executed, 1ull, __ATOMIC_SEQ_CST);
+    }
+    f->wgmmas.push_back(PendingWgmma{desc_a, desc_b, d, n, b_mn_major, accumulate, f->wgmma_groups});
+}
+
+void wgmma_commit() {
+    (void)current_block();
+    ++tl_fiber->wgmma_groups;
+}
+
+void wgmma_wait(int pending_groups_allowed) {
+    Block& b = current_block();
+    Fiber* f = tl_fiber;
+    const uint64_t allowed = (uint64_t)pending_groups_allowed;
+    const uint64_t limit = f->wgmma_groups > allowed ? f->wgmma_groups - allowed : 0;
+    size_t n = 0;
+    while (n < f->wgmmas.size() && f->wgmmas[n].group < limit) {
+        ++n;
+    }
+    flush_wgmmas(b, f, n);
+}
+
+// ---------------------------------------------------------------------------
 // The launch.
 // ---------------------------------------------------------------------------
 int launch_kernel(const char* name, const adaface_sim_launch* launch, void (*body)(const void*), const void* params) {
@@ -784,4 +922,8 @@ extern "C" int adaface_sim_has_fast_switch() { return ADAFACE_SIM_FAST_SWITCH; }
 
 extern "C" unsigned long long adaface_sim_mma_count() {
     return __atomic_load_n(&adaface_sim::mma_executed, __ATOMIC_SEQ_CST);
+}
+
+extern "C" unsigned long long adaface_sim_wgmma_count() {
+    return __atomic_load_n(&adaface_sim::wgmma_executed, __ATOMIC_SEQ_CST);
 }

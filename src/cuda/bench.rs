@@ -33,6 +33,10 @@ pub enum BenchPath {
     /// ([`PlanLimits::split_gradients`] off; differs from `Fused` only
     /// where the flash family runs: bf16, `D % 32 == 0`, `D <= 512`).
     FusedSingle,
+    /// The fused kernels with the flash family on Hopper's `wgmma`
+    /// ([`PlanLimits::wgmma`]; differs from `Fused` only for flash steps
+    /// with `D % 128 == 0`). Compute capability 9.0 only.
+    FusedWgmma,
     /// The naive cuBLAS baseline ([`NaiveCuda`]).
     Naive,
 }
@@ -43,6 +47,7 @@ impl BenchPath {
         match self {
             BenchPath::Fused => "fused",
             BenchPath::FusedSingle => "fused_single",
+            BenchPath::FusedWgmma => "fused_wgmma",
             BenchPath::Naive => "naive",
         }
     }
@@ -200,6 +205,8 @@ pub struct BenchRunner {
 impl BenchRunner {
     /// The path with the default config on `stream` (compiles or loads the
     /// kernels; the naive path also creates its cuBLAS handle).
+    /// [`BenchPath::FusedWgmma`] on a device other than compute capability
+    /// 9.0 is [`Error::DeviceUnavailable`].
     pub fn new(stream: &Arc<CudaStream>, path: BenchPath) -> Result<Self> {
         let cfg = AdaFaceConfig::default();
         let loss = match path {
@@ -211,6 +218,20 @@ impl BenchRunner {
                     ..fused.limits()
                 };
                 Loss::Fused(Box::new(fused.with_limits(limits)))
+            }
+            BenchPath::FusedWgmma => {
+                let fused = CudaAdaFace::new(stream.clone(), cfg)?;
+                let limits = PlanLimits {
+                    wgmma: true,
+                    ..fused.limits()
+                };
+                let fused = fused.with_limits(limits);
+                if !fused.limits().wgmma {
+                    return Err(Error::DeviceUnavailable {
+                        reason: "the wgmma kernels need compute capability 9.0".into(),
+                    });
+                }
+                Loss::Fused(Box::new(fused))
             }
             BenchPath::Naive => Loss::Naive(Box::new(NaiveCuda::new(stream.clone(), cfg)?)),
         };

@@ -15,7 +15,7 @@ pub fn kernel_source() -> &'static str {
     include_str!(concat!(env!("OUT_DIR"), "/adaface_kernels.cu"))
 }
 
-/// Compiles every kernel for `arch` (e.g. `sm_90`) to PTX. Needs libnvrtc
+/// Compiles every kernel for `arch` (e.g. `sm_90a`) to PTX. Needs libnvrtc
 /// only, no GPU: the compile checks use it.
 pub fn compile_ptx(arch: &str) -> Result<String> {
     probe_nvrtc()?;
@@ -41,7 +41,11 @@ pub(crate) fn module_for(ctx: &Arc<CudaContext>) -> Result<Arc<CudaModule>> {
     let (major, minor) = ctx
         .compute_capability()
         .map_err(backend("compute capability"))?;
-    let arch = format!("sm_{major}{minor}");
+    // Compute capability 9.0 gets the architecture-specific target, where
+    // the wgmma kernels are compiled (elsewhere they trap and are never
+    // launched).
+    let feature = if (major, minor) == (9, 0) { "a" } else { "" };
+    let arch = format!("sm_{major}{minor}{feature}");
     let key = (ctx.cu_ctx() as usize, arch.clone());
     let cache = CACHE.get_or_init(Default::default);
     if let Some(m) = cache.lock().map_err(backend("module cache"))?.get(&key) {

@@ -38,6 +38,8 @@ pub struct CudaAdaFace {
     module: Arc<CudaModule>,
     cfg: AdaFaceConfig,
     limits: PlanLimits,
+    /// Compute capability 9.0: the module has the wgmma kernels.
+    wgmma_capable: bool,
     state: CudaSlice<f64>,
     workspace: Option<CudaSlice<f32>>,
     last_plan: Option<StepPlan>,
@@ -125,11 +127,17 @@ impl CudaAdaFace {
             .clone_htod(&[init.batch_mean, init.batch_std])
             .map_err(backend("upload EMA state"))?;
         let limits = device_limits(&stream)?;
+        let wgmma_capable = stream
+            .context()
+            .compute_capability()
+            .map_err(backend("compute capability"))?
+            == (9, 0);
         Ok(CudaAdaFace {
             stream,
             module,
             cfg,
             limits,
+            wgmma_capable,
             state,
             workspace: None,
             last_plan: None,
@@ -137,10 +145,16 @@ impl CudaAdaFace {
     }
 
     /// Replaces the planning limits (tests use small ones). On a device
-    /// older than sm_80 the flash family stays off whatever `limits` say.
+    /// older than sm_80 the flash family stays off, and on one other than
+    /// compute capability 9.0 the wgmma kernels, whatever `limits` say.
     pub fn with_limits(mut self, limits: PlanLimits) -> Self {
         let flash = self.limits.flash && limits.flash;
-        self.limits = PlanLimits { flash, ..limits };
+        let wgmma = self.wgmma_capable && limits.wgmma;
+        self.limits = PlanLimits {
+            flash,
+            wgmma,
+            ..limits
+        };
         self
     }
 

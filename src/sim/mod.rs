@@ -80,6 +80,7 @@ extern "C" {
     fn adaface_sim_force_ucontext(on: c_int);
     fn adaface_sim_has_fast_switch() -> c_int;
     fn adaface_sim_mma_count() -> u64;
+    fn adaface_sim_wgmma_count() -> u64;
 }
 
 /// Runs one kernel instantiation on the simulator and waits for it.
@@ -160,6 +161,14 @@ pub fn has_fast_switch() -> bool {
 pub fn mma_count() -> u64 {
     // SAFETY: reads an atomic counter in the runtime.
     unsafe { adaface_sim_mma_count() }
+}
+
+/// Warpgroup `wgmma` instructions the simulator has executed (one per
+/// warpgroup and instruction) since the process started: tests count them
+/// to prove that a step took the sm_90a kernels.
+pub fn wgmma_count() -> u64 {
+    // SAFETY: reads an atomic counter in the runtime.
+    unsafe { adaface_sim_wgmma_count() }
 }
 
 /// The simulator's self-test kernels (`kernels/sim_selftest.cu`) flattened

@@ -33,7 +33,12 @@ declare!(AdafaceTileParams =>
     adaface_flash_dw_bf16_i32_sim, adaface_flash_dw_bf16_i64_sim,
     adaface_flash_dx_finish_bf16_i32_sim, adaface_flash_dx_finish_bf16_i64_sim,
     adaface_flash_forward_dx_single_bf16_i32_sim, adaface_flash_forward_dx_single_bf16_i64_sim,
-    adaface_flash_dw_single_bf16_i32_sim, adaface_flash_dw_single_bf16_i64_sim);
+    adaface_flash_dw_single_bf16_i32_sim, adaface_flash_dw_single_bf16_i64_sim,
+    adaface_flash_wg_forward_bf16_i32_sim, adaface_flash_wg_forward_bf16_i64_sim,
+    adaface_flash_wg_forward_dx_bf16_i32_sim, adaface_flash_wg_forward_dx_bf16_i64_sim,
+    adaface_flash_wg_dw_bf16_i32_sim, adaface_flash_wg_dw_bf16_i64_sim,
+    adaface_flash_wg_forward_dx_single_bf16_i32_sim, adaface_flash_wg_forward_dx_single_bf16_i64_sim,
+    adaface_flash_wg_dw_single_bf16_i32_sim, adaface_flash_wg_dw_single_bf16_i64_sim);
 declare!(AdafaceCombineParams => adaface_combine_sim);
 declare!(AdafaceDxParams => adaface_dx_finish_f32_sim, adaface_dx_finish_bf16_sim, adaface_dx_finish_f16_sim);
 
@@ -109,9 +114,11 @@ pub(super) struct FlashEntries {
 }
 
 impl FlashEntries {
-    pub(super) fn of<E: KernelElement, L: KernelLabel>() -> Result<Self> {
-        Ok(match (E::SUFFIX, L::SUFFIX) {
-            ("bf16", "i32") => FlashEntries {
+    /// The entries for element `E` and label `L`; `wgmma` picks the sm_90a
+    /// tile kernels (`_wg`).
+    pub(super) fn of<E: KernelElement, L: KernelLabel>(wgmma: bool) -> Result<Self> {
+        Ok(match (E::SUFFIX, L::SUFFIX, wgmma) {
+            ("bf16", "i32", false) => FlashEntries {
                 forward: adaface_flash_forward_bf16_i32_sim,
                 forward_dx: adaface_flash_forward_dx_bf16_i32_sim,
                 dw: adaface_flash_dw_bf16_i32_sim,
@@ -119,7 +126,7 @@ impl FlashEntries {
                 dw_single: adaface_flash_dw_single_bf16_i32_sim,
                 dx_finish: adaface_flash_dx_finish_bf16_i32_sim,
             },
-            ("bf16", "i64") => FlashEntries {
+            ("bf16", "i64", false) => FlashEntries {
                 forward: adaface_flash_forward_bf16_i64_sim,
                 forward_dx: adaface_flash_forward_dx_bf16_i64_sim,
                 dw: adaface_flash_dw_bf16_i64_sim,
@@ -127,7 +134,23 @@ impl FlashEntries {
                 dw_single: adaface_flash_dw_single_bf16_i64_sim,
                 dx_finish: adaface_flash_dx_finish_bf16_i64_sim,
             },
-            (e, l) => return Err(unsupported(e, l)),
+            ("bf16", "i32", true) => FlashEntries {
+                forward: adaface_flash_wg_forward_bf16_i32_sim,
+                forward_dx: adaface_flash_wg_forward_dx_bf16_i32_sim,
+                dw: adaface_flash_wg_dw_bf16_i32_sim,
+                forward_dx_single: adaface_flash_wg_forward_dx_single_bf16_i32_sim,
+                dw_single: adaface_flash_wg_dw_single_bf16_i32_sim,
+                dx_finish: adaface_flash_dx_finish_bf16_i32_sim,
+            },
+            ("bf16", "i64", true) => FlashEntries {
+                forward: adaface_flash_wg_forward_bf16_i64_sim,
+                forward_dx: adaface_flash_wg_forward_dx_bf16_i64_sim,
+                dw: adaface_flash_wg_dw_bf16_i64_sim,
+                forward_dx_single: adaface_flash_wg_forward_dx_single_bf16_i64_sim,
+                dw_single: adaface_flash_wg_dw_single_bf16_i64_sim,
+                dx_finish: adaface_flash_dx_finish_bf16_i64_sim,
+            },
+            (e, l, _) => return Err(unsupported(e, l)),
         })
     }
 }

@@ -203,7 +203,7 @@ impl SimAdaFace {
                     }
                 }
                 Variant::Flash => {
-                    let flash = FlashEntries::of::<E, L>()?;
+                    let flash = FlashEntries::of::<E, L>(plan.wgmma)?;
                     let training = pass == Pass::ForwardBackward;
                     let (forward_dx, dw) = if plan.split_gradients {
                         (flash.forward_dx, flash.dw)

@@ -93,6 +93,16 @@ pub struct BarrierLoopParams {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
+pub struct WgmmaParams {
+    pub a: u64,
+    pub b_nk: u64,
+    pub d: u64,
+    pub mode: u32,
+    pub pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
 pub struct BrokenParams {
     pub out: u64,
     pub mode: u32,
@@ -110,6 +120,7 @@ extern "C" {
     pub fn selftest_convert_all_sim(l: *const SimLaunch, p: *const ConvertParams) -> c_int;
     pub fn selftest_barrier_loop_u32_sim(l: *const SimLaunch, p: *const BarrierLoopParams)
         -> c_int;
+    pub fn selftest_wgmma_bf16_sim(l: *const SimLaunch, p: *const WgmmaParams) -> c_int;
     pub fn selftest_broken_i32_sim(l: *const SimLaunch, p: *const BrokenParams) -> c_int;
 }
 
