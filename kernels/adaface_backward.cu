@@ -90,7 +90,11 @@ __device__ void adaface_backward_impl(const AdafaceTileParams& p) {
              * exchange's closing barrier). */
             if constexpr (use_mma) adaface_mma_to_acc(acc, frag, grad_tile);
 
-            /* 2. The gradient with respect to the unclamped cosines. */
+            /* 2. The gradient with respect to the unclamped cosines (f16:
+             * first into registers, for the tile's scales). */
+            constexpr bool scaled = mma_grads && adaface_is_f16<T>::value;
+            float gv[ADAFACE_ACC_ROWS][ADAFACE_ACC_COLS];
+            float peak_w = 0.0f, peak_x = 0.0f;
 #pragma unroll
             for (int r = 0; r < ADAFACE_ACC_ROWS; ++r) {
                 const int lr = adaface_acc_row(r);
@@ -113,13 +117,48 @@ __device__ void adaface_backward_impl(const AdafaceTileParams& p) {
                         const float prob = expf(logit - lse);
                         g = (prob - (is_target ? 1.0f : 0.0f)) * p.inv_batch * dlogit;
                     }
-                    if constexpr (mma_grads) {
+                    if constexpr (scaled) {
+                        gv[r][q] = g;
+                        peak_w = fmaxf(peak_w, fabsf(g * row_inv_norm[lr]));
+                        peak_x = fmaxf(peak_x, fabsf(g * inv_class_norm[lc]));
+                    } else if constexpr (mma_grads) {
                         adaface_put_grad16<T>(&grad16[0], lr, lc, g, row_inv_norm[lr], inv_class_norm[lc]);
                     } else {
                         grad_tile[lr][lc] = g;
                     }
                 }
             }
+            /* Block-wide peaks (grad_tile's first row is free in the f16
+             * instantiation), then the scaled split tiles. */
+            float scale_w = 1.0f, scale_x = 1.0f;
+            if constexpr (scaled) {
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) {
+                    peak_w = fmaxf(peak_w, __shfl_xor_sync(0xffffffffu, peak_w, o));
+                    peak_x = fmaxf(peak_x, __shfl_xor_sync(0xffffffffu, peak_x, o));
+                }
+                if (lane == 0) {
+                    grad_tile[0][warp] = peak_w;
+                    grad_tile[0][ADAFACE_WARPS + warp] = peak_x;
+                }
+                __syncthreads();
+                for (int v = 0; v < ADAFACE_WARPS; ++v) {
+                    peak_w = fmaxf(peak_w, grad_tile[0][v]);
+                    peak_x = fmaxf(peak_x, grad_tile[0][ADAFACE_WARPS + v]);
+                }
+                scale_w = adaface_grad16_scale(peak_w);
+                scale_x = adaface_grad16_scale(peak_x);
+#pragma unroll
+                for (int r = 0; r < ADAFACE_ACC_ROWS; ++r)
+#pragma unroll
+                    for (int q = 0; q < ADAFACE_ACC_COLS; ++q) {
+                        const int lr = adaface_acc_row(r);
+                        const int lc = adaface_acc_col(q);
+                        adaface_put_grad16<T>(&grad16[0], lr, lc, gv[r][q], row_inv_norm[lr], inv_class_norm[lc],
+                                              scale_w, scale_x);
+                    }
+            }
+            const float unscale_w = 1.0f / scale_w, unscale_x = 1.0f / scale_x;
 
             if constexpr (mma_grads) {
                 /* 3 (tensor cores). gw and gx per depth slice from the split
@@ -147,7 +186,8 @@ __device__ void adaface_backward_impl(const AdafaceTileParams& p) {
                                 const int64_t k = k0 + n0 + 8 * n + 2 * tq + (e & 1);
                                 if (j < classes && k < dim) {
                                     float* out = dw + j * dim + k;
-                                    *out = row0 == 0 ? d[n][e] : *out + d[n][e];
+                                    const float v = d[n][e] * unscale_w;
+                                    *out = row0 == 0 ? v : *out + v;
                                 }
                             }
                     }
@@ -164,7 +204,8 @@ __device__ void adaface_backward_impl(const AdafaceTileParams& p) {
                             const int64_t k = k0 + n0 + 2 * tq + (e & 1);
                             if (i < batch && k < dim) {
                                 float* out = dxp + i * dim + k;
-                                *out = first_tile ? d[0][e] : *out + d[0][e];
+                                const float v = d[0][e] * unscale_x;
+                                *out = first_tile ? v : *out + v;
                             }
                         }
                     }

@@ -258,10 +258,12 @@ struct AdafaceMma<adaface_bf16> {
 template <>
 struct AdafaceMma<adaface_f16> {
     static constexpr bool enabled = ADAFACE_HAS_MMA != 0;
-    /* Not for f16: A / ||w|| can exceed 65504 (small weight rows), so the
-     * gradient products stay SIMT f32 until a per-tile power-of-two scale
-     * is added. */
-    static constexpr bool gradients = false;
+    /* Also for f16: A / ||w|| can exceed 65504 (small weight rows) and
+     * probabilities fall below f16's normal range, so each tile's gradients
+     * are scaled by a power of two that puts their largest magnitude near
+     * 2^14 before the split (adaface_grad16_scales), and the products are
+     * scaled back, exactly, when they are added up. */
+    static constexpr bool gradients = enabled;
     static __device__ __forceinline__ void run(float d[4], const uint32_t a[4], const uint32_t b[2]) {
         mma_m16n8k16_f16_f32(d, a, b, d);
     }
@@ -364,17 +366,39 @@ __device__ __forceinline__ void adaface_split16(float v, uint16_t* hi, uint16_t*
     *lo = from_float<T>(v - to_float(h)).bits;
 }
 
-/* Stores the gradient A[lr][lc] of one accumulator position into both A tiles. */
+/* Stores the gradient A[lr][lc] of one accumulator position into both A
+ * tiles, the gw one times scale_w and the gx one times scale_x. */
 template <typename T>
 __device__ __forceinline__ void adaface_put_grad16(AdafaceGradTiles16* t, int lr, int lc, float g, float row_inv,
-                                                   float class_inv) {
+                                                   float class_inv, float scale_w = 1.0f, float scale_x = 1.0f) {
     uint16_t hi, lo;
-    adaface_split16<T>(g * row_inv, &hi, &lo);
+    adaface_split16<T>(g * row_inv * scale_w, &hi, &lo);
     adaface_put16(t->gw_hi[lc], lr, hi);
     adaface_put16(t->gw_lo[lc], lr, lo);
-    adaface_split16<T>(g * class_inv, &hi, &lo);
+    adaface_split16<T>(g * class_inv * scale_x, &hi, &lo);
     adaface_put16(t->gx_hi[lr], lc, hi);
     adaface_put16(t->gx_lo[lr], lc, lo);
+}
+
+/* Whether T is f16 (no <type_traits> under NVRTC). */
+template <typename T>
+struct adaface_is_f16 {
+    static constexpr bool value = false;
+};
+template <>
+struct adaface_is_f16<adaface_f16> {
+    static constexpr bool value = true;
+};
+
+/* The power of two that brings a tile's largest gradient magnitude `peak`
+ * to [2^13, 2^14) (1 for a zero tile; exponents clamped so the scale and
+ * its inverse stay normal floats). Exact: scaling by it and back changes no
+ * bit of a float that stays in range. */
+__device__ __forceinline__ float adaface_grad16_scale(float peak) {
+    if (!(peak > 0.0f)) return 1.0f;
+    int e;
+    (void)frexpf(peak, &e); /* peak = m 2^e, m in [0.5, 1) */
+    return ldexpf(1.0f, min(max(14 - e, -100), 100));
 }
 
 /* Stages the raw x and W of one depth slice, transposed (zero outside). */

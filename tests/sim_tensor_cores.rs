@@ -22,11 +22,10 @@ use kernels_common::*;
 /// k-steps x 2 fragments = 32 (once in the forward, once more in the
 /// backward's recompute); the backward's gW is 8 warps x 2 k-steps x 2
 /// fragments x 2 (hi, lo) = 64 and its gX 8 warps x 4 k-steps x 2 = 64
-/// (bf16 only: f16 keeps the gradient products in SIMT f32, for range).
-fn expected_mma(b: usize, d: usize, c: usize, backward: bool, gradients: bool) -> u64 {
+/// (bf16, and f16 with its per-tile power-of-two scale).
+fn expected_mma(b: usize, d: usize, c: usize, backward: bool) -> u64 {
     let slices = (c.div_ceil(64) * b.div_ceil(32) * d.div_ceil(32)) as u64;
-    let grads = if gradients { 64 + 64 } else { 0 };
-    slices * if backward { 32 + 32 + grads } else { 32 }
+    slices * if backward { 32 + 32 + 64 + 64 } else { 32 }
 }
 
 fn step<E: KernelElement>(
@@ -99,11 +98,7 @@ fn bf16_and_f16_take_the_mma_path_and_match_the_reference() {
                 let (want_fwd, want_step) = if dtype == Dtype::F32 {
                     (0, 0)
                 } else {
-                    let grads = dtype == Dtype::BF16;
-                    (
-                        expected_mma(b, d, c, false, grads),
-                        expected_mma(b, d, c, true, grads),
-                    )
+                    (expected_mma(b, d, c, false), expected_mma(b, d, c, true))
                 };
                 assert_eq!(fwd, want_fwd, "{what}: mma count of the forward");
                 assert_eq!(bwd, want_step, "{what}: mma count of the training step");
