@@ -7,13 +7,20 @@
 //! can pass for it); bit-identical repeats; device-detected errors that
 //! leave the gradients and the EMA state untouched.
 //!
-//! One test function: the mma counter is process-wide, so no other
-//! simulated launch may run while it counts.
+//! The same for their Hopper twins (the `_wg` entries: asynchronous `wgmma`
+//! from 128-byte-swizzled shared memory, `D % 128 == 0`): the exact `wgmma`
+//! count and no `mma.sync` at all. The simulator runs each `wgmma` when the
+//! issuing thread waits for it, reading shared memory then, so a kernel
+//! that refills an operand tile or reads the accumulators before the wait
+//! gets wrong numbers here.
+//!
+//! One test function: the instruction counters are process-wide, so no
+//! other simulated launch may run while they count.
 
 mod kernels_common;
 
 use adaface::launch::{Pass, PlanLimits, StepPlan, Variant};
-use adaface::sim::mma_count;
+use adaface::sim::{mma_count, wgmma_count};
 use adaface::sim_backend::SimAdaFace;
 use adaface::{AdaFaceConfig, Dtype, Error, Tensor};
 use half::bf16;
@@ -37,10 +44,30 @@ fn expected_mma(b: usize, d: usize, c: usize, training: bool, split: bool) -> u6
         }
 }
 
+/// `wgmma` instructions per (row tile, class tile) pair of 64 x 64: the
+/// logit product is D/16 `m64n32k16` per warpgroup, two warpgroups: D/8
+/// (forward, and again in flash_dw). Each gradient product is 4 k-steps x
+/// D/128 `m64n64k16` per warpgroup x 2 (hi, lo): D/8 per pair, or D/16
+/// single-rounded.
+fn expected_wgmma(b: usize, d: usize, c: usize, training: bool, split: bool) -> u64 {
+    let pairs = (b.div_ceil(64) * c.div_ceil(64)) as u64;
+    let d = d as u64;
+    let grad = if split { d / 8 } else { d / 16 };
+    pairs * if training { 2 * (d / 8 + grad) } else { d / 8 }
+}
+
 fn limits(splits: usize, b: usize) -> PlanLimits {
     PlanLimits {
         flash_blocks: splits * b.div_ceil(64),
         ..PlanLimits::default()
+    }
+}
+
+fn wgmma_limits(splits: usize, b: usize, split: bool) -> PlanLimits {
+    PlanLimits {
+        split_gradients: split,
+        wgmma: true,
+        ..limits(splits, b)
     }
 }
 
@@ -51,6 +78,8 @@ struct Run {
     dw: Vec<f32>,
     mma_forward: u64,
     mma_step: u64,
+    wgmma_forward: u64,
+    wgmma_step: u64,
 }
 
 /// Labels as the kernels' two label types.
@@ -73,13 +102,13 @@ fn run<L: TestLabel>(cfg: &AdaFaceConfig, inp: &Inputs, limits: PlanLimits) -> R
     let w = round::<bf16>(&inp.w);
     let labels: Vec<L> = inp.labels.iter().map(|&l| L::from(l)).collect();
     let mut sim = SimAdaFace::new(*cfg).with_limits(limits);
-    let before = mma_count();
+    let (before, wg_before) = (mma_count(), wgmma_count());
     let loss_forward = sim
         .forward(inp.shape, &x, &w, &labels, false)
         .expect("forward")
         .loss()
         .expect("forward loss");
-    let after_forward = mma_count();
+    let (after_forward, wg_forward) = (mma_count(), wgmma_count());
     let mut dx = vec![0.0f32; x.len()];
     let mut dw = vec![0.0f32; w.len()];
     let summary = sim
@@ -87,7 +116,7 @@ fn run<L: TestLabel>(cfg: &AdaFaceConfig, inp: &Inputs, limits: PlanLimits) -> R
         .expect("step")
         .summary()
         .expect("summary");
-    let after_step = mma_count();
+    let (after_step, wg_step) = (mma_count(), wgmma_count());
     let r = reference_step::<bf16>(cfg, &cfg.initial_state(), inp);
     Run {
         loss_forward: rel(loss_forward, r.loss),
@@ -96,7 +125,33 @@ fn run<L: TestLabel>(cfg: &AdaFaceConfig, inp: &Inputs, limits: PlanLimits) -> R
         dw,
         mma_forward: after_forward - before,
         mma_step: after_step - after_forward,
+        wgmma_forward: wg_forward - wg_before,
+        wgmma_step: wg_step - wg_forward,
     }
+}
+
+/// Single-rounded gradient products: the loss is unchanged, dX and dW
+/// carry bf16's 2^-9 relative rounding of A.
+fn assert_single_accuracy(r: &Run, what: &str) {
+    assert!(r.errors.loss < 1e-6, "{what}: loss {:e}", r.errors.loss);
+    assert!(
+        r.errors.dx < 4e-3 && r.errors.dw < 4e-3,
+        "{what}: {:?}",
+        r.errors
+    );
+}
+
+fn assert_bit_identical(a: &Run, b: &Run) {
+    assert!(a
+        .dx
+        .iter()
+        .zip(&b.dx)
+        .all(|(p, q)| p.to_bits() == q.to_bits()));
+    assert!(a
+        .dw
+        .iter()
+        .zip(&b.dw)
+        .all(|(p, q)| p.to_bits() == q.to_bits()));
 }
 
 #[test]
@@ -156,12 +211,7 @@ fn flash_kernels_match_the_reference_with_the_exact_mma_count() {
         let r = run::<i64>(&cfg, &inp, lim);
         let what = format!("single B={b} D={d} C={c}");
         println!("{what}: {:?}, mma {}", r.errors, r.mma_step);
-        assert!(r.errors.loss < 1e-6, "{what}: loss {:e}", r.errors.loss);
-        assert!(
-            r.errors.dx < 4e-3 && r.errors.dw < 4e-3,
-            "{what}: {:?}",
-            r.errors
-        );
+        assert_single_accuracy(&r, &what);
         assert_eq!(
             r.mma_step,
             expected_mma(b, d, c, true, false),
@@ -173,20 +223,74 @@ fn flash_kernels_match_the_reference_with_the_exact_mma_count() {
     let inp = random_inputs(7100, 65, 96, 200);
     let a = run::<i64>(&cfg, &inp, limits(3, 65));
     let b = run::<i64>(&cfg, &inp, limits(3, 65));
-    assert!(a
-        .dx
-        .iter()
-        .zip(&b.dx)
-        .all(|(p, q)| p.to_bits() == q.to_bits()));
-    assert!(a
-        .dw
-        .iter()
-        .zip(&b.dw)
-        .all(|(p, q)| p.to_bits() == q.to_bits()));
+    assert_bit_identical(&a, &b);
+
+    wgmma_kernels_match_the_reference_with_the_exact_count(&cfg);
 
     // After the counted runs: errors launch kernels too.
-    errors_write_nothing();
+    errors_write_nothing(limits(3, 33), 64);
+    errors_write_nothing(wgmma_limits(3, 33, true), 128);
     misaligned_inputs_take_the_tiled_family();
+}
+
+fn wgmma_kernels_match_the_reference_with_the_exact_count(cfg: &AdaFaceConfig) {
+    let shapes = [
+        (33usize, 128usize, 130usize),
+        (65, 256, 200),
+        (1, 128, 70),
+        (130, 384, 77),
+        (7, 512, 65),
+    ];
+    for (n, &(b, d, c)) in shapes.iter().enumerate() {
+        let inp = random_inputs(9000 + n as u64, b, d, c);
+        for (splits, split) in [(1usize, true), (3, true), (3, false)] {
+            let lim = wgmma_limits(splits, b, split);
+            let plan = StepPlan::new(inp.shape, Pass::ForwardBackward, Dtype::BF16, lim).unwrap();
+            assert!(plan.variant == Variant::Flash && plan.wgmma);
+            assert_eq!(plan.forward_splits, splits.min(c.div_ceil(64)));
+            let what = format!("wgmma B={b} D={d} C={c} splits={splits} split={split}");
+            let r = if n % 2 == 0 {
+                run::<i64>(cfg, &inp, lim)
+            } else {
+                run::<i32>(cfg, &inp, lim)
+            };
+            println!(
+                "{what}: {:?} forward-only loss {:e}, wgmma {} / {}",
+                r.errors, r.loss_forward, r.wgmma_forward, r.wgmma_step
+            );
+            assert!(
+                r.loss_forward < 1e-6,
+                "{what}: forward loss {:e}",
+                r.loss_forward
+            );
+            if split {
+                r.errors.assert_f32_accuracy(&what);
+            } else {
+                assert_single_accuracy(&r, &what);
+            }
+            assert_eq!(r.mma_forward + r.mma_step, 0, "{what}: mma.sync executed");
+            assert_eq!(
+                r.wgmma_forward,
+                expected_wgmma(b, d, c, false, split),
+                "{what}: forward wgmma"
+            );
+            assert_eq!(
+                r.wgmma_step,
+                expected_wgmma(b, d, c, true, split),
+                "{what}: step wgmma"
+            );
+        }
+    }
+
+    // The same step on mma.sync and on wgmma: both near the reference (the
+    // products' summation orders differ, so not bit-identical).
+    let inp = random_inputs(9100, 65, 256, 200);
+    let wg = run::<i64>(cfg, &inp, wgmma_limits(3, 65, true));
+    let sm80 = run::<i64>(cfg, &inp, limits(3, 65));
+    assert!(sm80.mma_step > 0 && sm80.wgmma_step == 0);
+    let diff = rel_norm(&widen32(&wg.dw), &widen32(&sm80.dw));
+    assert!(diff < 1e-5, "dW wgmma vs mma.sync: {diff:e}");
+    assert_bit_identical(&wg, &run::<i64>(cfg, &inp, wgmma_limits(3, 65, true)));
 }
 
 /// cp.async moves 16 bytes at a time (the simulator, like the hardware,
@@ -212,22 +316,24 @@ fn misaligned_inputs_take_the_tiled_family() {
     StepErrors::new(s.loss, &dx, &dw, s.state_after, &r).assert_f32_accuracy("misaligned x");
 }
 
-fn errors_write_nothing() {
+/// A NaN and a zero row in W (depth `d`): the typed error, and neither the
+/// gradients nor the EMA state written.
+fn errors_write_nothing(lim: PlanLimits, d: usize) {
     let cfg = AdaFaceConfig::default();
-    let inp = random_inputs(7200, 33, 64, 150);
+    let inp = random_inputs(7200, 33, d, 150);
     let mut w = round::<bf16>(&inp.w);
     let x = round::<bf16>(&inp.x);
     let cases: [(usize, f32, Error); 2] = [
         (
-            70 * 64 + 5,
+            70 * d + 5,
             f32::NAN,
             Error::NonFinite {
                 tensor: Tensor::Weight,
-                index: 70 * 64 + 5,
+                index: 70 * d + 5,
             },
         ),
         (
-            129 * 64,
+            129 * d,
             0.0,
             Error::ZeroNorm {
                 tensor: Tensor::Weight,
@@ -238,11 +344,11 @@ fn errors_write_nothing() {
     for (index, value, want) in cases {
         let saved = w.clone();
         if value == 0.0 {
-            w[index..index + 64].fill(bf16::ZERO);
+            w[index..index + d].fill(bf16::ZERO);
         } else {
             w[index] = bf16::from_f32(value);
         }
-        let mut sim = SimAdaFace::new(cfg).with_limits(limits(3, 33));
+        let mut sim = SimAdaFace::new(cfg).with_limits(lim);
         let before = sim.state().unwrap();
         let mut dx = vec![7.0f32; x.len()];
         let mut dw = vec![7.0f32; w.len()];
