@@ -391,14 +391,15 @@ struct adaface_is_f16<adaface_f16> {
 };
 
 /* The power of two that brings a tile's largest gradient magnitude `peak`
- * to [2^13, 2^14) (1 for a zero tile; exponents clamped so the scale and
- * its inverse stay normal floats). Exact: scaling by it and back changes no
- * bit of a float that stays in range. */
+ * to [2^13, 2^14) (1 for a zero tile; exponents clamped to +-60 so the
+ * scale, its inverse and the ratio of two scales stay normal floats).
+ * Exact: scaling by it and back changes no bit of a float that stays in
+ * range. */
 __device__ __forceinline__ float adaface_grad16_scale(float peak) {
     if (!(peak > 0.0f)) return 1.0f;
     int e;
     (void)frexpf(peak, &e); /* peak = m 2^e, m in [0.5, 1) */
-    return ldexpf(1.0f, min(max(14 - e, -100), 100));
+    return ldexpf(1.0f, min(max(14 - e, -60), 60));
 }
 
 /* Stages the raw x and W of one depth slice, transposed (zero outside). */

@@ -71,6 +71,21 @@ __device__ __forceinline__ int adaface_flash_ld(int64_t dim) { return (int)dim +
  * same tile is then a K-major operand (rows = M or N, k = K) with stride
  * byte offset 1024, and an MN-major one (rows = K, k = N) with stride byte
  * offset 1024 and leading byte offset 8192 (one atom column). */
+/* The element type's bits as a float (bf16 or f16). */
+template <typename T>
+__device__ __forceinline__ float adaface_flash_decode(uint16_t bits) {
+    return adaface_is_f16<T>::value ? adaface_f16_bits_to_f32(bits) : adaface_bf16_bits_to_f32(bits);
+}
+
+/* c += a . b on mma.m16n8k16 for the element type. */
+template <typename T>
+__device__ __forceinline__ void adaface_flash_mma(float* c, const uint32_t a[4], const uint32_t b[2]) {
+    if (adaface_is_f16<T>::value)
+        mma_m16n8k16_f16_f32(c, a, b, c);
+    else
+        mma_m16n8k16_bf16_f32(c, a, b, c);
+}
+
 template <bool Wg>
 __device__ __forceinline__ int adaface_flash_off(int r, int k, int ld) {
     if (Wg) return (((k >> 6) * 8 + (r >> 3)) << 9) + ((r & 7) << 6) + ((((k >> 3) & 7) ^ (r & 7)) << 3) + (k & 7);
@@ -97,6 +112,7 @@ __device__ __forceinline__ void adaface_flash_stage(uint16_t* dst, int ld, const
 
 /* S (16 rows x 32 classes of this warp) = A_tile . B_tile^T over depth
  * [0, dim), both tiles row-major in shared memory with stride ld. */
+template <typename T>
 __device__ __forceinline__ void adaface_flash_logit_product(float (&s)[16], const uint16_t* a_tile,
                                                             const uint16_t* b_tile, int ld, int64_t dim,
                                                             int row0, int class0) {
@@ -113,10 +129,10 @@ __device__ __forceinline__ void adaface_flash_logit_product(float (&s)[16], cons
         ldmatrix_x4(a, a_row + k);
         ldmatrix_x4(b01, b_row0 + k);
         ldmatrix_x4(b23, b_row1 + k);
-        mma_m16n8k16_bf16_f32(&s[0], a, &b01[0], &s[0]);
-        mma_m16n8k16_bf16_f32(&s[4], a, &b01[2], &s[4]);
-        mma_m16n8k16_bf16_f32(&s[8], a, &b23[0], &s[8]);
-        mma_m16n8k16_bf16_f32(&s[12], a, &b23[2], &s[12]);
+        adaface_flash_mma<T>(&s[0], a, &b01[0]);
+        adaface_flash_mma<T>(&s[4], a, &b01[2]);
+        adaface_flash_mma<T>(&s[8], a, &b23[0]);
+        adaface_flash_mma<T>(&s[12], a, &b23[2]);
     }
 }
 
@@ -222,7 +238,7 @@ __device__ __forceinline__ void adaface_flash_wgmma_drain(float (&s)[16], float 
  * (A_hi . B alone unless Split), where A is 64 x 64 (row-major, stride PLD,
  * transposed when ATrans: then A[m][k] is stored at [k][m]) and B is 64 x
  * dim row-major (stride ld). */
-template <bool ATrans, bool Split>
+template <typename T, bool ATrans, bool Split>
 __device__ __forceinline__ void adaface_flash_grad_product(float (&acc)[ADAFACE_FLASH_CHUNKS][32], const uint16_t* a_hi,
                                                            const uint16_t* a_lo, int m0, const uint16_t* b_tile,
                                                            int ld, int n0, int nf) {
@@ -251,10 +267,10 @@ __device__ __forceinline__ void adaface_flash_grad_product(float (&acc)[ADAFACE_
                 ldmatrix_x4_trans(b, b_row + 8 * f);
                 float* c0 = ADAFACE_FLASH_FRAG(acc, f);
                 float* c1 = ADAFACE_FLASH_FRAG(acc, f + 1);
-                mma_m16n8k16_bf16_f32(c0, hi, &b[0], c0);
-                if (Split) mma_m16n8k16_bf16_f32(c0, lo, &b[0], c0);
-                mma_m16n8k16_bf16_f32(c1, hi, &b[2], c1);
-                if (Split) mma_m16n8k16_bf16_f32(c1, lo, &b[2], c1);
+                adaface_flash_mma<T>(c0, hi, &b[0]);
+                if (Split) adaface_flash_mma<T>(c0, lo, &b[0]);
+                adaface_flash_mma<T>(c1, hi, &b[2]);
+                if (Split) adaface_flash_mma<T>(c1, lo, &b[2]);
             }
         }
     }
@@ -262,16 +278,16 @@ __device__ __forceinline__ void adaface_flash_grad_product(float (&acc)[ADAFACE_
 
 /* Writes v as hi + lo bf16 into the two 64 x 64 P / A tiles at [row][col]
  * (hi = bf16(v) alone unless Split). */
-template <bool Split, bool Wg>
+template <typename T, bool Split, bool Wg>
 __device__ __forceinline__ void adaface_flash_put_split(uint16_t* hi, uint16_t* lo, int row, int col, float v) {
     const int off = adaface_flash_off<Wg>(row, col, ADAFACE_FLASH_PLD);
     if (Split) {
         uint16_t h, l;
-        adaface_split16<adaface_bf16>(v, &h, &l);
+        adaface_split16<T>(v, &h, &l);
         hi[off] = h;
         lo[off] = l;
     } else {
-        hi[off] = from_float<adaface_bf16>(v).bits;
+        hi[off] = from_float<T>(v).bits;
     }
 }
 
@@ -302,7 +318,7 @@ struct AdafaceFlashRows {
  * order): inv_cls[c] = 1 / ||w_c||. When `validate`, also stores ||w_c|| and
  * records non-finite elements, zero and overflowing norms (the checks the
  * tiled forward makes on the elements it stages). */
-template <bool Wg>
+template <typename T, bool Wg>
 __device__ __forceinline__ void adaface_flash_class_norms(const uint16_t* w_tile, int ld, int64_t c0,
                                                           const AdafaceTileParams& p, float* inv_cls,
                                                           bool validate) {
@@ -315,8 +331,8 @@ __device__ __forceinline__ void adaface_flash_class_norms(const uint16_t* w_tile
         adaface_ld_shared_16(v8, w_tile + adaface_flash_off<Wg>(c, k, ld));
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            const float lo = adaface_bf16_bits_to_f32((uint16_t)(v8[e] & 0xffffu));
-            const float hi = adaface_bf16_bits_to_f32((uint16_t)(v8[e] >> 16));
+            const float lo = adaface_flash_decode<T>((uint16_t)(v8[e] & 0xffffu));
+            const float hi = adaface_flash_decode<T>((uint16_t)(v8[e] >> 16));
             sq = fmaf(lo, lo, sq);
             sq = fmaf(hi, hi, sq);
         }
@@ -336,7 +352,7 @@ __device__ __forceinline__ void adaface_flash_class_norms(const uint16_t* w_tile
         for (int k = 8 * q; k < (int)p.dim; k += 32)
 #pragma unroll
             for (int e = 0; e < 8; ++e)
-                if (!adaface_is_finite(adaface_bf16_bits_to_f32(w_tile[adaface_flash_off<Wg>(c, k + e, ld)])))
+                if (!adaface_is_finite(adaface_flash_decode<T>(w_tile[adaface_flash_off<Wg>(c, k + e, ld)])))
                     adaface_record_error(rec, ADAFACE_ERR_NONFINITE_W, (unsigned long long)(j * p.dim + k + e));
     }
 }
@@ -352,6 +368,7 @@ struct AdafaceFlashSmem {
     float* red;           /* 2 x 64: cross-warp row reductions */
     float* red2;          /* 2 x 64 */
     float* inv_cls;       /* 64 */
+    float* red3;          /* 4 x 64: f16 peaks (rows in the forward, classes in dw) */
     /* Wg: unpadded swizzled tiles from the first 1024-byte aligned shared
      * address (the host reserves 1 KiB for it), so every atom is aligned. */
     __device__ __forceinline__ AdafaceFlashSmem(unsigned char* base, int64_t dim, bool wg) {
@@ -364,6 +381,7 @@ struct AdafaceFlashSmem {
         red = (float*)(lo + p_tile);
         red2 = red + 128;
         inv_cls = red2 + 128;
+        red3 = inv_cls + 64;
     }
     /* Streamed tile b (0 or 1): W tiles (forward) or x tiles (dw). An
      * offset, not an array of two pointers, so that indexing by the buffer
@@ -390,7 +408,7 @@ struct AdafaceFlashLayout {
     }
 };
 
-template <typename L, bool WithDx, bool Split, bool Wg>
+template <typename T, typename L, bool WithDx, bool Split, bool Wg>
 __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
     AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
     if (adaface_block_should_abort(rec)) return;
@@ -410,6 +428,12 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
     rows.load(p, row0, false);
     float run_max[2] = {-INFINITY, -INFINITY};
     float run_sum[2] = {0.0f, 0.0f};
+    /* f16: P is scaled per row and tile by a power of two before the split
+     * (its magnitudes leave f16's range: dlogit / ||w|| overflows for small
+     * weight rows, probabilities fall below the normal range), and O is
+     * kept as sigma O, rescaled exactly when sigma changes. */
+    constexpr bool kScale = WithDx && adaface_is_f16<T>::value;
+    float sigma[2] = {1.0f, 1.0f};
     float o[ADAFACE_FLASH_CHUNKS][32];
 #pragma unroll
     for (int j = 0; j < ADAFACE_FLASH_CHUNKS; ++j)
@@ -437,14 +461,14 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
              * ptxas serialise every wgmma of the kernel (C7520). */
             adaface_flash_logit_wgmma(s, sm.stationary, w_tile, p.dim, cw);
             adaface_flash_wgmma_drain(s, o);
-            adaface_flash_class_norms<Wg>(w_tile, sm.ld, c0, p, sm.inv_cls, validates);
+            adaface_flash_class_norms<T, Wg>(w_tile, sm.ld, c0, p, sm.inv_cls, validates);
         } else {
             if (has_next)
                 adaface_flash_stage<Wg>(sm.stream(buf ^ 1), sm.ld, w, (tile + p.splits) * ADAFACE_FLASH_CLASSES,
                                         p.classes, p.dim);
             cp_async_commit();
-            adaface_flash_class_norms<Wg>(w_tile, sm.ld, c0, p, sm.inv_cls, validates);
-            adaface_flash_logit_product(s, sm.stationary, w_tile, sm.ld, p.dim, rw, cw);
+            adaface_flash_class_norms<T, Wg>(w_tile, sm.ld, c0, p, sm.inv_cls, validates);
+            adaface_flash_logit_product<T>(s, sm.stationary, w_tile, sm.ld, p.dim, rw, cw);
         }
         __syncthreads(); /* inv_cls (Wg: and every warpgroup's previous O product has retired) */
         if (Wg) {
@@ -493,6 +517,7 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
         __syncthreads(); /* red (max) */
 
         float new_max[2], alpha[2], local_sum[2] = {0.0f, 0.0f};
+        float pv[16], peak[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const int lr = rw + g + 8 * h;
@@ -507,15 +532,42 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
                 const int h = i >> 1;
                 const float e = s[4 * f + i] == -INFINITY ? 0.0f : expf(s[4 * f + i] - new_max[h]);
                 local_sum[h] += e;
-                if (WithDx)
-                    adaface_flash_put_split<Split, Wg>(sm.hi, sm.lo, rw + g + 8 * h, cw + 8 * f + 2 * t + (i & 1),
-                                                       e * dl[4 * f + i]);
+                const float v = e * dl[4 * f + i];
+                if (kScale) {
+                    pv[4 * f + i] = v;
+                    peak[h] = fmaxf(peak[h], fabsf(v));
+                } else if (WithDx) {
+                    adaface_flash_put_split<T, Split, Wg>(sm.hi, sm.lo, rw + g + 8 * h, cw + 8 * f + 2 * t + (i & 1), v);
+                }
             }
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             local_sum[h] += __shfl_xor_sync(0xffffffffu, local_sum[h], 1);
             local_sum[h] += __shfl_xor_sync(0xffffffffu, local_sum[h], 2);
             if (t == 0) sm.red2[half * 64 + rw + g + 8 * h] = local_sum[h];
+        }
+        float o_scale[2] = {alpha[0], alpha[1]};
+        if (kScale) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                peak[h] = fmaxf(peak[h], __shfl_xor_sync(0xffffffffu, peak[h], 1));
+                peak[h] = fmaxf(peak[h], __shfl_xor_sync(0xffffffffu, peak[h], 2));
+                if (t == 0) sm.red3[half * 64 + rw + g + 8 * h] = peak[h];
+            }
+            __syncthreads(); /* red3 (row peaks of P) */
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int lr = rw + g + 8 * h;
+                const float next = adaface_grad16_scale(fmaxf(sm.red3[lr], sm.red3[64 + lr]));
+                o_scale[h] = alpha[h] * (next / sigma[h]); /* powers of two: exact */
+                sigma[h] = next;
+            }
+#pragma unroll
+            for (int f = 0; f < 4; ++f)
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+                    adaface_flash_put_split<T, Split, Wg>(sm.hi, sm.lo, rw + g + 8 * (i >> 1),
+                                                          cw + 8 * f + 2 * t + (i & 1), pv[4 * f + i] * sigma[i >> 1]);
         }
         if (Wg && WithDx) fence_proxy_async_shared(); /* P is read by wgmma */
         __syncthreads(); /* red2 (sums), P */
@@ -530,10 +582,10 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
 #pragma unroll
             for (int f = 0; f < ADAFACE_FLASH_NF; ++f) {
                 float* c = ADAFACE_FLASH_FRAG(o, f);
-                c[0] *= alpha[0];
-                c[1] *= alpha[0];
-                c[2] *= alpha[1];
-                c[3] *= alpha[1];
+                c[0] *= o_scale[0];
+                c[1] *= o_scale[0];
+                c[2] *= o_scale[1];
+                c[3] *= o_scale[1];
             }
             if (Wg) {
                 /* Retired before the next iteration: O in flight across the
@@ -543,7 +595,7 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
                 adaface_flash_wgmma_drain(s, o);
             }
             else
-                adaface_flash_grad_product<false, Split>(o, sm.hi, sm.lo, rw, w_tile, sm.ld, half * (int)(p.dim / 2),
+                adaface_flash_grad_product<T, false, Split>(o, sm.hi, sm.lo, rw, w_tile, sm.ld, half * (int)(p.dim / 2),
                                                          nf);
         }
     }
@@ -561,19 +613,20 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
         }
         if (WithDx) {
             float* out = (float*)p.dx_partial + (split * p.batch + i) * p.dim + half * (p.dim / 2) + 2 * t;
+            const float unscale = 1.0f / sigma[h];
 #pragma unroll
             for (int f = 0; f < ADAFACE_FLASH_NF; ++f) {
                 if (f < nf) {
                     const float* c = ADAFACE_FLASH_FRAG(o, f);
-                    out[8 * f] = c[2 * h];
-                    out[8 * f + 1] = c[2 * h + 1];
+                    out[8 * f] = c[2 * h] * unscale;
+                    out[8 * f + 1] = c[2 * h + 1] * unscale;
                 }
             }
         }
     }
 }
 
-template <typename L, bool Split, bool Wg>
+template <typename T, typename L, bool Split, bool Wg>
 __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
     AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
     if (adaface_block_should_abort(rec)) return;
@@ -601,6 +654,11 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
 #pragma unroll
         for (int i = 0; i < 32; ++i) acc[j][i] = 0.0f;
     float s[16];
+    /* f16: A is scaled per class and row tile by a power of two before the
+     * split, and acc kept as sigma acc per class (its rows), as in the
+     * forward. */
+    constexpr bool kScale = adaface_is_f16<T>::value;
+    float sigma[2] = {1.0f, 1.0f};
 
     for (int64_t rt = 0; rt < row_tiles; ++rt) {
         const int buf = (int)(rt & 1);
@@ -620,7 +678,8 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
             adaface_flash_stage<Wg>(sm.stream(buf ^ 1), sm.ld, x, row0 + ADAFACE_FLASH_ROWS, p.batch, p.dim);
         cp_async_commit();
 
-        if (!Wg) adaface_flash_logit_product(s, sm.stream(buf), sm.stationary, sm.ld, p.dim, rw, cw);
+        if (!Wg) adaface_flash_logit_product<T>(s, sm.stream(buf), sm.stationary, sm.ld, p.dim, rw, cw);
+        float av[16];
 #pragma unroll
         for (int f = 0; f < 4; ++f)
 #pragma unroll
@@ -641,22 +700,80 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
                 }
                 /* wgmma takes A^T (classes x rows) K-major: stored transposed;
                  * mma.sync reads the row-major tile through ldmatrix.trans. */
-                if (Wg)
-                    adaface_flash_put_split<Split, Wg>(sm.hi, sm.lo, lc, rw + g + 8 * h, a);
+                if (kScale)
+                    av[4 * f + i] = a;
+                else if (Wg)
+                    adaface_flash_put_split<T, Split, Wg>(sm.hi, sm.lo, lc, rw + g + 8 * h, a);
                 else
-                    adaface_flash_put_split<Split, Wg>(sm.hi, sm.lo, rw + g + 8 * h, lc, a);
+                    adaface_flash_put_split<T, Split, Wg>(sm.hi, sm.lo, rw + g + 8 * h, lc, a);
             }
+        if (kScale) {
+            /* Class peaks over the tile's rows: the quad's 8 row groups by
+             * shuffles, the 4 row warps through red3. */
+#pragma unroll
+            for (int f = 0; f < 4; ++f)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    float pk = fmaxf(fabsf(av[4 * f + e]), fabsf(av[4 * f + 2 + e]));
+                    pk = fmaxf(pk, __shfl_xor_sync(0xffffffffu, pk, 4));
+                    pk = fmaxf(pk, __shfl_xor_sync(0xffffffffu, pk, 8));
+                    pk = fmaxf(pk, __shfl_xor_sync(0xffffffffu, pk, 16));
+                    if (g == 0) sm.red3[(rw / 16) * 64 + cw + 8 * f + 2 * t + e] = pk;
+                }
+            __syncthreads(); /* red3 (class peaks of A) */
+            auto class_scale = [&](int lc) {
+                const float pk = fmaxf(fmaxf(sm.red3[lc], sm.red3[64 + lc]), fmaxf(sm.red3[128 + lc], sm.red3[192 + lc]));
+                return adaface_grad16_scale(pk);
+            };
+#pragma unroll
+            for (int f = 0; f < 4; ++f)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int lc = cw + 8 * f + 2 * t + e;
+                    const float sc = class_scale(lc);
+#pragma unroll
+                    for (int h = 0; h < 2; ++h)
+                        adaface_flash_put_split<T, Split, Wg>(sm.hi, sm.lo, rw + g + 8 * h, lc, av[4 * f + 2 * h + e] * sc);
+                }
+            /* The accumulator rows (classes rw + g + 8h) move to the new
+             * scales (powers of two: exact). */
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const float next = class_scale(rw + g + 8 * h);
+                const float ratio = next / sigma[h];
+                sigma[h] = next;
+#pragma unroll
+                for (int f = 0; f < ADAFACE_FLASH_NF; ++f) {
+                    float* c = ADAFACE_FLASH_FRAG(acc, f);
+                    c[2 * h] *= ratio;
+                    c[2 * h + 1] *= ratio;
+                }
+            }
+        }
         if (Wg) fence_proxy_async_shared();
         __syncthreads(); /* A */
         if (Wg)
             adaface_flash_grad_wgmma<Split>(acc, sm.hi, sm.lo, sm.stream(buf), half * (int)(p.dim / 2),
                                             (int)(p.dim / 128));
         else
-            adaface_flash_grad_product<true, Split>(acc, sm.hi, sm.lo, rw, sm.stream(buf), sm.ld,
+            adaface_flash_grad_product<T, true, Split>(acc, sm.hi, sm.lo, rw, sm.stream(buf), sm.ld,
                                                     half * (int)(p.dim / 2), nf);
     }
     cp_async_wait_group<0>();
     if (Wg) adaface_flash_wgmma_drain(s, acc);
+
+    if (kScale) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const float unscale = 1.0f / sigma[h];
+#pragma unroll
+            for (int f = 0; f < ADAFACE_FLASH_NF; ++f) {
+                float* c = ADAFACE_FLASH_FRAG(acc, f);
+                c[2 * h] *= unscale;
+                c[2 * h + 1] *= unscale;
+            }
+        }
+    }
 
     /* Jacobian of w -> w / ||w||: dW = acc - w (w . acc) / ||w||^2, with the
      * row dot reduced over the quad, then over the two depth halves. */
@@ -670,7 +787,7 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
             for (int i = 0; i < 4; ++i) {
                 const int h = i >> 1;
                 const float wv =
-                    adaface_bf16_bits_to_f32(sm.stationary[adaface_flash_off<Wg>(rw + g + 8 * h, k + (i & 1), sm.ld)]);
+                    adaface_flash_decode<T>(sm.stationary[adaface_flash_off<Wg>(rw + g + 8 * h, k + (i & 1), sm.ld)]);
                 along[h] = fmaf(wv, c[i], along[h]);
             }
         }
@@ -696,19 +813,19 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
                 const int k = half * (int)(p.dim / 2) + 8 * f + 2 * t;
                 const uint16_t* wr = sm.stationary + adaface_flash_off<Wg>(lc, k, sm.ld);
                 const float* c = ADAFACE_FLASH_FRAG(acc, f);
-                out[8 * f] = c[2 * h] - adaface_bf16_bits_to_f32(wr[0]) * scale;
-                out[8 * f + 1] = c[2 * h + 1] - adaface_bf16_bits_to_f32(wr[1]) * scale;
+                out[8 * f] = c[2 * h] - adaface_flash_decode<T>(wr[0]) * scale;
+                out[8 * f + 1] = c[2 * h + 1] - adaface_flash_decode<T>(wr[1]) * scale;
             }
         }
     }
 }
 
-template <typename L>
+template <typename T, typename L>
 __device__ void adaface_flash_dx_finish_impl(const AdafaceTileParams& p) {
     const AdafaceStepRecord* rec = (const AdafaceStepRecord*)p.record;
     if (adaface_block_should_abort(rec)) return;
-    const adaface_bf16* x = (const adaface_bf16*)p.x;
-    const adaface_bf16* w = (const adaface_bf16*)p.w;
+    const T* x = (const T*)p.x;
+    const T* w = (const T*)p.w;
     const float* o = (const float*)p.dx_partial;
     const float* pmax = (const float*)p.partial_max;
     float* dx = (float*)p.dx;
@@ -730,23 +847,28 @@ __device__ void adaface_flash_dx_finish_impl(const AdafaceTileParams& p) {
     adaface_normalise_row_grad(x, dx, i, dim, 1.0f / ((const float*)p.row_norm)[i]);
 }
 
-/* The mma.sync entries (sm_80+) and their wgmma twins (`_wg`, sm_90a). */
-#define ADAFACE_FLASH_TILE_ENTRIES(L, suffix, wg, Wg)                                                            \
-    ADAFACE_KERNEL_BOUNDS(adaface_flash##wg##_forward_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,       \
-                          (adaface_flash_forward_impl<L, false, true, Wg>(p)))                                   \
-    ADAFACE_KERNEL_BOUNDS(adaface_flash##wg##_forward_dx_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,    \
-                          (adaface_flash_forward_impl<L, true, true, Wg>(p)))                                    \
-    ADAFACE_KERNEL_BOUNDS(adaface_flash##wg##_forward_dx_single_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, \
-                          1, (adaface_flash_forward_impl<L, true, false, Wg>(p)))                                \
-    ADAFACE_KERNEL_BOUNDS(adaface_flash##wg##_dw_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,            \
-                          (adaface_flash_dw_impl<L, true, Wg>(p)))                                               \
-    ADAFACE_KERNEL_BOUNDS(adaface_flash##wg##_dw_single_bf16_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,     \
-                          (adaface_flash_dw_impl<L, false, Wg>(p)))
+/* The mma.sync entries (sm_80+), bf16 and f16, and the bf16 wgmma twins
+ * (`_wg`, sm_90a). */
+#define ADAFACE_FLASH_TILE_ENTRIES(T, e, L, suffix, wg, Wg)                                                       \
+    ADAFACE_KERNEL_BOUNDS(adaface_flash##wg##_forward_##e##_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,      \
+                          (adaface_flash_forward_impl<T, L, false, true, Wg>(p)))                                \
+    ADAFACE_KERNEL_BOUNDS(adaface_flash##wg##_forward_dx_##e##_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,   \
+                          (adaface_flash_forward_impl<T, L, true, true, Wg>(p)))                                 \
+    ADAFACE_KERNEL_BOUNDS(adaface_flash##wg##_forward_dx_single_##e##_##suffix, AdafaceTileParams,               \
+                          ADAFACE_THREADS, 1, (adaface_flash_forward_impl<T, L, true, false, Wg>(p)))            \
+    ADAFACE_KERNEL_BOUNDS(adaface_flash##wg##_dw_##e##_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,           \
+                          (adaface_flash_dw_impl<T, L, true, Wg>(p)))                                            \
+    ADAFACE_KERNEL_BOUNDS(adaface_flash##wg##_dw_single_##e##_##suffix, AdafaceTileParams, ADAFACE_THREADS, 1,    \
+                          (adaface_flash_dw_impl<T, L, false, Wg>(p)))
 
 #define ADAFACE_FLASH_ENTRIES(L, suffix)                                                                         \
-    ADAFACE_FLASH_TILE_ENTRIES(L, suffix, , false)                                                               \
-    ADAFACE_FLASH_TILE_ENTRIES(L, suffix, _wg, true)                                                             \
-    ADAFACE_KERNEL(adaface_flash_dx_finish_bf16_##suffix, AdafaceTileParams, (adaface_flash_dx_finish_impl<L>(p)))
+    ADAFACE_FLASH_TILE_ENTRIES(adaface_bf16, bf16, L, suffix, , false)                                           \
+    ADAFACE_FLASH_TILE_ENTRIES(adaface_bf16, bf16, L, suffix, _wg, true)                                         \
+    ADAFACE_FLASH_TILE_ENTRIES(adaface_f16, f16, L, suffix, , false)                                             \
+    ADAFACE_KERNEL(adaface_flash_dx_finish_bf16_##suffix, AdafaceTileParams,                                     \
+                   (adaface_flash_dx_finish_impl<adaface_bf16, L>(p)))                                           \
+    ADAFACE_KERNEL(adaface_flash_dx_finish_f16_##suffix, AdafaceTileParams,                                      \
+                   (adaface_flash_dx_finish_impl<adaface_f16, L>(p)))
 
 ADAFACE_FLASH_ENTRIES(int32_t, i32)
 ADAFACE_FLASH_ENTRIES(int64_t, i64)

@@ -188,7 +188,7 @@ if want sanitizer; then
         step sanitizer_memcheck_bf16 120 compute-sanitizer --tool memcheck --error-exitcode 99 \
             ./examples/adaface_eval --input cases/small.json --output out/small_bf16.json --device cuda --dtype bf16
         # The flash family (bf16, D = 128 here): cp.async staging, ldmatrix,
-        # 214 KiB-class dynamic shared memory and four barriers per tile.
+        # 215 KiB-class dynamic shared memory and four barriers per tile.
         for tool in memcheck racecheck synccheck; do
             step "sanitizer_${tool}_flash" 120 compute-sanitizer --tool "$tool" --error-exitcode 99 \
                 ./examples/adaface_eval --input golden/f_large_float32.json --output "out/large_flash_$tool.json" \

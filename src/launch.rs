@@ -13,8 +13,9 @@
 //! | `backward` | `S_b` | 256 | recompute tiles, `A`, `dW` (owned rows), per-split `gx` |
 //! | `dx_finish` | `B` | 256 | sum `gx` over splits in order, Jacobian of `x / \|\|x\|\|` |
 //!
-//! That is [`Variant::Tiled`], for every dtype. bf16 inputs with `D % 32 == 0`
-//! and `D <= 512` take [`Variant::Flash`] (kernels/adaface_flash.cu):
+//! That is [`Variant::Tiled`], for every dtype. bf16 and f16 inputs with
+//! `D % 32 == 0` and `D <= 512` take [`Variant::Flash`]
+//! (kernels/adaface_flash.cu):
 //!
 //! | kernel | grid | block | does |
 //! |---|---|---|---|
@@ -25,7 +26,7 @@
 //! | `flash_dx_finish` | `B` | 256 | `gx` from the splits, target term, Jacobian |
 //!
 //! The flash tile kernels exist twice: on `mma.sync` (sm_80 and newer) and,
-//! as the `_wg` entries, on Hopper's asynchronous warpgroup products
+//! as the `_wg` entries (bf16), on Hopper's asynchronous warpgroup products
 //! (`wgmma`, sm_90a, `D % 128 == 0`), chosen by [`PlanLimits::wgmma`]. Same
 //! grids, workspace and results; only the instructions and the shared-memory
 //! layout differ.
@@ -68,15 +69,16 @@ pub struct LaunchDims {
     /// Threads per block in x, y, z.
     pub block: (u32, u32, u32),
     /// Dynamic shared memory per block, bytes (the tiled kernels use static
-    /// shared memory only; the flash kernels up to 214 KiB, see
+    /// shared memory only; the flash kernels up to 215 KiB, see
     /// [`flash_shared_bytes`]).
     pub shared_bytes: u32,
 }
 
 /// Dynamic shared memory of the flash tile kernels for depth `dim`: three
-/// 64-row tiles of bf16 (one resident, two streamed), the hi and lo 64 x 64
-/// bf16 tiles of `P` or `A`, and 320 floats of row reductions and class
-/// norms (the layout of `AdafaceFlashSmem` in kernels/adaface_flash.cu).
+/// 64-row tiles of 16-bit elements (one resident, two streamed), the hi and
+/// lo 64 x 64 tiles of `P` or `A`, and 576 floats of row reductions, class
+/// norms and (f16) peaks (the layout of `AdafaceFlashSmem` in
+/// kernels/adaface_flash.cu).
 /// The `mma.sync` kernels pad every row by 8 elements (conflict-free
 /// `ldmatrix`); the `wgmma` ones store unpadded swizzled tiles and take
 /// 1 KiB more to align them to 1024 bytes.
@@ -89,7 +91,7 @@ pub fn flash_shared_bytes(dim: usize, wgmma: bool) -> usize {
     let align = if wgmma { 1024 } else { 0 };
     let rows = ADAFACE_FLASH_ROWS as usize;
     let classes = ADAFACE_FLASH_CLASSES as usize;
-    align + 2 * 3 * rows * (dim + pad) + 2 * 2 * rows * (classes + pad) + 4 * (128 + 128 + 64)
+    align + 2 * 3 * rows * (dim + pad) + 2 * 2 * rows * (classes + pad) + 4 * (128 + 128 + 64 + 256)
 }
 
 /// Whether a flash step of depth `dim` can take the `wgmma` kernels under
@@ -114,7 +116,7 @@ pub enum Variant {
     /// products for bf16 and f16 on sm_80+): kernels/adaface_forward.cu and
     /// kernels/adaface_backward.cu.
     Tiled,
-    /// bf16 with `D % 32 == 0` and `D <= 512`: 64 x 64 tensor-core tiles,
+    /// bf16 or f16 with `D % 32 == 0` and `D <= 512`: 64 x 64 tensor-core tiles,
     /// cp.async staging, `dX` accumulated in the forward
     /// (kernels/adaface_flash.cu).
     Flash,
@@ -126,7 +128,7 @@ impl Variant {
     pub fn choose(dtype: Dtype, shape: &Shape, limits: &PlanLimits) -> Self {
         let d = shape.dim;
         if limits.flash
-            && dtype == Dtype::BF16
+            && (dtype == Dtype::BF16 || dtype == Dtype::F16)
             && d % 32 == 0
             && d <= ADAFACE_FLASH_MAX_DIM as usize
             && flash_shared_bytes(d, false) <= limits.flash_max_shared
@@ -169,7 +171,7 @@ pub struct PlanLimits {
     /// kernels. The CUDA backend clears it on devices older than sm_80.
     pub flash: bool,
     /// Flash forward blocks to aim for: one per SM (each takes up to
-    /// 214 KiB of shared memory, so one block fits an SM).
+    /// 215 KiB of shared memory, so one block fits an SM).
     pub flash_blocks: usize,
     /// Dynamic shared memory a block may opt into: a depth whose flash
     /// tiles ([`flash_shared_bytes`]) do not fit takes the tiled family.
@@ -324,7 +326,7 @@ impl StepPlan {
             return Err(Error::TooLarge { what: "C * D" });
         }
         let variant = Variant::choose(dtype, &shape, &limits);
-        let wgmma = variant == Variant::Flash && flash_wgmma(d, &limits);
+        let wgmma = variant == Variant::Flash && dtype == Dtype::BF16 && flash_wgmma(d, &limits);
         debug_assert_eq!(ADAFACE_TILE_CLASSES, ADAFACE_FLASH_CLASSES);
         let tiles = div_ceil(c, ADAFACE_TILE_CLASSES as usize);
         let dx_cap = (limits.dx_budget_bytes / b.saturating_mul(d).saturating_mul(4).max(1)).max(1);
@@ -653,10 +655,10 @@ impl KernelNames {
             }
         }
         for l in ["i32", "i64"] {
-            for wgmma in [false, true] {
-                let t = Self::flash("bf16", l, Pass::ForwardBackward, true, wgmma);
-                let s = Self::flash("bf16", l, Pass::ForwardBackward, false, wgmma);
-                let f = Self::flash("bf16", l, Pass::Forward, true, wgmma);
+            for (e, wgmma) in [("bf16", false), ("bf16", true), ("f16", false)] {
+                let t = Self::flash(e, l, Pass::ForwardBackward, true, wgmma);
+                let s = Self::flash(e, l, Pass::ForwardBackward, false, wgmma);
+                let f = Self::flash(e, l, Pass::Forward, true, wgmma);
                 out.extend([f.forward, t.forward, t.backward, s.forward, s.backward]);
                 if !wgmma {
                     out.push(t.dx_finish);
@@ -841,6 +843,11 @@ mod tests {
                 flash_shared_bytes(d, wg.wgmma)
             );
             assert!(flash_shared_bytes(d, true) <= 227 << 10);
+
+            // f16 takes the flash family too, never the (bf16) wgmma kernels.
+            let h = StepPlan::new(shape, Pass::ForwardBackward, Dtype::F16, limits).unwrap();
+            assert!(h.variant == Variant::Flash && !h.wgmma);
+            assert_eq!(h.workspace, flash.workspace);
         }
         // Not multiples of 32, or deeper than 512: the tiled family.
         for d in [40, 544] {
@@ -941,7 +948,7 @@ mod tests {
     #[test]
     fn every_kernel_name_is_listed_once() {
         let all = KernelNames::all();
-        assert_eq!(all.len(), 1 + 3 * (1 + 2 * 3) + 2 * (6 + 5));
+        assert_eq!(all.len(), 1 + 3 * (1 + 2 * 3) + 2 * (6 + 5 + 6));
         let n = KernelNames::of::<half::bf16, i32>();
         let f = KernelNames::flash("bf16", "i64", Pass::ForwardBackward, true, false);
         let g = KernelNames::flash("bf16", "i32", Pass::ForwardBackward, false, false);

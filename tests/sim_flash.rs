@@ -19,11 +19,11 @@
 
 mod kernels_common;
 
-use adaface::launch::{Pass, PlanLimits, StepPlan, Variant};
+use adaface::launch::{KernelElement, Pass, PlanLimits, StepPlan, Variant};
 use adaface::sim::{mma_count, wgmma_count};
 use adaface::sim_backend::SimAdaFace;
 use adaface::{AdaFaceConfig, Dtype, Error, Tensor};
-use half::bf16;
+use half::{bf16, f16};
 use kernels_common::*;
 
 /// mma instructions per (row tile, class tile) pair of 64 x 64, 8 warps:
@@ -97,9 +97,13 @@ impl TestLabel for i64 {
     }
 }
 
-fn run<L: TestLabel>(cfg: &AdaFaceConfig, inp: &Inputs, limits: PlanLimits) -> Run {
-    let x = round::<bf16>(&inp.x);
-    let w = round::<bf16>(&inp.w);
+fn run<E: KernelElement, L: TestLabel>(
+    cfg: &AdaFaceConfig,
+    inp: &Inputs,
+    limits: PlanLimits,
+) -> Run {
+    let x = round::<E>(&inp.x);
+    let w = round::<E>(&inp.w);
     let labels: Vec<L> = inp.labels.iter().map(|&l| L::from(l)).collect();
     let mut sim = SimAdaFace::new(*cfg).with_limits(limits);
     let (before, wg_before) = (mma_count(), wgmma_count());
@@ -117,7 +121,7 @@ fn run<L: TestLabel>(cfg: &AdaFaceConfig, inp: &Inputs, limits: PlanLimits) -> R
         .summary()
         .expect("summary");
     let (after_step, wg_step) = (mma_count(), wgmma_count());
-    let r = reference_step::<bf16>(cfg, &cfg.initial_state(), inp);
+    let r = reference_step::<E>(cfg, &cfg.initial_state(), inp);
     Run {
         loss_forward: rel(loss_forward, r.loss),
         errors: StepErrors::new(summary.loss, &dx, &dw, summary.state_after, &r),
@@ -173,9 +177,9 @@ fn flash_kernels_match_the_reference_with_the_exact_mma_count() {
             assert_eq!(plan.forward_splits, splits.min(c.div_ceil(64)));
             let what = format!("B={b} D={d} C={c} splits={splits}");
             let r = if n % 2 == 0 {
-                run::<i64>(&cfg, &inp, lim)
+                run::<bf16, i64>(&cfg, &inp, lim)
             } else {
-                run::<i32>(&cfg, &inp, lim)
+                run::<bf16, i32>(&cfg, &inp, lim)
             };
             println!(
                 "{what}: {:?} forward-only loss {:e}, mma {} / {}",
@@ -208,7 +212,7 @@ fn flash_kernels_match_the_reference_with_the_exact_mma_count() {
             split_gradients: false,
             ..limits(3, b)
         };
-        let r = run::<i64>(&cfg, &inp, lim);
+        let r = run::<bf16, i64>(&cfg, &inp, lim);
         let what = format!("single B={b} D={d} C={c}");
         println!("{what}: {:?}, mma {}", r.errors, r.mma_step);
         assert_single_accuracy(&r, &what);
@@ -221,16 +225,75 @@ fn flash_kernels_match_the_reference_with_the_exact_mma_count() {
 
     // Same inputs, same bits (fixed reduction orders everywhere).
     let inp = random_inputs(7100, 65, 96, 200);
-    let a = run::<i64>(&cfg, &inp, limits(3, 65));
-    let b = run::<i64>(&cfg, &inp, limits(3, 65));
+    let a = run::<bf16, i64>(&cfg, &inp, limits(3, 65));
+    let b = run::<bf16, i64>(&cfg, &inp, limits(3, 65));
     assert_bit_identical(&a, &b);
 
     wgmma_kernels_match_the_reference_with_the_exact_count(&cfg);
+    f16_kernels_match_the_reference_with_the_exact_count(&cfg);
 
     // After the counted runs: errors launch kernels too.
     errors_write_nothing(limits(3, 33), 64);
     errors_write_nothing(wgmma_limits(3, 33, true), 128);
     misaligned_inputs_take_the_tiled_family();
+}
+
+/// f16 takes the same kernels (mma.sync) with P and A scaled by powers of
+/// two per tile before the split. One class row of W is shrunk 30 000-fold,
+/// so its `dlogit / ||w||` (about 1e5 and more) overflows f16 without the
+/// scale.
+fn f16_kernels_match_the_reference_with_the_exact_count(cfg: &AdaFaceConfig) {
+    let shapes = [
+        (33usize, 32usize, 130usize),
+        (65, 96, 200),
+        (130, 160, 77),
+        (7, 512, 65),
+    ];
+    for (n, &(b, d, c)) in shapes.iter().enumerate() {
+        let mut inp = random_inputs(9300 + n as u64, b, d, c);
+        let small = 5 * d;
+        inp.w[small..small + d].iter_mut().for_each(|v| *v *= 3e-5);
+        for split in [true, false] {
+            let lim = PlanLimits {
+                split_gradients: split,
+                ..limits(3, b)
+            };
+            let plan = StepPlan::new(inp.shape, Pass::ForwardBackward, Dtype::F16, lim).unwrap();
+            assert!(plan.variant == Variant::Flash && !plan.wgmma);
+            let what = format!("f16 B={b} D={d} C={c} split={split}");
+            let r = if n % 2 == 0 {
+                run::<f16, i64>(cfg, &inp, lim)
+            } else {
+                run::<f16, i32>(cfg, &inp, lim)
+            };
+            println!(
+                "{what}: {:?}, mma {} / {}",
+                r.errors, r.mma_forward, r.mma_step
+            );
+            assert!(
+                r.loss_forward < 1e-6,
+                "{what}: forward loss {:e}",
+                r.loss_forward
+            );
+            if split {
+                r.errors.assert_f32_accuracy(&what);
+            } else {
+                // f16 keeps 3 more bits than bf16 when rounded once.
+                assert_single_accuracy(&r, &what);
+            }
+            assert_eq!(
+                r.mma_forward,
+                expected_mma(b, d, c, false, split),
+                "{what}: forward mma"
+            );
+            assert_eq!(
+                r.mma_step,
+                expected_mma(b, d, c, true, split),
+                "{what}: step mma"
+            );
+            assert_eq!(r.wgmma_forward + r.wgmma_step, 0, "{what}: wgmma executed");
+        }
+    }
 }
 
 fn wgmma_kernels_match_the_reference_with_the_exact_count(cfg: &AdaFaceConfig) {
@@ -250,9 +313,9 @@ fn wgmma_kernels_match_the_reference_with_the_exact_count(cfg: &AdaFaceConfig) {
             assert_eq!(plan.forward_splits, splits.min(c.div_ceil(64)));
             let what = format!("wgmma B={b} D={d} C={c} splits={splits} split={split}");
             let r = if n % 2 == 0 {
-                run::<i64>(cfg, &inp, lim)
+                run::<bf16, i64>(cfg, &inp, lim)
             } else {
-                run::<i32>(cfg, &inp, lim)
+                run::<bf16, i32>(cfg, &inp, lim)
             };
             println!(
                 "{what}: {:?} forward-only loss {:e}, wgmma {} / {}",
@@ -285,12 +348,12 @@ fn wgmma_kernels_match_the_reference_with_the_exact_count(cfg: &AdaFaceConfig) {
     // The same step on mma.sync and on wgmma: both near the reference (the
     // products' summation orders differ, so not bit-identical).
     let inp = random_inputs(9100, 65, 256, 200);
-    let wg = run::<i64>(cfg, &inp, wgmma_limits(3, 65, true));
-    let sm80 = run::<i64>(cfg, &inp, limits(3, 65));
+    let wg = run::<bf16, i64>(cfg, &inp, wgmma_limits(3, 65, true));
+    let sm80 = run::<bf16, i64>(cfg, &inp, limits(3, 65));
     assert!(sm80.mma_step > 0 && sm80.wgmma_step == 0);
     let diff = rel_norm(&widen32(&wg.dw), &widen32(&sm80.dw));
     assert!(diff < 1e-5, "dW wgmma vs mma.sync: {diff:e}");
-    assert_bit_identical(&wg, &run::<i64>(cfg, &inp, wgmma_limits(3, 65, true)));
+    assert_bit_identical(&wg, &run::<bf16, i64>(cfg, &inp, wgmma_limits(3, 65, true)));
 }
 
 /// cp.async moves 16 bytes at a time (the simulator, like the hardware,

@@ -409,7 +409,7 @@ fn device_limits(stream: &Arc<CudaStream>) -> Result<PlanLimits> {
         attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
     let defaults = PlanLimits::default();
     Ok(PlanLimits {
-        // 214 KiB at D = 512: sm_80 (163 KiB) and sm_86/89 (99 KiB) take the
+        // 215 KiB at D = 512: sm_80 (163 KiB) and sm_86/89 (99 KiB) take the
         // flash kernels only at depths whose tiles fit.
         flash: major >= 8 && smem_optin > 0,
         flash_blocks: usize::try_from(sms).unwrap_or(defaults.flash_blocks).max(1),

@@ -38,7 +38,13 @@ declare!(AdafaceTileParams =>
     adaface_flash_wg_forward_dx_bf16_i32_sim, adaface_flash_wg_forward_dx_bf16_i64_sim,
     adaface_flash_wg_dw_bf16_i32_sim, adaface_flash_wg_dw_bf16_i64_sim,
     adaface_flash_wg_forward_dx_single_bf16_i32_sim, adaface_flash_wg_forward_dx_single_bf16_i64_sim,
-    adaface_flash_wg_dw_single_bf16_i32_sim, adaface_flash_wg_dw_single_bf16_i64_sim);
+    adaface_flash_wg_dw_single_bf16_i32_sim, adaface_flash_wg_dw_single_bf16_i64_sim,
+    adaface_flash_forward_f16_i32_sim, adaface_flash_forward_f16_i64_sim,
+    adaface_flash_forward_dx_f16_i32_sim, adaface_flash_forward_dx_f16_i64_sim,
+    adaface_flash_dw_f16_i32_sim, adaface_flash_dw_f16_i64_sim,
+    adaface_flash_dx_finish_f16_i32_sim, adaface_flash_dx_finish_f16_i64_sim,
+    adaface_flash_forward_dx_single_f16_i32_sim, adaface_flash_forward_dx_single_f16_i64_sim,
+    adaface_flash_dw_single_f16_i32_sim, adaface_flash_dw_single_f16_i64_sim);
 declare!(AdafaceCombineParams => adaface_combine_sim);
 declare!(AdafaceDxParams => adaface_dx_finish_f32_sim, adaface_dx_finish_bf16_sim, adaface_dx_finish_f16_sim);
 
@@ -103,7 +109,7 @@ impl Entries {
     }
 }
 
-/// The flash family's tile entries (bf16 only; the plan picks it).
+/// The flash family's tile entries (bf16 and f16; the plan picks it).
 pub(super) struct FlashEntries {
     pub forward: SimEntry<AdafaceTileParams>,
     pub forward_dx: SimEntry<AdafaceTileParams>,
@@ -115,7 +121,7 @@ pub(super) struct FlashEntries {
 
 impl FlashEntries {
     /// The entries for element `E` and label `L`; `wgmma` picks the sm_90a
-    /// tile kernels (`_wg`).
+    /// tile kernels (`_wg`, bf16 only).
     pub(super) fn of<E: KernelElement, L: KernelLabel>(wgmma: bool) -> Result<Self> {
         Ok(match (E::SUFFIX, L::SUFFIX, wgmma) {
             ("bf16", "i32", false) => FlashEntries {
@@ -149,6 +155,22 @@ impl FlashEntries {
                 forward_dx_single: adaface_flash_wg_forward_dx_single_bf16_i64_sim,
                 dw_single: adaface_flash_wg_dw_single_bf16_i64_sim,
                 dx_finish: adaface_flash_dx_finish_bf16_i64_sim,
+            },
+            ("f16", "i32", false) => FlashEntries {
+                forward: adaface_flash_forward_f16_i32_sim,
+                forward_dx: adaface_flash_forward_dx_f16_i32_sim,
+                dw: adaface_flash_dw_f16_i32_sim,
+                forward_dx_single: adaface_flash_forward_dx_single_f16_i32_sim,
+                dw_single: adaface_flash_dw_single_f16_i32_sim,
+                dx_finish: adaface_flash_dx_finish_f16_i32_sim,
+            },
+            ("f16", "i64", false) => FlashEntries {
+                forward: adaface_flash_forward_f16_i64_sim,
+                forward_dx: adaface_flash_forward_dx_f16_i64_sim,
+                dw: adaface_flash_dw_f16_i64_sim,
+                forward_dx_single: adaface_flash_forward_dx_single_f16_i64_sim,
+                dw_single: adaface_flash_dw_single_f16_i64_sim,
+                dx_finish: adaface_flash_dx_finish_f16_i64_sim,
             },
             (e, l, _) => return Err(unsupported(e, l)),
         })
