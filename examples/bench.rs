@@ -305,14 +305,16 @@ fn bench_cuda(args: &Args) -> Result<(Vec<Measurement>, Option<f64>), String> {
     use adaface::cuda::bench::{bench, BenchConfig, BenchPath};
     let stream = adaface::cuda::default_stream(0).map_err(|e| e.to_string())?;
     let mut paths = vec![BenchPath::Fused];
-    if args.dtype == adaface::Dtype::BF16 {
+    if matches!(args.dtype, adaface::Dtype::BF16 | adaface::Dtype::F16) {
         // The flash family's single-rounded gradient products (see
         // PlanLimits::split_gradients): the speed / accuracy trade-off.
         paths.push(BenchPath::FusedSingle);
-        // Hopper's wgmma kernels (PlanLimits::wgmma), where the device has them.
-        if stream.context().compute_capability().ok() == Some((9, 0)) {
-            paths.push(BenchPath::FusedWgmma);
-        }
+    }
+    // Hopper's wgmma kernels (PlanLimits::wgmma, bf16), where the device has them.
+    if args.dtype == adaface::Dtype::BF16
+        && stream.context().compute_capability().ok() == Some((9, 0))
+    {
+        paths.push(BenchPath::FusedWgmma);
     }
     if !args.skip_naive {
         paths.push(BenchPath::Naive);

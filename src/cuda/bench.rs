@@ -31,7 +31,7 @@ pub enum BenchPath {
     Fused,
     /// The fused kernels with single-rounded bf16 gradient products
     /// ([`PlanLimits::split_gradients`] off; differs from `Fused` only
-    /// where the flash family runs: bf16, `D % 32 == 0`, `D <= 512`).
+    /// where the flash family runs: bf16 or f16, `D % 32 == 0`, `D <= 512`).
     FusedSingle,
     /// The fused kernels with the flash family on Hopper's `wgmma`
     /// ([`PlanLimits::wgmma`]; differs from `Fused` only for flash steps
