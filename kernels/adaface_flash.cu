@@ -537,7 +537,8 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
                     pv[4 * f + i] = v;
                     peak[h] = fmaxf(peak[h], fabsf(v));
                 } else if (WithDx) {
-                    adaface_flash_put_split<T, Split, Wg>(sm.hi, sm.lo, rw + g + 8 * h, cw + 8 * f + 2 * t + (i & 1), v);
+                    adaface_flash_put_split<T, Split, Wg>(sm.hi, sm.lo, rw + g + 8 * h, cw + 8 * f + 2 * t + (i & 1),
+                                                          v);
                 }
             }
 #pragma unroll
@@ -722,7 +723,8 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
                 }
             __syncthreads(); /* red3 (class peaks of A) */
             auto class_scale = [&](int lc) {
-                const float pk = fmaxf(fmaxf(sm.red3[lc], sm.red3[64 + lc]), fmaxf(sm.red3[128 + lc], sm.red3[192 + lc]));
+                const float pk =
+                    fmaxf(fmaxf(sm.red3[lc], sm.red3[64 + lc]), fmaxf(sm.red3[128 + lc], sm.red3[192 + lc]));
                 return adaface_grad16_scale(pk);
             };
 #pragma unroll
@@ -733,7 +735,8 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
                     const float sc = class_scale(lc);
 #pragma unroll
                     for (int h = 0; h < 2; ++h)
-                        adaface_flash_put_split<T, Split, Wg>(sm.hi, sm.lo, rw + g + 8 * h, lc, av[4 * f + 2 * h + e] * sc);
+                        adaface_flash_put_split<T, Split, Wg>(sm.hi, sm.lo, rw + g + 8 * h, lc,
+                                                              av[4 * f + 2 * h + e] * sc);
                 }
             /* The accumulator rows (classes rw + g + 8h) move to the new
              * scales (powers of two: exact). */

@@ -141,6 +141,7 @@ if want bench; then
     if [ -x examples/bench ]; then
         step bench_c1m_bf16 90 ./examples/bench --device cuda --batch 512 --dim 512 --classes 1000000 --dtype bf16 --iters 10 --json
         step bench_c100k_bf16 45 ./examples/bench --device cuda --batch 512 --dim 512 --classes 100000 --dtype bf16 --iters 20 --json
+        step bench_c100k_f16 45 ./examples/bench --device cuda --batch 512 --dim 512 --classes 100000 --dtype f16 --iters 20 --json
     elif [ -x tests/naive_baseline ]; then
         # Without the bench tool: the library's timing helper (adaface::cuda::bench),
         # B = 512, D = 512, C = 100k and 1M, bf16, fused and naive.
@@ -202,6 +203,9 @@ if want sanitizer; then
                 ./examples/bench --device cuda --batch 65 --dim 256 --classes 3000 --dtype bf16 --iters 1 \
                 --skip-naive --forward
         done
+        # f16 flash: the extra barrier and shared peaks of its per-tile scales.
+        step sanitizer_racecheck_bench_f16 150 compute-sanitizer --tool racecheck --error-exitcode 99 \
+            ./examples/bench --device cuda --batch 65 --dim 96 --classes 3000 --dtype f16 --iters 1 --skip-naive
     else
         ROWS+=("$(printf '%-28s %-12s' sanitizer "FAIL(compute-sanitizer not found)")")
         FAILED=1

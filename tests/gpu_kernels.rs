@@ -249,6 +249,33 @@ fn gpu_same_inputs_same_bits() {
     assert!(run() == run(), "two runs differ");
 }
 
+/// f16 on the flash kernels with a weight row shrunk 30 000-fold: its
+/// `dlogit / ||w||` exceeds f16's range, so this needs the per-tile
+/// power-of-two scales of P and A (the simulator's test gives NaN without).
+#[test]
+fn gpu_f16_flash_with_a_tiny_weight_row() {
+    let Some(stream) = gpu("gpu_f16_flash_with_a_tiny_weight_row") else {
+        return;
+    };
+    let cfg = AdaFaceConfig::default();
+    for (n, &(b, d, c)) in [(33usize, 32usize, 130usize), (130, 512, 1000)]
+        .iter()
+        .enumerate()
+    {
+        let mut inp = random_inputs(9700 + n as u64, b, d, c);
+        inp.w[5 * d..6 * d].iter_mut().for_each(|v| *v *= 3e-5);
+        let loss = CudaAdaFace::new(stream.clone(), cfg).expect("loss object");
+        let plan = loss.plan::<f16>(inp.shape, Pass::ForwardBackward).unwrap();
+        if plan.variant != adaface::launch::Variant::Flash {
+            println!("SKIPPED B={b} D={d} C={c}: no flash kernels on this device");
+            continue;
+        }
+        let e = compare::<f16, i64>(&stream, &cfg, &inp);
+        println!("f16 flash, tiny weight row, B={b} D={d} C={c}: {e:?}");
+        e.assert_f32_accuracy(&format!("f16 flash B={b} D={d} C={c}"));
+    }
+}
+
 #[test]
 fn gpu_one_million_classes_bf16() {
     let Some(stream) = gpu("gpu_one_million_classes_bf16") else {
