@@ -389,6 +389,14 @@ struct AdafaceFlashSmem {
     __device__ __forceinline__ uint16_t* stream(int b) const { return stationary + (1 + b) * tile; }
 };
 
+/* The wgmma issue sequences exist for D = 128, 256, 384 and 512 only; the
+ * host plan never launches another depth, and a launch that did would trap
+ * rather than read past the tiles. */
+template <bool Wg>
+__device__ __forceinline__ void adaface_flash_check_depth(int64_t dim) {
+    if (Wg && (dim % 128 != 0 || dim > ADAFACE_FLASH_MAX_DIM)) __trap();
+}
+
 /* This thread's place in the warp layout (see the top of the file): the
  * mma fragment coordinates g = lane / 4 and t = lane % 4, its warp's 16 rows
  * (rw: rows of x in S and O; classes in dW), its warp's 32 classes in S
@@ -414,6 +422,7 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
     if (adaface_block_should_abort(rec)) return;
     ADAFACE_DYNAMIC_SMEM(unsigned char, smem_base);
     AdafaceFlashSmem sm(smem_base, p.dim, Wg);
+    adaface_flash_check_depth<Wg>(p.dim);
 
     const AdafaceFlashLayout lay(p.dim);
     const int g = lay.g, t = lay.t, rw = lay.rw, cw = lay.cw, half = lay.half, nf = lay.nf;
@@ -633,6 +642,7 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
     if (adaface_block_should_abort(rec)) return;
     ADAFACE_DYNAMIC_SMEM(unsigned char, smem_base);
     AdafaceFlashSmem sm(smem_base, p.dim, Wg);
+    adaface_flash_check_depth<Wg>(p.dim);
 
     const AdafaceFlashLayout lay(p.dim);
     const int g = lay.g, t = lay.t, rw = lay.rw, cw = lay.cw, half = lay.half, nf = lay.nf;
