@@ -94,11 +94,14 @@ pub fn flash_shared_bytes(dim: usize, wgmma: bool) -> usize {
     align + 2 * 3 * rows * (dim + pad) + 2 * 2 * rows * (classes + pad) + 4 * (128 + 128 + 64 + 256)
 }
 
-/// Whether a flash step of depth `dim` can take the `wgmma` kernels under
-/// `limits`: they issue `m64n64` products over each depth half, so
-/// `D % 128 == 0`.
-fn flash_wgmma(dim: usize, limits: &PlanLimits) -> bool {
-    limits.wgmma && dim % 128 == 0 && flash_shared_bytes(dim, true) <= limits.flash_max_shared
+/// Whether a flash step of this dtype and depth `dim` can take the `wgmma`
+/// kernels under `limits`: they exist for bf16 and issue `m64n64` products
+/// over each depth half, so `D % 128 == 0`.
+fn flash_wgmma(dtype: Dtype, dim: usize, limits: &PlanLimits) -> bool {
+    limits.wgmma
+        && dtype == Dtype::BF16
+        && dim % 128 == 0
+        && flash_shared_bytes(dim, true) <= limits.flash_max_shared
 }
 
 /// Whether device addresses suit the flash family: its cp.async copies
@@ -326,7 +329,7 @@ impl StepPlan {
             return Err(Error::TooLarge { what: "C * D" });
         }
         let variant = Variant::choose(dtype, &shape, &limits);
-        let wgmma = variant == Variant::Flash && dtype == Dtype::BF16 && flash_wgmma(d, &limits);
+        let wgmma = variant == Variant::Flash && flash_wgmma(dtype, d, &limits);
         debug_assert_eq!(ADAFACE_TILE_CLASSES, ADAFACE_FLASH_CLASSES);
         let tiles = div_ceil(c, ADAFACE_TILE_CLASSES as usize);
         let dx_cap = (limits.dx_budget_bytes / b.saturating_mul(d).saturating_mul(4).max(1)).max(1);

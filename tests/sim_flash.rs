@@ -158,6 +158,43 @@ fn assert_bit_identical(a: &Run, b: &Run) {
         .all(|(p, q)| p.to_bits() == q.to_bits()));
 }
 
+/// The checks of one counted run: the forward-only loss, the accuracy of
+/// hi + lo (`split`) or single-rounded gradient products, the exact count
+/// of the instruction the kernels must take (`wgmma` or `mma.sync`, as
+/// `want` = (forward, step)) and none of the other.
+fn assert_counted(r: &Run, what: &str, split: bool, wgmma: bool, want: (u64, u64)) {
+    let (taken, other, name) = if wgmma {
+        (
+            (r.wgmma_forward, r.wgmma_step),
+            r.mma_forward + r.mma_step,
+            "wgmma",
+        )
+    } else {
+        (
+            (r.mma_forward, r.mma_step),
+            r.wgmma_forward + r.wgmma_step,
+            "mma",
+        )
+    };
+    println!(
+        "{what}: {:?} forward-only loss {:e}, {name} {} / {}",
+        r.errors, r.loss_forward, taken.0, taken.1
+    );
+    assert!(
+        r.loss_forward < 1e-6,
+        "{what}: forward loss {:e}",
+        r.loss_forward
+    );
+    if split {
+        r.errors.assert_f32_accuracy(what);
+    } else {
+        assert_single_accuracy(r, what);
+    }
+    assert_eq!(taken.0, want.0, "{what}: forward {name}");
+    assert_eq!(taken.1, want.1, "{what}: step {name}");
+    assert_eq!(other, 0, "{what}: the other instruction set executed");
+}
+
 #[test]
 fn flash_kernels_match_the_reference_with_the_exact_mma_count() {
     let cfg = AdaFaceConfig::default();
@@ -181,26 +218,11 @@ fn flash_kernels_match_the_reference_with_the_exact_mma_count() {
             } else {
                 run::<bf16, i32>(&cfg, &inp, lim)
             };
-            println!(
-                "{what}: {:?} forward-only loss {:e}, mma {} / {}",
-                r.errors, r.loss_forward, r.mma_forward, r.mma_step
-            );
-            assert!(
-                r.loss_forward < 1e-6,
-                "{what}: forward loss {:e}",
-                r.loss_forward
-            );
-            r.errors.assert_f32_accuracy(&what);
-            assert_eq!(
-                r.mma_forward,
+            let want = (
                 expected_mma(b, d, c, false, true),
-                "{what}: forward mma"
-            );
-            assert_eq!(
-                r.mma_step,
                 expected_mma(b, d, c, true, true),
-                "{what}: step mma"
             );
+            assert_counted(&r, &what, true, false, want);
         }
     }
 
@@ -266,32 +288,11 @@ fn f16_kernels_match_the_reference_with_the_exact_count(cfg: &AdaFaceConfig) {
             } else {
                 run::<f16, i32>(cfg, &inp, lim)
             };
-            println!(
-                "{what}: {:?}, mma {} / {}",
-                r.errors, r.mma_forward, r.mma_step
-            );
-            assert!(
-                r.loss_forward < 1e-6,
-                "{what}: forward loss {:e}",
-                r.loss_forward
-            );
-            if split {
-                r.errors.assert_f32_accuracy(&what);
-            } else {
-                // f16 keeps 3 more bits than bf16 when rounded once.
-                assert_single_accuracy(&r, &what);
-            }
-            assert_eq!(
-                r.mma_forward,
+            let want = (
                 expected_mma(b, d, c, false, split),
-                "{what}: forward mma"
-            );
-            assert_eq!(
-                r.mma_step,
                 expected_mma(b, d, c, true, split),
-                "{what}: step mma"
             );
-            assert_eq!(r.wgmma_forward + r.wgmma_step, 0, "{what}: wgmma executed");
+            assert_counted(&r, &what, split, false, want);
         }
     }
 }
@@ -317,31 +318,11 @@ fn wgmma_kernels_match_the_reference_with_the_exact_count(cfg: &AdaFaceConfig) {
             } else {
                 run::<bf16, i32>(cfg, &inp, lim)
             };
-            println!(
-                "{what}: {:?} forward-only loss {:e}, wgmma {} / {}",
-                r.errors, r.loss_forward, r.wgmma_forward, r.wgmma_step
-            );
-            assert!(
-                r.loss_forward < 1e-6,
-                "{what}: forward loss {:e}",
-                r.loss_forward
-            );
-            if split {
-                r.errors.assert_f32_accuracy(&what);
-            } else {
-                assert_single_accuracy(&r, &what);
-            }
-            assert_eq!(r.mma_forward + r.mma_step, 0, "{what}: mma.sync executed");
-            assert_eq!(
-                r.wgmma_forward,
+            let want = (
                 expected_wgmma(b, d, c, false, split),
-                "{what}: forward wgmma"
-            );
-            assert_eq!(
-                r.wgmma_step,
                 expected_wgmma(b, d, c, true, split),
-                "{what}: step wgmma"
             );
+            assert_counted(&r, &what, split, true, want);
         }
     }
 
