@@ -19,3 +19,6 @@ cargo test --features candle
 
 echo "== kernels: NVRTC 13.0 compile for sm_80 and sm_90, no register spills"
 bash scripts/check_kernels.sh
+
+echo "== PyTorch package: cached venv, pip install ./python, pytest python/tests"
+bash scripts/test_python.sh

@@ -201,6 +201,17 @@ impl CudaAdaFace {
             .map_err(backend("write EMA state"))
     }
 
+    /// The device buffer of the EMA state, `[batch_mean, batch_std]` in
+    /// `f64`, for frameworks that keep the state in their own device tensors
+    /// (the PyTorch package): copy their values in before a step and out
+    /// after it, on [`stream`](Self::stream), and no step waits for the GPU.
+    /// Unlike [`set_state`](Self::set_state), values written here are not
+    /// validated; the caller writes a state that passed
+    /// [`EmaState::validate`].
+    pub fn state_buffer_mut(&mut self) -> &mut CudaSlice<f64> {
+        &mut self.state
+    }
+
     /// Evaluation: the loss only. `update_state` chooses whether the EMA
     /// state moves (the official head updates it on every forward).
     pub fn forward<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr>(

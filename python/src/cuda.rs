@@ -1,0 +1,269 @@
+//! CUDA tensors: the crate's [`CudaAdaFace`] on torch's current stream,
+//! reading torch's device memory in place and writing the gradients, the
+//! loss and the EMA state into tensors torch allocated. Nothing here waits
+//! for the GPU; [`CudaHead::check_last_step`] does, when asked.
+
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use adaface::cuda::{CudaAdaFace, CudaStep};
+use adaface::launch::{KernelElement, KernelLabel};
+use adaface::{Error, Shape};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr};
+use half::{bf16, f16};
+use pyo3::prelude::*;
+
+use crate::{leak_name, shape_of, to_py, Config};
+
+fn backend(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
+    move |e| Error::Backend {
+        message: format!("{what}: {e}"),
+    }
+}
+
+/// Torch's device memory seen as a cudarc slice for the length of one call;
+/// leaked on drop, so cudarc never frees what torch owns.
+struct Borrowed<T>(ManuallyDrop<CudaSlice<T>>);
+
+impl<T> Borrowed<T> {
+    /// # Safety
+    /// `ptr` is a live device allocation of at least `len` `T` in the
+    /// stream's context, that stays alive (torch holds the tensor) and is
+    /// used on this stream only while borrowed.
+    unsafe fn new(stream: &Arc<CudaStream>, ptr: u64, len: usize) -> Result<Self, Error> {
+        if ptr == 0 || ptr % std::mem::align_of::<T>() as u64 != 0 {
+            return Err(Error::Backend {
+                message: "null or misaligned device pointer".into(),
+            });
+        }
+        Ok(Borrowed(ManuallyDrop::new(
+            stream.upgrade_device_ptr::<T>(ptr, len),
+        )))
+    }
+}
+
+impl<T> Drop for Borrowed<T> {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here; leak() forgets the allocation.
+        let slice = unsafe { ManuallyDrop::take(&mut self.0) };
+        slice.leak();
+    }
+}
+
+impl<T> Deref for Borrowed<T> {
+    type Target = CudaSlice<T>;
+    fn deref(&self) -> &CudaSlice<T> {
+        &self.0
+    }
+}
+
+impl<T> DerefMut for Borrowed<T> {
+    fn deref_mut(&mut self) -> &mut CudaSlice<T> {
+        &mut self.0
+    }
+}
+
+/// The fused loss on one CUDA device and one torch stream.
+#[pyclass(unsendable, module = "adaface_rs._native")]
+pub struct CudaHead {
+    loss: CudaAdaFace,
+    last: Option<CudaStep>,
+    device: usize,
+    stream_handle: u64,
+}
+
+/// Pointers and sizes of one call, as Python passed them.
+#[derive(Clone, Copy)]
+struct Call {
+    shape: Shape,
+    x: u64,
+    w: u64,
+    labels: u64,
+    dx: u64,
+    dw: u64,
+    loss: u64,
+    mean: u64,
+    std: u64,
+    update_state: bool,
+}
+
+impl CudaHead {
+    /// # Safety
+    /// Every pointer of `call` is a live device allocation of the sizes its
+    /// shape implies (`f64` for `loss`, `mean`, `std`; `f32` for `dx`,
+    /// `dw`, or both 0 for the loss only) on this head's device.
+    unsafe fn run<E, L>(&mut self, call: Call) -> Result<(), Error>
+    where
+        E: KernelElement + DeviceRepr,
+        L: KernelLabel + DeviceRepr,
+    {
+        let shape = call.shape;
+        let stream = self.loss.stream().clone();
+        let x = Borrowed::<E>::new(&stream, call.x, shape.features_len()?)?;
+        let w = Borrowed::<E>::new(&stream, call.w, shape.weight_len()?)?;
+        let y = Borrowed::<L>::new(&stream, call.labels, shape.batch)?;
+        let mut loss_out = Borrowed::<f64>::new(&stream, call.loss, 1)?;
+        let mut mean = Borrowed::<f64>::new(&stream, call.mean, 1)?;
+        let mut std = Borrowed::<f64>::new(&stream, call.std, 1)?;
+        // The torch buffers are the state: copied in, and out after the step.
+        {
+            let state = self.loss.state_buffer_mut();
+            stream
+                .memcpy_dtod(&*mean, &mut state.slice_mut(0..1))
+                .map_err(backend("copy EMA mean in"))?;
+            stream
+                .memcpy_dtod(&*std, &mut state.slice_mut(1..2))
+                .map_err(backend("copy EMA std in"))?;
+        }
+        let step = if call.dx != 0 || call.dw != 0 {
+            let mut dx = Borrowed::<f32>::new(&stream, call.dx, shape.features_len()?)?;
+            let mut dw = Borrowed::<f32>::new(&stream, call.dw, shape.weight_len()?)?;
+            self.loss
+                .forward_backward::<E, L>(shape, &*x, &*w, &*y, &mut dx, &mut dw)?
+        } else {
+            self.loss
+                .forward::<E, L>(shape, &*x, &*w, &*y, call.update_state)?
+        };
+        let loss = step.loss_on_device()?;
+        stream
+            .memcpy_dtod(&loss, &mut *loss_out)
+            .map_err(backend("copy loss out"))?;
+        if call.update_state {
+            let state = self.loss.state_buffer_mut();
+            stream
+                .memcpy_dtod(&state.slice(0..1), &mut *mean)
+                .map_err(backend("copy EMA mean out"))?;
+            stream
+                .memcpy_dtod(&state.slice(1..2), &mut *std)
+                .map_err(backend("copy EMA std out"))?;
+        }
+        self.last = Some(step);
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl CudaHead {
+    /// The loss for CUDA device `device`, launching on the CUDA stream
+    /// `stream` (torch's `torch.cuda.current_stream(device).cuda_stream`),
+    /// which must belong to that device's primary context (torch's).
+    /// Compiles the kernels (NVRTC) on first use of the device.
+    #[new]
+    fn new(cfg: &Config, device: usize, stream: u64) -> PyResult<Self> {
+        adaface::cuda::probe().map_err(to_py)?;
+        let ctx = CudaContext::new(device).map_err(|e| {
+            to_py(Error::DeviceUnavailable {
+                reason: format!("CUDA context of device {device}: {e}"),
+            })
+        })?;
+        // Everything runs on one stream (torch's), so cudarc's per-buffer
+        // events are not needed.
+        // SAFETY: all buffers of this head are used on its one stream.
+        unsafe { ctx.disable_event_tracking() };
+        let s = if stream == 0 {
+            ctx.default_stream()
+        } else {
+            // SAFETY: torch keeps its streams alive for the process; the
+            // handle is of this device (Python passes the current stream of
+            // the tensor's device), and every call orders itself on it.
+            unsafe { ctx.wrap_borrowed_stream(stream as cudarc::driver::sys::CUstream) }
+        };
+        let loss = CudaAdaFace::new(s, cfg.cfg).map_err(to_py)?;
+        Ok(CudaHead {
+            loss,
+            last: None,
+            device,
+            stream_handle: stream,
+        })
+    }
+
+    /// The device ordinal.
+    #[getter]
+    fn device(&self) -> usize {
+        self.device
+    }
+
+    /// The raw stream handle the head launches on.
+    #[getter]
+    fn stream(&self) -> u64 {
+        self.stream_handle
+    }
+
+    /// Launches one step; see `adaface_rs` for the pointer contract. `dx`,
+    /// `dw` are `float32` device tensors (`B x D`, `C x D`), or both 0 for
+    /// the loss only; `loss`, `state_mean`, `state_std` one-element
+    /// `float64` device tensors. Returns at once: the kernels check the data
+    /// (labels, finite values, zero norms) and on a rejected step leave the
+    /// gradients and the state untouched and the loss NaN;
+    /// [`check_last_step`](Self::check_last_step) raises the error.
+    #[pyo3(signature = (batch, dim, classes, dtype, label_dtype, x, w, labels, dx, dw, loss, state_mean, state_std, update_state))]
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        batch: usize,
+        dim: usize,
+        classes: usize,
+        dtype: &str,
+        label_dtype: &str,
+        x: u64,
+        w: u64,
+        labels: u64,
+        dx: u64,
+        dw: u64,
+        loss: u64,
+        state_mean: u64,
+        state_std: u64,
+        update_state: bool,
+    ) -> PyResult<()> {
+        let shape = shape_of(batch, dim, classes).map_err(to_py)?;
+        let call = Call {
+            shape,
+            x,
+            w,
+            labels,
+            dx,
+            dw,
+            loss,
+            mean: state_mean,
+            std: state_std,
+            update_state,
+        };
+        macro_rules! go {
+            ($e:ty) => {
+                match label_dtype {
+                    // SAFETY: Python passes contiguous device tensors of these
+                    // sizes and dtypes on this head's device, kept alive.
+                    "int64" => unsafe { self.run::<$e, i64>(call) },
+                    "int32" => unsafe { self.run::<$e, i32>(call) },
+                    other => Err(Error::DtypeMismatch {
+                        expected: "int64 or int32 labels",
+                        actual: leak_name(other),
+                    }),
+                }
+            };
+        }
+        let out = match dtype {
+            "float32" => go!(f32),
+            "bfloat16" => go!(bf16),
+            "float16" => go!(f16),
+            other => Err(Error::DtypeMismatch {
+                expected: "float32, bfloat16 or float16",
+                actual: leak_name(other),
+            }),
+        };
+        out.map_err(to_py)
+    }
+
+    /// Waits for the latest step and raises the error its kernels detected
+    /// (`ValueError`), or returns its loss (`None` before the first step).
+    fn check_last_step(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        match &self.last {
+            None => Ok(None),
+            Some(step) => py
+                .detach(|| step.summary().map(|s| s.loss))
+                .map(Some)
+                .map_err(to_py),
+        }
+    }
+}
