@@ -60,6 +60,9 @@ if ARGS.device == "cpu" and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", RAYON_NUM_THREADS=str(ARGS.threads))
     os.execve(sys.executable, [sys.executable] + sys.argv, env)
 os.environ.setdefault("RAYON_NUM_THREADS", str(ARGS.threads))
+# The installed package, not the source folder this script sits in.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -105,43 +108,86 @@ def rss_kib(field: str) -> int:
     return 0
 
 
-def cpu_peak_extra_mb(step, returned_bytes: int) -> float:
+def cpu_peak_extra_mb(prepare, run, returned_bytes: int) -> float:
+    """Peak RSS of ``run()`` above the RSS after ``prepare()`` (which frees
+    the previous step's gradients and makes the inputs), less the gradients
+    the step returns; the maximum over three steps."""
     worst = 0.0
     for _ in range(3):
+        args = prepare()
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
         except OSError:
             return float("nan")
         before = rss_kib("VmRSS")
-        step()
+        run(*args)
         extra = (rss_kib("VmHWM") - before) * 1024 - returned_bytes
         worst = max(worst, extra / 2**20)
     return worst
 
 
-def timed_cpu(step) -> float:
-    for _ in range(ARGS.warmup):
-        step()
-    times = []
+def timed_round_robin(steps, sync=None):
+    """Median milliseconds of each step, the steps interleaved iteration by
+    iteration so that a busy machine slows them alike."""
+    for step in steps.values():
+        for _ in range(ARGS.warmup):
+            step()
+    times = {name: [] for name in steps}
     for _ in range(ARGS.iters):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        for name, step in steps.items():
+            if sync is None:
+                t0 = time.perf_counter()
+                step()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+            else:
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                step()
+                b.record()
+                sync()
+                times[name].append(a.elapsed_time(b))
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
-def timed_cuda(step) -> float:
-    for _ in range(ARGS.warmup):
-        step()
-    torch.cuda.synchronize()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(ARGS.iters)]
-    for a, b in events:
-        a.record()
-        step()
-        b.record()
-    torch.cuda.synchronize()
-    return statistics.median(a.elapsed_time(b) for a, b in events)
+def python_layer_us(dtype) -> float:
+    """The Python layer's own cost per step, in microseconds: a module step
+    (forward and backward through autograd) minus the bare native call, at a
+    shape so small that the Rust work is negligible; medians of 400."""
+    b, d, c = 3, 4, 5
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(b, d, generator=g).to(dtype) * 3
+    y = torch.tensor([0, 4, 2])
+    head = adaface_rs.AdaFaceLoss(d, c, dtype=dtype)
+    mean = torch.tensor([20.0], dtype=torch.float64)
+    std = torch.tensor([100.0], dtype=torch.float64)
+    wt = head.weight.detach()
+    x = x0.clone().requires_grad_()
+
+    def module_step():
+        x.grad = None
+        head.weight.grad = None
+        head(x, y).backward()
+
+    def native():
+        gx = torch.empty(b, d)
+        gw = torch.empty(c, d)
+        _native.cpu_step(head._cfg, b, d, c, ARGS.dtype, "int64", x0.data_ptr(), wt.data_ptr(),
+                         y.data_ptr(), gx.data_ptr(), gw.data_ptr(), mean.data_ptr(), std.data_ptr(), True)
+
+    def clear_only():
+        x.grad = None
+        head.weight.grad = None
+
+    t = {"m": [], "n": [], "c": []}
+    for i in range(420):
+        for k, f in (("m", module_step), ("n", native), ("c", clear_only)):
+            t0 = time.perf_counter()
+            f()
+            if i >= 20:
+                t[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in t.items()}
+    return (med["m"] - med["c"] - med["n"]) * 1e6
 
 
 def main() -> None:
@@ -178,10 +224,15 @@ def main() -> None:
             official.kernel.copy_(w0.float().t())
         impls["official_head"] = official
 
-    def make_step(name, head):
-        def step():
-            x = x0.clone().requires_grad_()
+    def make_prepare(head):
+        def prepare():
             head.zero_grad(set_to_none=True)
+            return (x0.clone().requires_grad_(),)
+
+        return prepare
+
+    def make_run(name, head):
+        def run(x):
             if name == "official_head":
                 xf = x.float()
                 n = torch.norm(xf, 2, 1, True)
@@ -191,48 +242,56 @@ def main() -> None:
             loss.backward()
             return loss
 
-        return step
+        return run
 
-    rows = []
+    steps = {}
     for name, head in impls.items():
-        step = make_step(name, head)
-        if dev.type == "cpu":
-            ms = timed_cpu(step)
-            mem = cpu_peak_extra_mb(step, grad_bytes)
-        else:
-            free0 = torch.cuda.mem_get_info(dev)[0]
-            step()
-            torch.cuda.synchronize()
-            outside = 0.0
-            if name == "adaface_rs":
-                # Workspace the crate allocates through the driver (kept).
-                outside = max(0, free0 - torch.cuda.mem_get_info(dev)[0]) / 2**20
-            ms = timed_cuda(step)
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-            step()
-            torch.cuda.synchronize()
-            mem = (torch.cuda.max_memory_allocated(dev) - base - grad_bytes) / 2**20 + outside
-        rows.append({"path": name, "median_ms": ms, "peak_extra_mb": max(mem, 0.0)})
+        prepare, run = make_prepare(head), make_run(name, head)
+        steps[name] = lambda prepare=prepare, run=run: run(*prepare())
 
-    native_ms = None
     if dev.type == "cpu" and dtype in (torch.float32, torch.bfloat16, torch.float16):
-        # The bare Rust step: the native call on prepared buffers.
+        # The bare Rust step: the native call alone, on inputs and fresh
+        # gradient buffers prepared as the module prepares them.
         xs = x0.contiguous()
-        gx = torch.empty(b, d)
-        gw = torch.empty(c, d)
         mean = torch.tensor([20.0], dtype=torch.float64)
         std = torch.tensor([100.0], dtype=torch.float64)
         wt = ours.weight.detach()
 
         def native():
-            gw.data = torch.empty(c, d)  # as the module: fresh gradient buffers
-            gx.data = torch.empty(b, d)
+            gx = torch.empty(b, d)
+            gw = torch.empty(c, d)
             _native.cpu_step(ours._cfg, b, d, c, ARGS.dtype, "int64", xs.data_ptr(), wt.data_ptr(),
                              y.data_ptr(), gx.data_ptr(), gw.data_ptr(), mean.data_ptr(), std.data_ptr(), True)
 
-        native_ms = timed_cpu(native)
+        steps["native"] = native
+
+    rows = []
+    if dev.type == "cpu":
+        medians = timed_round_robin(steps)
+        for name, head in impls.items():
+            mem = cpu_peak_extra_mb(make_prepare(head), make_run(name, head), grad_bytes)
+            rows.append({"path": name, "median_ms": medians[name], "peak_extra_mb": max(mem, 0.0)})
+    else:
+        outside = {}
+        for name, step in steps.items():
+            free0 = torch.cuda.mem_get_info(dev)[0]
+            step()
+            torch.cuda.synchronize()
+            # Device memory taken outside torch's allocator (the crate's
+            # workspace, kept between steps).
+            outside[name] = max(0, free0 - torch.cuda.mem_get_info(dev)[0]) / 2**20 if name == "adaface_rs" else 0.0
+        medians = timed_round_robin(steps, sync=torch.cuda.synchronize)
+        for name, head in impls.items():
+            args = make_prepare(head)()
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            make_run(name, head)(*args)
+            torch.cuda.synchronize()
+            mem = (torch.cuda.max_memory_allocated(dev) - base - grad_bytes) / 2**20 + outside[name]
+            rows.append({"path": name, "median_ms": medians[name], "peak_extra_mb": max(mem, 0.0)})
+    native_ms = medians.get("native")
+    layer_us = python_layer_us(dtype) if native_ms is not None else None
 
     plain_row = rows[1]
     print(f"AdaFace step, B={b} D={d} C={c} {ARGS.dtype} on {ARGS.device}, "
@@ -244,9 +303,14 @@ def main() -> None:
         print(f"{r['path']:<16} {r['median_ms']:>10.2f} {r['peak_extra_mb']:>15.2f} {speed:>8.2f}x {ratio:>13.4f}")
     if native_ms is not None:
         overhead = (rows[0]["median_ms"] - native_ms) / native_ms * 100
-        print(f"native Rust step (no Python layer): {native_ms:.2f} ms; Python layer overhead {overhead:+.1f} %")
+        print(f"native Rust step (no Python layer): {native_ms:.2f} ms; module step minus it: {overhead:+.1f} % "
+              "(includes the harness's input clone and zero_grad, and the noise of this machine)")
+        share = layer_us / 1e3 / native_ms * 100
+        print(f"Python layer per step (module step minus native call, forward + backward, at B=3 D=4 C=5): "
+              f"{layer_us:.1f} us = {share:.3f} % of the Rust step here")
         rows[0]["native_ms"] = native_ms
         rows[0]["python_overhead_pct"] = overhead
+        rows[0]["python_layer_us"] = layer_us
     if not head_path:
         print("official_head: not run (set ADAFACE_OFFICIAL_HEAD to the official head.py)")
     if ARGS.json:
