@@ -87,6 +87,21 @@ if [ -n "${HEAD_PY:-}" ] && [ -f "$HEAD_PY" ]; then
 else
     echo "warning: HEAD_PY unset or missing: no official head.py in the bundle, the torch step will be skipped" >&2
 fi
+# The PyTorch package (python/): one abi3 wheel, its tests and bench, for the
+# `python` group of gpu_check.sh (needs maturin: scripts/test_python.sh's
+# cached environment has it).
+MATURIN="${ADAFACE_PY_ENV:-$HOME/.cache/adaface/py311}/bin/maturin"
+command -v maturin >/dev/null && MATURIN="$(command -v maturin)"
+if [ -x "$MATURIN" ]; then
+    mkdir -p "$BUNDLE/python"
+    "$MATURIN" build --release --strip -q -m python/Cargo.toml -o "$BUNDLE/python/wheels" >/dev/null
+    cp -r python/tests "$BUNDLE/python/tests"
+    cp python/bench.py "$BUNDLE/python/"
+    rm -rf "$BUNDLE/python/tests/__pycache__"
+    echo "python: $(ls "$BUNDLE/python/wheels")"
+else
+    echo "warning: no maturin: the PyTorch package is not bundled (run scripts/test_python.sh once)" >&2
+fi
 # The GPU paths compute in f32: the float32 golden files are enough.
 cp "$GOLDEN"/*_float32.json "$BUNDLE/golden/"
 cp "$GOLDEN/a_small_default_float64.json" "$BUNDLE/cases/small.json"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (CUDA 13.0, driver 580, H200; no Rust) from the
 # bundle made by scripts/gpu_bundle.sh:  bash gpu-bundle/gpu_check.sh [GROUP...]
+#   python     the PyTorch package (python/ wheel): its CUDA tests and
+#              python/bench.py on CUDA, B = D = 512, C = 100k
 #   tests      the GPU tests (gpu_kernels, the simulator's GPU cross-check,
 #              the naive cuBLAS baseline, the candle op on CUDA tensors when
 #              bundled as tests/candle_cuda.xz), logs in logs/
@@ -112,6 +114,23 @@ if want tests; then
             FAILED=1
         fi
     fi
+fi
+
+# 1b. The PyTorch package on CUDA tensors (python/tests/test_cuda.py and the
+# drop-in test when the official head is bundled), if bundled: the wheel
+# into a venv over the machine's torch; a skip means no GPU was visible.
+if want python && [ -d python/wheels ]; then
+    if [ ! -x out/pyenv/bin/python ]; then
+        "$PYTHON" -m venv --system-site-packages out/pyenv && \
+            out/pyenv/bin/python -m pip install -q --no-deps --no-index python/wheels/*.whl
+    fi
+    [ -f torch/head.py ] && export ADAFACE_OFFICIAL_HEAD="$HERE/torch/head.py"
+    step python_cuda 240 out/pyenv/bin/python -m pytest -rs -p no:cacheprovider python/tests/test_cuda.py python/tests/test_official.py
+    if grep -q "no CUDA GPU visible" logs/python_cuda.log 2>/dev/null; then
+        ROWS+=("$(printf '%-28s %-12s' python_cuda_skipped "FAIL(no GPU visible to torch)")")
+        FAILED=1
+    fi
+    step python_bench 120 out/pyenv/bin/python python/bench.py --batch 512 --dim 512 --classes 100000 --device cuda --iters 20 --warmup 3
 fi
 
 # 2. Eval tool, GPU vs reference on the large case.

@@ -353,8 +353,12 @@ class AdaFaceLoss(nn.Module):
         part, which the backbone's normalisation removes anyway, is not
         computed, so the gradient reaching the backbone is the official one.
         """
-        if not isinstance(norms, Tensor) or norms.numel() != (embeddings.shape[0] if embeddings.dim() else -1):
+        if not isinstance(embeddings, Tensor) or embeddings.dim() != 2:
+            raise ValueError("embeddings must be a 2-dimensional torch.Tensor (B x D)")
+        if not isinstance(norms, Tensor) or norms.numel() != embeddings.shape[0]:
             raise ValueError("norms must be a tensor with one value per row of embeddings")
+        if norms.device != embeddings.device:
+            raise ValueError(f"norms are on {norms.device}, the embeddings on {embeddings.device}")
         return _AdaFaceNormalizedFunction.apply(
             embeddings, norms, self.weight, labels, self, self._updates_state()
         )

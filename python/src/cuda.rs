@@ -8,9 +8,8 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use adaface::cuda::{CudaAdaFace, CudaStep};
-use adaface::launch::{KernelElement, KernelLabel};
 use adaface::{Error, Shape};
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use half::{bf16, f16};
 use pyo3::prelude::*;
 
@@ -88,59 +87,66 @@ struct Call {
     update_state: bool,
 }
 
-impl CudaHead {
-    /// # Safety
-    /// Every pointer of `call` is a live device allocation of the sizes its
-    /// shape implies (`f64` for `loss`, `mean`, `std`; `f32` for `dx`,
-    /// `dw`, or both 0 for the loss only) on this head's device.
-    unsafe fn run<E, L>(&mut self, call: Call) -> Result<(), Error>
-    where
-        E: KernelElement + DeviceRepr,
-        L: KernelLabel + DeviceRepr,
-    {
-        let shape = call.shape;
-        let stream = self.loss.stream().clone();
-        let x = Borrowed::<E>::new(&stream, call.x, shape.features_len()?)?;
-        let w = Borrowed::<E>::new(&stream, call.w, shape.weight_len()?)?;
-        let y = Borrowed::<L>::new(&stream, call.labels, shape.batch)?;
-        let mut loss_out = Borrowed::<f64>::new(&stream, call.loss, 1)?;
-        let mut mean = Borrowed::<f64>::new(&stream, call.mean, 1)?;
-        let mut std = Borrowed::<f64>::new(&stream, call.std, 1)?;
-        // The torch buffers are the state: copied in, and out after the step.
-        {
-            let state = self.loss.state_buffer_mut();
-            stream
-                .memcpy_dtod(&*mean, &mut state.slice_mut(0..1))
-                .map_err(backend("copy EMA mean in"))?;
-            stream
-                .memcpy_dtod(&*std, &mut state.slice_mut(1..2))
-                .map_err(backend("copy EMA std in"))?;
-        }
-        let step = if call.dx != 0 || call.dw != 0 {
-            let mut dx = Borrowed::<f32>::new(&stream, call.dx, shape.features_len()?)?;
-            let mut dw = Borrowed::<f32>::new(&stream, call.dw, shape.weight_len()?)?;
-            self.loss
-                .forward_backward::<E, L>(shape, &*x, &*w, &*y, &mut dx, &mut dw)?
-        } else {
-            self.loss
-                .forward::<E, L>(shape, &*x, &*w, &*y, call.update_state)?
-        };
-        let loss = step.loss_on_device()?;
-        stream
-            .memcpy_dtod(&loss, &mut *loss_out)
-            .map_err(backend("copy loss out"))?;
-        if call.update_state {
-            let state = self.loss.state_buffer_mut();
-            stream
-                .memcpy_dtod(&state.slice(0..1), &mut *mean)
-                .map_err(backend("copy EMA mean out"))?;
-            stream
-                .memcpy_dtod(&state.slice(1..2), &mut *std)
-                .map_err(backend("copy EMA std out"))?;
-        }
-        self.last = Some(step);
-        Ok(())
-    }
+/// One step with element type `$e` and label type `$l` (a macro rather than
+/// a generic function, so this layer names no trait of the crate's launch
+/// internals: only `CudaAdaFace`'s methods at concrete types).
+///
+/// Safety: every pointer of the call is a live device allocation of the
+/// sizes its shape implies (`f64` for `loss`, `mean`, `std`; `f32` for `dx`,
+/// `dw`, or both 0 for the loss only) on this head's device.
+macro_rules! run_typed {
+    ($head:expr, $call:expr, $e:ty, $l:ty) => {{
+        let head: &mut CudaHead = $head;
+        let call: Call = $call;
+        // SAFETY: the pointer contract above, which the Python layer keeps
+        // (contiguous tensors of the checked shapes, dtypes and device).
+        (|| -> Result<(), Error> {
+            unsafe {
+                let shape = call.shape;
+                let stream = head.loss.stream().clone();
+                let x = Borrowed::<$e>::new(&stream, call.x, shape.features_len()?)?;
+                let w = Borrowed::<$e>::new(&stream, call.w, shape.weight_len()?)?;
+                let y = Borrowed::<$l>::new(&stream, call.labels, shape.batch)?;
+                let mut loss_out = Borrowed::<f64>::new(&stream, call.loss, 1)?;
+                let mut mean = Borrowed::<f64>::new(&stream, call.mean, 1)?;
+                let mut std = Borrowed::<f64>::new(&stream, call.std, 1)?;
+                // The torch buffers are the state: copied in, and out after the step.
+                {
+                    let state = head.loss.state_buffer_mut();
+                    stream
+                        .memcpy_dtod(&*mean, &mut state.slice_mut(0..1))
+                        .map_err(backend("copy EMA mean in"))?;
+                    stream
+                        .memcpy_dtod(&*std, &mut state.slice_mut(1..2))
+                        .map_err(backend("copy EMA std in"))?;
+                }
+                let step = if call.dx != 0 || call.dw != 0 {
+                    let mut dx = Borrowed::<f32>::new(&stream, call.dx, shape.features_len()?)?;
+                    let mut dw = Borrowed::<f32>::new(&stream, call.dw, shape.weight_len()?)?;
+                    head.loss
+                        .forward_backward::<$e, $l>(shape, &*x, &*w, &*y, &mut dx, &mut dw)?
+                } else {
+                    head.loss
+                        .forward::<$e, $l>(shape, &*x, &*w, &*y, call.update_state)?
+                };
+                let loss = step.loss_on_device()?;
+                stream
+                    .memcpy_dtod(&loss, &mut *loss_out)
+                    .map_err(backend("copy loss out"))?;
+                if call.update_state {
+                    let state = head.loss.state_buffer_mut();
+                    stream
+                        .memcpy_dtod(&state.slice(0..1), &mut *mean)
+                        .map_err(backend("copy EMA mean out"))?;
+                    stream
+                        .memcpy_dtod(&state.slice(1..2), &mut *std)
+                        .map_err(backend("copy EMA std out"))?;
+                }
+                head.last = Some(step);
+                Ok(())
+            }
+        })()
+    }};
 }
 
 #[pymethods]
@@ -234,8 +240,8 @@ impl CudaHead {
                 match label_dtype {
                     // SAFETY: Python passes contiguous device tensors of these
                     // sizes and dtypes on this head's device, kept alive.
-                    "int64" => unsafe { self.run::<$e, i64>(call) },
-                    "int32" => unsafe { self.run::<$e, i32>(call) },
+                    "int64" => run_typed!(self, call, $e, i64),
+                    "int32" => run_typed!(self, call, $e, i32),
                     other => Err(Error::DtypeMismatch {
                         expected: "int64 or int32 labels",
                         actual: leak_name(other),

@@ -418,3 +418,34 @@ def test_cuda_unavailable_is_runtime_error():
     cfg = _native.Config("adaface", 0.4, 0.333, 64.0, 0.01)
     with pytest.raises(RuntimeError, match="device unavailable"):
         _native.CudaHead(cfg, 0, 0)
+
+
+def test_forward_normalized_rejects_bad_norms():
+    mod = adaface_rs.AdaFaceLoss(4, 6)
+    e = torch.nn.functional.normalize(torch.randn(5, 4), dim=1)
+    y = torch.randint(0, 6, (5,))
+    with pytest.raises(ValueError, match="one value per row"):
+        mod.forward_normalized(e, torch.ones(4), y)
+    with pytest.raises(ValueError, match="2-dimensional"):
+        mod.forward_normalized(e[0], torch.ones(5), y)
+    assert mod.ema_state() == (20.0, 100.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cpu_inputs_read_in_place(dtype):
+    """Contiguous CPU tensors of the weight's dtype reach the native call as
+    their own memory; a transposed view is copied once."""
+    from adaface_rs._loss import _Plan
+
+    b, d, c = 5, 8, 7
+    x, w, y = random_inputs(b, d, c, seed=16, dtype=dtype)
+    mod = adaface_rs.AdaFaceLoss(d, c, dtype=dtype)
+    plan = _Plan(mod, x, mod.weight, y)
+    assert plan.kind == "cpu" and plan.dtype == dtype
+    assert plan.features.data_ptr() == x.data_ptr()
+    assert plan.weight.data_ptr() == mod.weight.data_ptr()
+    assert plan.labels.data_ptr() == y.data_ptr()
+    xt = torch.empty(d, b, dtype=dtype).t()
+    xt.copy_(x)
+    plan = _Plan(mod, xt, mod.weight, y)
+    assert plan.features.is_contiguous() and plan.features.data_ptr() != xt.data_ptr()

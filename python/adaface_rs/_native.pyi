@@ -1,0 +1,35 @@
+"""Type stubs of the native layer (Rust, PyO3). Private: the pointer
+arguments must be data pointers of live, contiguous tensors of the shapes,
+dtypes and device the call names (``adaface_rs.AdaFaceLoss`` checks them)."""
+
+from typing import Optional, Tuple
+
+class Config:
+    def __init__(
+        self, margin: str, m: float, h: float, s: float, t_alpha: float,
+        m1: float = ..., m2: float = ..., m3: float = ...,
+    ) -> None: ...
+    def initial_state(self) -> Tuple[float, float]: ...
+
+def cpu_step(
+    cfg: Config, batch: int, dim: int, classes: int, dtype: str, label_dtype: str,
+    x: int, w: int, labels: int, dx: int, dw: int, state_mean: int, state_std: int,
+    update_state: bool,
+) -> float: ...
+def reference_step(
+    cfg: Config, batch: int, dim: int, classes: int, dtype: str, label_dtype: str,
+    x: int, w: int, labels: int, dx: int, dw: int, state_mean: int, state_std: int,
+    update_state: bool,
+) -> float: ...
+def cuda_compiled() -> bool: ...
+
+class CudaHead:
+    device: int
+    stream: int
+    def __init__(self, cfg: Config, device: int, stream: int) -> None: ...
+    def step(
+        self, batch: int, dim: int, classes: int, dtype: str, label_dtype: str,
+        x: int, w: int, labels: int, dx: int, dw: int, loss: int,
+        state_mean: int, state_std: int, update_state: bool,
+    ) -> None: ...
+    def check_last_step(self) -> Optional[float]: ...
