@@ -19,10 +19,11 @@ and the Python layer's share of the step.
 Time: median wall time of --iters steps after --warmup (CPU), or between CUDA
 events (CUDA). Memory, beyond the inputs and the gradients the step returns:
 CPU, the peak resident set size (VmHWM, reset through /proc/self/clear_refs)
-during a step above the size just before it, maximum over three steps; the
-process runs with MALLOC_MMAP_THRESHOLD_ fixed (it re-executes itself to set
-it) so that large buffers are mapped and unmapped per step and show in the
-peak rather than being served from memory already resident. CUDA, torch's
+during a step above the size just before it, maximum over three steps,
+measured in a child process with MALLOC_MMAP_THRESHOLD_ fixed so that large
+buffers are mapped and unmapped per step and show in the peak rather than
+being served from memory already resident (the timing runs in this process,
+with the allocator's defaults). CUDA, torch's
 peak allocated memory during a step above the allocation before it, plus for
 adaface_rs the device memory its kernels' workspace takes outside torch's
 allocator (the drop in free device memory over its first step).
@@ -52,13 +53,14 @@ def parse() -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", action="store_true", help="also print one JSON line per implementation")
+    p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args()
 
 
 ARGS = parse()
-if ARGS.device == "cpu" and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", RAYON_NUM_THREADS=str(ARGS.threads))
-    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+if "RAYON_NUM_THREADS" not in os.environ:
+    # The Rust thread pool reads it once, at its first use: re-execute with it.
+    os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, RAYON_NUM_THREADS=str(ARGS.threads)))
 os.environ.setdefault("RAYON_NUM_THREADS", str(ARGS.threads))
 # The installed package, not the source folder this script sits in.
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -266,11 +268,28 @@ def main() -> None:
         steps["native"] = native
 
     rows = []
+    if dev.type == "cpu" and ARGS.memory_child:
+        for name, head in impls.items():
+            make_run(name, head)(*make_prepare(head)())
+            mem = cpu_peak_extra_mb(make_prepare(head), make_run(name, head), grad_bytes)
+            print(json.dumps({"path": name, "peak_extra_mb": max(mem, 0.0)}))
+        return
     if dev.type == "cpu":
         medians = timed_round_robin(steps)
-        for name, head in impls.items():
-            mem = cpu_peak_extra_mb(make_prepare(head), make_run(name, head), grad_bytes)
-            rows.append({"path": name, "median_ms": medians[name], "peak_extra_mb": max(mem, 0.0)})
+        import subprocess
+
+        child = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--memory-child"],
+            env=dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072"),
+            capture_output=True, text=True, check=True,
+        )
+        mems = {}
+        for line in child.stdout.splitlines():
+            if line.startswith("{"):
+                r = json.loads(line)
+                mems[r["path"]] = r["peak_extra_mb"]
+        for name in impls:
+            rows.append({"path": name, "median_ms": medians[name], "peak_extra_mb": mems[name]})
     else:
         outside = {}
         for name, step in steps.items():
