@@ -55,8 +55,10 @@ def test_cuda_against_cpu_reference(dtype, tol):
         xg = x.cuda().requires_grad_()
         # A side stream on the last step: the head launches on torch's current stream.
         ctx = torch.cuda.stream(stream) if step == 2 else torch.cuda.stream(torch.cuda.current_stream())
+        yg = y.cuda()
+        stream.wait_stream(torch.cuda.current_stream())
         with ctx:
-            lg = gpu(xg, y.cuda())
+            lg = gpu(xg, yg)
             lg.backward()
         torch.cuda.synchronize()
         assert xg.grad.dtype == dtype
