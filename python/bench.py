@@ -130,22 +130,26 @@ def cpu_peak_extra_mb(prepare, run, returned_bytes: int) -> float:
 
 
 def timed_round_robin(steps, sync=None):
-    """Median milliseconds of each step, the steps interleaved iteration by
-    iteration so that a busy machine slows them alike."""
-    for step in steps.values():
+    """Median milliseconds of each step's ``run(*prepare())``, only ``run``
+    timed (the harness's input clone and ``zero_grad`` are not the loss's
+    cost), the steps interleaved iteration by iteration so that a busy
+    machine slows them alike."""
+    for prepare, run in steps.values():
         for _ in range(ARGS.warmup):
-            step()
+            run(*prepare())
     times = {name: [] for name in steps}
     for _ in range(ARGS.iters):
-        for name, step in steps.items():
+        for name, (prepare, run) in steps.items():
+            args = prepare()
             if sync is None:
                 t0 = time.perf_counter()
-                step()
+                run(*args)
                 times[name].append((time.perf_counter() - t0) * 1e3)
             else:
+                sync()
                 a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 a.record()
-                step()
+                run(*args)
                 b.record()
                 sync()
                 times[name].append(a.elapsed_time(b))
@@ -248,8 +252,7 @@ def main() -> None:
 
     steps = {}
     for name, head in impls.items():
-        prepare, run = make_prepare(head), make_run(name, head)
-        steps[name] = lambda prepare=prepare, run=run: run(*prepare())
+        steps[name] = (make_prepare(head), make_run(name, head))
 
     if dev.type == "cpu" and dtype in (torch.float32, torch.bfloat16, torch.float16):
         # The bare Rust step: the native call alone, on inputs and fresh
@@ -265,7 +268,7 @@ def main() -> None:
             _native.cpu_step(ours._cfg, b, d, c, ARGS.dtype, "int64", xs.data_ptr(), wt.data_ptr(),
                              y.data_ptr(), gx.data_ptr(), gw.data_ptr(), mean.data_ptr(), std.data_ptr(), True)
 
-        steps["native"] = native
+        steps["native"] = (lambda: (), native)
 
     rows = []
     if dev.type == "cpu" and ARGS.memory_child:
@@ -292,9 +295,9 @@ def main() -> None:
             rows.append({"path": name, "median_ms": medians[name], "peak_extra_mb": mems[name]})
     else:
         outside = {}
-        for name, step in steps.items():
+        for name, (prepare, run) in steps.items():
             free0 = torch.cuda.mem_get_info(dev)[0]
-            step()
+            run(*prepare())
             torch.cuda.synchronize()
             # Device memory taken outside torch's allocator (the crate's
             # workspace, kept between steps).
@@ -323,7 +326,7 @@ def main() -> None:
     if native_ms is not None:
         overhead = (rows[0]["median_ms"] - native_ms) / native_ms * 100
         print(f"native Rust step (no Python layer): {native_ms:.2f} ms; module step minus it: {overhead:+.1f} % "
-              "(includes the harness's input clone and zero_grad, and the noise of this machine)")
+              "(with this machine's noise)")
         share = layer_us / 1e3 / native_ms * 100
         print(f"Python layer per step (module step minus native call, forward + backward, at B=3 D=4 C=5): "
               f"{layer_us:.1f} us = {share:.3f} % of the Rust step here")
