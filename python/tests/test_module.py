@@ -312,6 +312,7 @@ def _assert_untouched(mod, state, x):
         ("zero_row", ValueError, "zero norm"),
         ("zero_class", ValueError, "weight row 4 has zero norm"),
         ("empty_batch", ValueError, "empty batch"),
+        ("norm_overflow", ValueError, "features row 2 has a norm too large"),
         ("bad_state", ValueError, "invalid EMA state"),
         ("rank", ValueError, "must have 2 dimensions"),
         ("columns", ValueError, "columns"),
@@ -347,6 +348,8 @@ def test_errors_raise_and_write_nothing(what, exc, match):
         with torch.no_grad():
             mod.weight[4] = 0.0
         w_before = mod.weight.detach().clone()
+    elif what == "norm_overflow":
+        x[2] = 3.0e38
     elif what == "empty_batch":
         x, y = x[:0].clone(), y[:0].clone()
     elif what == "bad_state":
