@@ -20,6 +20,7 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub mod backend;
 #[cfg(feature = "candle")]
 pub mod candle_op;
 pub mod config;
@@ -40,11 +41,14 @@ pub mod output;
 pub mod real;
 pub mod reference;
 pub mod shape;
+#[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "sim")]
 pub mod sim_backend;
 pub mod state;
 pub mod trainer;
 
+pub use backend::{AdaFaceBackend, StepResult};
 pub use config::{AdaFaceConfig, AdaFaceConfigBuilder, MarginPolicy};
 pub use element::{Dtype, Element, Label};
 pub use error::{Error, Result, Tensor};
