@@ -5,7 +5,7 @@
 #              the naive cuBLAS baseline, the candle op on CUDA tensors when
 #              bundled as tests/candle_cuda.xz), logs in logs/
 #   eval       the eval tool on the large case (cuda vs reference)
-#   bench      the bench tool (issue 4), B = D = 512, bf16, C = 1M and 100k
+#   bench      the bench tool, B = D = 512, bf16, C = 1M and 100k
 #   criterion  the criterion bench benches/cuda (fused vs naive, forward and
 #              forward+backward, B 128/512, C 10k/100k/1M), medians from
 #              out/criterion
@@ -85,7 +85,7 @@ if want tests; then
         step sim_gpu_crosscheck 60 ./tests/sim_gpu_crosscheck --include-ignored --test-threads=1 --nocapture
     fi
 
-    # The naive cuBLAS baseline against the reference (issue 4), if bundled.
+    # The naive cuBLAS baseline against the reference, if bundled.
     if [ -x tests/naive_baseline ]; then
         step naive_baseline 90 ./tests/naive_baseline --include-ignored --skip bench_b512 --test-threads=1 --nocapture
         if grep -q "SKIPPED" logs/naive_baseline.log 2>/dev/null; then
@@ -136,7 +136,7 @@ PY
     fi
 fi
 
-# 3. Bench tool (issue 4), if bundled: JSON lines for the side-by-side table.
+# 3. Bench tool, if bundled: JSON lines for the side-by-side table.
 if want bench; then
     if [ -x examples/bench ]; then
         step bench_c1m_bf16 90 ./examples/bench --device cuda --batch 512 --dim 512 --classes 1000000 --dtype bf16 --iters 10 --json
@@ -166,7 +166,7 @@ if want criterion; then
     fi
 fi
 
-# 5. The official PyTorch head on the same GPU (issue 4's peer), if bundled.
+# 5. The official PyTorch head on the same GPU (the peer), if bundled.
 if want torch; then
     if [ -f torch/head.py ] && [ -f torch/torch_head_bench.py ]; then
         for c in 100000 1000000; do

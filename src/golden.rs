@@ -1,4 +1,4 @@
-//! The golden-vector file format of `shared/golden/README.md`, and the eval
+//! The golden-vector file format of `tests/golden/README.md`, and the eval
 //! tool's output format.
 //!
 //! Inputs are read as `f64`; a float32 file's values are exact in `f64` and

@@ -7,7 +7,7 @@ use adaface::golden::parse_case;
 use adaface::Dtype;
 use common::{golden_files, rel, rel_norm};
 
-/// (loss tolerance, array tolerance) per precision, as issue 2 sets them.
+/// (loss tolerance, array tolerance) per precision (tests/golden/README.md).
 fn tolerances(dtype: Dtype) -> (f64, f64) {
     match dtype {
         Dtype::F64 => (1e-10, 1e-10),

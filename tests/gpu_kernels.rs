@@ -86,7 +86,7 @@ fn gpu_golden_files_match_the_reference() {
         return;
     };
     for path in golden_files() {
-        let case = parse_case(&common::read_golden(&path)).unwrap();
+        let case = parse_case(&read_golden(&path)).unwrap();
         let reference = run_case(&case, Device::Reference, Dtype::F64).unwrap();
         let gpu = run_case(&case, Device::Cuda, Dtype::F32).unwrap();
         for (k, (g, r)) in gpu.iter().zip(&reference).enumerate() {

@@ -359,3 +359,53 @@ fn row_diagnostics_after_a_rejected_step_are_that_steps_error() {
     let err = step.summary().unwrap_err();
     assert_eq!(sim.row_diagnostics().unwrap_err(), err);
 }
+
+/// Two training steps through the trait only: what a trainer written once
+/// against [`AdaFaceBackend`] sees.
+fn two_steps<B: adaface::AdaFaceBackend<f32>>(
+    loss: &mut B,
+) -> (Vec<adaface::StepResult>, Vec<f32>, Vec<f32>) {
+    let mut rng = Rng::new(45);
+    let shape = Shape::new(6, 32, 9);
+    let w = rng.normals_f32(9 * 32, 1.0);
+    let (mut dx, mut dw) = (vec![0.0f32; 6 * 32], vec![0.0f32; 9 * 32]);
+    let mut steps = Vec::new();
+    for _ in 0..2 {
+        let x = rng.normals_f32(6 * 32, 3.0);
+        let y = rng.labels(6, 9);
+        steps.push(
+            loss.forward_backward(shape, &x, &w, &y, &mut dx, &mut dw)
+                .unwrap(),
+        );
+    }
+    // A rejected step through the trait changes nothing.
+    let before = loss.state().unwrap();
+    let (mut bx, mut bw) = (dx.clone(), dw.clone());
+    let mut nan_x = rng.normals_f32(6 * 32, 3.0);
+    nan_x[3] = f32::NAN;
+    assert!(loss
+        .forward_backward(shape, &nan_x, &w, &rng.labels(6, 9), &mut bx, &mut bw)
+        .is_err());
+    assert_eq!(loss.state().unwrap(), before);
+    assert!(bx == dx && bw == dw);
+    (steps, dx, dw)
+}
+
+#[test]
+fn one_trait_drives_every_stateful_backend() {
+    let cfg = AdaFaceConfig::default();
+    let (cpu, cdx, cdw) = two_steps(&mut CpuAdaFace::new(cfg));
+    let (sim, sdx, sdw) = two_steps(&mut SimAdaFace::new(cfg));
+    for (c, s) in cpu.iter().zip(&sim) {
+        assert!(
+            (c.loss - s.loss).abs() <= 1e-5 * c.loss.abs(),
+            "{c:?} {s:?}"
+        );
+        assert!((c.state_after.batch_mean - s.state_after.batch_mean).abs() < 1e-4);
+        assert_eq!(c.norms.len(), 6);
+        assert!(rel_norm(&widen(&c.margin_scaler), &widen(&s.margin_scaler)) < 1e-5);
+    }
+    assert!(rel_norm(&widen(&sdx), &widen(&cdx)) < 1e-4);
+    assert!(rel_norm(&widen(&sdw), &widen(&cdw)) < 1e-4);
+    assert!(cdw.iter().any(|&v| v != 0.0));
+}

@@ -111,20 +111,20 @@ pub fn read_golden(path: &std::path::Path) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| panic!("{}: not UTF-8: {e}", path.display()))
 }
 
-/// A golden case's expected outputs (the official implementation's), as
-/// `(loss, norms, margin_scaler, grad_features, grad_weight, state_after)`
-/// per step, so a backend can be checked against the files directly, not
-/// only against another backend.
-pub fn golden_expected(
-    case: &adaface::golden::Case,
-) -> Vec<(
+/// One step of a golden case's expected outputs (the official
+/// implementation's): loss, norms, margin scalers, dX, dW, EMA state after.
+pub type ExpectedStep = (
     f64,
     Vec<f64>,
     Vec<f64>,
     Vec<f64>,
     Vec<f64>,
     adaface::EmaState,
-)> {
+);
+
+/// A golden case's expected outputs per step, so a backend can be checked
+/// against the files directly, not only against another backend.
+pub fn golden_expected(case: &adaface::golden::Case) -> Vec<ExpectedStep> {
     case.steps
         .iter()
         .map(|s| {
