@@ -1,6 +1,6 @@
 //! Build script: the kernels in `kernels/` serve two builds.
 //!
-//! 1. The CPU simulator: every `kernels/*.cu` (not `kernels/sim/`) is compiled
+//! 1. The CPU simulator (feature `sim` only): every `kernels/*.cu` (not `kernels/sim/`) is compiled
 //!    by the host C++ compiler as C++20 with `-DADAFACE_SIM`, together with the
 //!    simulator runtime in `kernels/sim/*.cpp`, into one static library. Each
 //!    `ADAFACE_KERNEL` becomes an `extern "C"` `<name>_sim` entry. Only g++
@@ -32,7 +32,10 @@ fn main() {
     let kernel_files = list_files(&kernels, "cu");
     let runtime_files = list_files(&kernels.join("sim"), "cpp");
 
+    #[cfg(feature = "sim")]
     build_simulator(&kernels, &kernel_files, &runtime_files);
+    #[cfg(not(feature = "sim"))]
+    let _ = &runtime_files;
 
     let (selftest, production): (Vec<PathBuf>, Vec<PathBuf>) =
         kernel_files.iter().cloned().partition(|p| is_selftest(p));
@@ -63,6 +66,7 @@ fn is_selftest(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with("sim_"))
 }
 
+#[cfg(feature = "sim")]
 fn build_simulator(kernels: &Path, kernel_files: &[PathBuf], runtime_files: &[PathBuf]) {
     let werror = env::var("ADAFACE_SIM_WERROR").is_ok_and(|v| v == "1");
     let mut build = cc::Build::new();

@@ -299,7 +299,7 @@ fn measured_peak_tflops() -> f64 {
 /// Device `cuda`: the fused kernels and the naive cuBLAS path, timed by
 /// [`adaface::cuda::bench::bench`] with CUDA events after warm-up, on the
 /// same random device inputs. The peak is known for an H200 with 16-bit
-/// inputs (790 TFLOP/s dense bf16, measured there: shared/REFERENCE.md).
+/// inputs (790 TFLOP/s dense bf16, measured there; docs/PERF.md).
 #[cfg(feature = "cuda")]
 fn bench_cuda(args: &Args) -> Result<(Vec<Measurement>, Option<f64>), String> {
     use adaface::cuda::bench::{bench, BenchConfig, BenchPath};

@@ -5,7 +5,7 @@
  * ... and walks ALL rows for each of them, TILE_ROWS at a time:
  *   1. S = x_rows . W_tile^T (depth slices through shared memory),
  *   2. A_ij = (exp(logit_ij - lse_i) - [j = y_i]) / B * dlogit_ij in shared
- *      memory (margin and clamp derivatives of REFERENCE.md section 2),
+ *      memory (margin and clamp derivatives: README.md, Semantics),
  *   3. per depth slice: gw_tile += A^T . xh_rows (into dW, which this block
  *      owns for its classes: no atomics) and gx_rows += A . wh_tile (into
  *      this split's slice of dx_partial, which it also owns).

@@ -198,7 +198,7 @@ __device__ __forceinline__ int adaface_acc_row(int r) { return (int)(threadIdx.x
 __device__ __forceinline__ int adaface_acc_col(int q) { return (int)(threadIdx.x % 16) + 16 * q; }
 
 /* acc += X_tile . W_tile^T over one depth slice: the tile product. This is
- * the seam for tensor cores (issue 4): an mma version keeps the signature
+ * the seam for tensor cores: an mma version keeps the signature
  * and the accumulator layout contract (adaface_acc_row / adaface_acc_col). */
 __device__ __forceinline__ void adaface_tile_product(float acc[ADAFACE_ACC_ROWS][ADAFACE_ACC_COLS],
                                                      const AdafaceTiles* tiles) {

@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 BUNDLE="$ROOT/gpu-bundle"
-GOLDEN="${ADAFACE_GOLDEN_DIR:-$ROOT/../shared/golden}"
+GOLDEN="${ADAFACE_GOLDEN_DIR:-$ROOT/tests/golden}"
 
 rm -rf "$BUNDLE"
 mkdir -p "$BUNDLE/tests" "$BUNDLE/examples" "$BUNDLE/benches" "$BUNDLE/golden" "$BUNDLE/cases"
@@ -103,7 +103,16 @@ else
     echo "warning: no maturin: the PyTorch package is not bundled (run scripts/test_python.sh once)" >&2
 fi
 # The GPU paths compute in f32: the float32 golden files are enough.
-cp "$GOLDEN"/*_float32.json "$BUNDLE/golden/"
+# (The large cases are zlib-compressed in the repository: inflated here, so
+# that the eval tool on the GPU machine reads them as they are.)
+for f in "$GOLDEN"/*_float32.json "$GOLDEN"/*_float32.json.zz; do
+    [ -e "$f" ] || continue
+    case "$f" in
+        *.zz) python3 -c 'import sys, zlib; open(sys.argv[2], "wb").write(zlib.decompress(open(sys.argv[1], "rb").read()))' \
+                  "$f" "$BUNDLE/golden/$(basename "${f%.zz}")" ;;
+        *) cp "$f" "$BUNDLE/golden/" ;;
+    esac
+done
 cp "$GOLDEN/a_small_default_float64.json" "$BUNDLE/cases/small.json"
 cp scripts/gpu_check.sh "$BUNDLE/gpu_check.sh"
 chmod +x "$BUNDLE/gpu_check.sh"

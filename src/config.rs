@@ -13,7 +13,9 @@ use crate::state::EmaState;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MarginPolicy {
     /// AdaFace: the margin adapts to the feature norm. `m` is the margin,
-    /// `h` the concentration of the scaler (0.333 in the paper).
+    /// `h` the concentration of the scaler (0.333 in the paper). Any finite
+    /// `h >= 0` is accepted, as in the official code: `h = 0` makes every
+    /// scaler 0 (CosFace), and a large `h` saturates the scalers at -1 or +1.
     AdaFace {
         /// Margin.
         m: f64,
@@ -194,7 +196,12 @@ impl AdaFaceConfig {
                 })
             }
         };
-        check("s", self.s, self.s > 0.0, "finite and > 0")?;
+        check(
+            "s",
+            self.s,
+            (Self::MIN_S..=Self::MAX_S).contains(&self.s),
+            "in [1e-3, 1e4] (what f16 tiles carry)",
+        )?;
         check(
             "t_alpha",
             self.t_alpha,
@@ -216,8 +223,8 @@ impl AdaFaceConfig {
         check(
             "norm_clip_max",
             self.norm_clip_max,
-            self.norm_clip_max >= self.norm_clip_min,
-            "finite and >= norm_clip_min",
+            self.norm_clip_max >= self.norm_clip_min && self.norm_clip_max <= Self::MAX_NORM_CLIP,
+            "finite, >= norm_clip_min and <= 1e15",
         )?;
         self.initial_state
             .validate()
@@ -228,9 +235,19 @@ impl AdaFaceConfig {
                 } else {
                     self.initial_state.batch_mean
                 },
-                requirement: "finite with batch_std >= 0",
+                requirement: "finite, at most 1e30 in magnitude, with batch_std >= 0",
             })
     }
+
+    /// The smallest logit scale accepted: below it the `f16` kernels' softmax
+    /// gradients (about `s / B`) leave the range their tiles are scaled into.
+    pub const MIN_S: f64 = 1e-3;
+    /// The largest `norm_clip_max` accepted: the batch std squares
+    /// deviations of clipped norms, which must sum without overflow in `f32`.
+    pub const MAX_NORM_CLIP: f64 = 1e15;
+    /// The largest logit scale accepted: above it the logits and their
+    /// gradients leave what `f16` tiles carry (the official code uses 64).
+    pub const MAX_S: f64 = 1e4;
 }
 
 /// Builds an [`AdaFaceConfig`]; [`build`](Self::build) validates.

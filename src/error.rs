@@ -16,8 +16,10 @@ pub enum Tensor {
     Labels,
     /// Per-row margin scalers supplied by the caller.
     MarginScaler,
-    /// An output buffer supplied by the caller.
-    Output,
+    /// The caller's buffer for `d loss / d x`, `B x D`.
+    GradFeatures,
+    /// The caller's buffer for `d loss / d W`, `C x D`.
+    GradWeight,
 }
 
 impl fmt::Display for Tensor {
@@ -27,7 +29,8 @@ impl fmt::Display for Tensor {
             Tensor::Weight => "weight",
             Tensor::Labels => "labels",
             Tensor::MarginScaler => "margin_scaler",
-            Tensor::Output => "output",
+            Tensor::GradFeatures => "grad_features",
+            Tensor::GradWeight => "grad_weight",
         })
     }
 }

@@ -1,4 +1,4 @@
-//! The golden-vector file format of `shared/golden/README.md`, and the eval
+//! The golden-vector file format of `tests/golden/README.md`, and the eval
 //! tool's output format.
 //!
 //! Inputs are read as `f64`; a float32 file's values are exact in `f64` and
@@ -106,6 +106,7 @@ pub fn parse_case(text: &str) -> Parsed<Case> {
         .enumerate()
         .map(|(k, s)| parse_step(s, &format!("$.steps[{k}]")))
         .collect::<Parsed<Vec<_>>>()?;
+    check_sizes(shape, &weight, &steps)?;
     Ok(Case {
         name: root
             .get("case")
@@ -120,6 +121,44 @@ pub fn parse_case(text: &str) -> Parsed<Case> {
     })
 }
 
+/// The declared sizes must match the data before anything is sized by them:
+/// a case that declares `C = 3e9` with a handful of numbers is a format
+/// error here, never a huge allocation in a backend.
+fn check_sizes(shape: Shape, weight: &[f64], steps: &[Step]) -> Parsed<()> {
+    let product = |a: usize, b: usize, what: &str| {
+        a.checked_mul(b)
+            .ok_or_else(|| FormatError(format!("$.config: {what} overflows")))
+    };
+    let want = |path: String, expected: usize, actual: usize| {
+        if expected == actual {
+            Ok(())
+        } else {
+            Err(FormatError(format!(
+                "{path}: {actual} values, the declared shape needs {expected}"
+            )))
+        }
+    };
+    want(
+        "$.weight".into(),
+        product(shape.classes, shape.dim, "C * D")?,
+        weight.len(),
+    )?;
+    let features_len = product(shape.batch, shape.dim, "B * D")?;
+    for (k, step) in steps.iter().enumerate() {
+        want(
+            format!("$.steps[{k}].features"),
+            features_len,
+            step.features.len(),
+        )?;
+        want(
+            format!("$.steps[{k}].labels"),
+            shape.batch,
+            step.labels.len(),
+        )?;
+    }
+    Ok(())
+}
+
 fn parse_config(cfg: &Map<String, Value>) -> Parsed<AdaFaceConfig> {
     let get = |k: &str, default: f64| -> Parsed<f64> {
         cfg.get(k)
@@ -127,11 +166,15 @@ fn parse_config(cfg: &Map<String, Value>) -> Parsed<AdaFaceConfig> {
             .unwrap_or(Ok(default))
     };
     let d = AdaFaceConfig::default();
-    let policy = match cfg
-        .get("margin")
-        .and_then(Value::as_str)
-        .unwrap_or("adaface")
-    {
+    let name = match cfg.get("margin") {
+        None => "adaface",
+        Some(v) => v.as_str().ok_or_else(|| {
+            FormatError(format!(
+                "$.config.margin: not a policy name (a string): {v}"
+            ))
+        })?,
+    };
+    let policy = match name {
         "adaface" => MarginPolicy::AdaFace {
             m: get("m", 0.4)?,
             h: get("h", 0.333)?,

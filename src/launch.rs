@@ -682,25 +682,7 @@ pub fn check_call(
     labels_len: usize,
     outputs: Option<(usize, usize)>,
 ) -> Result<()> {
-    shape.check_nonempty()?;
-    shape.check_len(Tensor::Features, x_len)?;
-    shape.check_len(Tensor::Weight, w_len)?;
-    shape.check_len(Tensor::Labels, labels_len)?;
-    if let Some((dx_len, dw_len)) = outputs {
-        for (expected, actual) in [
-            (shape.features_len()?, dx_len),
-            (shape.weight_len()?, dw_len),
-        ] {
-            if expected != actual {
-                return Err(Error::ShapeMismatch {
-                    tensor: Tensor::Output,
-                    expected,
-                    actual,
-                });
-            }
-        }
-    }
-    Ok(())
+    crate::shape::check_sizes(shape, x_len, w_len, labels_len, outputs)
 }
 
 /// Turns a step record into `Ok` or the typed error the host-side checks

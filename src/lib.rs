@@ -11,6 +11,14 @@
 //! * [`trainer::AdaFaceLoss`]: config and EMA state in one object, one call
 //!   per training step; `candle_op` (feature `candle`) wraps it for candle.
 //!
+//! * [`AdaFaceBackend`]: the one interface of the stateful backends (CPU,
+//!   simulator, CUDA), returning one [`StepResult`] type.
+//! * `sim_backend` (feature `sim`): the kernels on a CPU simulator.
+//!
+//! The modules `eval`, `golden`, `launch`, `kernel_params`, `math`, `memory`
+//! and `sim` are hidden from the documentation: they serve this crate's own
+//! tools and tests and are not part of its stable API.
+//!
 //! See `README.md` for the semantics, including where this crate defines
 //! behaviour the official code leaves broken (batches of one row, zero norms).
 #![warn(missing_docs)]
@@ -20,6 +28,7 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub mod backend;
 #[cfg(feature = "candle")]
 pub mod candle_op;
 pub mod config;
@@ -28,23 +37,33 @@ pub mod cpu;
 pub mod cuda;
 pub mod element;
 pub mod error;
+#[doc(hidden)]
 pub mod eval;
+#[doc(hidden)]
 pub mod golden;
+#[doc(hidden)]
 #[rustfmt::skip]
 pub mod kernel_params;
+#[doc(hidden)]
 pub mod launch;
+#[doc(hidden)]
 pub mod math;
+#[doc(hidden)]
 pub mod memory;
 pub mod naive;
 pub mod output;
 pub mod real;
 pub mod reference;
 pub mod shape;
+#[cfg(feature = "sim")]
+#[doc(hidden)]
 pub mod sim;
+#[cfg(feature = "sim")]
 pub mod sim_backend;
 pub mod state;
 pub mod trainer;
 
+pub use backend::{AdaFaceBackend, StepResult};
 pub use config::{AdaFaceConfig, AdaFaceConfigBuilder, MarginPolicy};
 pub use element::{Dtype, Element, Label};
 pub use error::{Error, Result, Tensor};

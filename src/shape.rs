@@ -58,11 +58,10 @@ impl Shape {
     /// Checks that `actual` elements fit `tensor` of this shape.
     pub fn check_len(&self, tensor: Tensor, actual: usize) -> Result<()> {
         let expected = match tensor {
-            Tensor::Features => self.features_len()?,
-            Tensor::Weight => self.weight_len()?,
+            Tensor::Features | Tensor::GradFeatures => self.features_len()?,
+            Tensor::Weight | Tensor::GradWeight => self.weight_len()?,
             Tensor::Labels => self.batch,
             Tensor::MarginScaler => self.batch,
-            Tensor::Output => actual,
         };
         if expected != actual {
             return Err(Error::ShapeMismatch {
@@ -73,6 +72,27 @@ impl Shape {
         }
         Ok(())
     }
+}
+
+/// The sizes of a step's inputs, then of its gradient buffers (when given),
+/// in that order: a wrong [`Shape`] is reported against the inputs, and a
+/// wrong buffer names the gradient it holds.
+pub fn check_sizes(
+    shape: &Shape,
+    features_len: usize,
+    weight_len: usize,
+    labels_len: usize,
+    grads: Option<(usize, usize)>,
+) -> Result<()> {
+    shape.check_nonempty()?;
+    shape.check_len(Tensor::Features, features_len)?;
+    shape.check_len(Tensor::Weight, weight_len)?;
+    shape.check_len(Tensor::Labels, labels_len)?;
+    if let Some((dx, dw)) = grads {
+        shape.check_len(Tensor::GradFeatures, dx)?;
+        shape.check_len(Tensor::GradWeight, dw)?;
+    }
+    Ok(())
 }
 
 /// All host-side checks of one step's inputs, in the order errors are

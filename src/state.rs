@@ -36,11 +36,24 @@ impl Default for EmaState {
 }
 
 impl EmaState {
-    /// Checks that the state can be used: both values finite, std >= 0.
+    /// The largest magnitude either value may have: every backend keeps the
+    /// state in `f32` at least, and the scaler subtracts, divides and
+    /// multiplies with it, so the bound leaves `f32` (max about 3.4e38) a wide
+    /// margin. Real states are feature norms, far below it.
+    pub const MAX_MAGNITUDE: f64 = 1e30;
+
+    /// Checks that the state can be used: both values finite and at most
+    /// [`MAX_MAGNITUDE`](Self::MAX_MAGNITUDE) in magnitude, std >= 0.
     pub fn validate(&self) -> Result<()> {
         if !self.batch_mean.is_finite() || !self.batch_std.is_finite() {
             return Err(Error::InvalidState {
                 reason: "batch_mean and batch_std must be finite",
+            });
+        }
+        if self.batch_mean.abs() > Self::MAX_MAGNITUDE || self.batch_std > Self::MAX_MAGNITUDE {
+            return Err(Error::InvalidState {
+                reason: "batch_mean and batch_std must be at most 1e30 in magnitude \
+                         (the state is kept in f32)",
             });
         }
         if self.batch_std < 0.0 {

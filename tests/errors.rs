@@ -296,7 +296,7 @@ fn invalid_configs_are_rejected_when_made() {
 #[test]
 fn unavailable_dtype_is_a_device_error() {
     let path = common::golden_files().remove(0);
-    let case = parse_case(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let case = parse_case(&common::read_golden(&path)).unwrap();
     assert!(matches!(
         run_case(&case, Device::Reference, Dtype::BF16),
         Err(Error::DeviceUnavailable { .. })

@@ -7,7 +7,7 @@ use adaface::golden::parse_case;
 use adaface::Dtype;
 use common::{golden_files, rel, rel_norm};
 
-/// (loss tolerance, array tolerance) per precision, as issue 2 sets them.
+/// (loss tolerance, array tolerance) per precision (tests/golden/README.md).
 fn tolerances(dtype: Dtype) -> (f64, f64) {
     match dtype {
         Dtype::F64 => (1e-10, 1e-10),
@@ -19,7 +19,7 @@ fn tolerances(dtype: Dtype) -> (f64, f64) {
 fn reference_reproduces_every_golden_file() {
     let mut checked = 0;
     for path in golden_files() {
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = common::read_golden(&path);
         let case = parse_case(&text).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let (tol_loss, tol_arr) = tolerances(case.dtype);
@@ -72,7 +72,7 @@ fn reference_reproduces_every_golden_file() {
 #[test]
 fn batch_statistics_match_golden() {
     for path in golden_files() {
-        let case = parse_case(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let case = parse_case(&common::read_golden(&path)).unwrap();
         let (_, tol) = tolerances(case.dtype);
         let mut state = case.config.initial_state();
         for step in &case.steps {

@@ -68,6 +68,10 @@ struct Args {
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
+    parse_args_from(std::env::args().skip(1))
+}
+
+fn parse_args_from(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let mut a = Args {
         steps: 1500,
         classes: 100,
@@ -81,12 +85,18 @@ fn parse_args() -> Result<Option<Args>, String> {
         seed: 1,
         device: Device::Cpu,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
+    while let Some(arg) = it.next() {
+        if arg == "-h" || arg == "--help" {
             return Ok(None);
         }
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        // `--flag value` and `--flag=value` alike.
+        let (flag, value) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_string(), value.to_string()),
+            _ => {
+                let value = it.next().ok_or_else(|| format!("{arg} needs a value"))?;
+                (arg, value)
+            }
+        };
         let count = |min: usize| -> Result<usize, String> {
             match value.parse::<usize>() {
                 Ok(v) if v >= min => Ok(v),
@@ -346,6 +356,13 @@ fn main() -> ExitCode {
 fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     a.device.check()?;
+    // The output folder is checked before training, not after it.
+    std::fs::create_dir_all(&a.out)
+        .map_err(|e| format!("cannot create the output folder {}: {e}", a.out.display()))?;
+    let probe = a.out.join(".adaface-train-write-check");
+    std::fs::write(&probe, b"")
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| format!("cannot write to the output folder {}: {e}", a.out.display()))?;
     println!(
         "AdaFace on synthetic identities with known image quality ({})",
         a.device.describe()
@@ -564,4 +581,40 @@ fn write_plots(
         ),
         ("loss.png", "training loss of AdaFace, ArcFace and CosFace"),
     ])
+}
+
+#[cfg(test)]
+mod args_tests {
+    use super::parse_args_from;
+
+    fn parse(args: &[&str]) -> Result<Option<super::Args>, String> {
+        parse_args_from(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn flags_take_their_value_after_a_space_or_an_equals_sign() {
+        let spaced = parse(&["--steps", "100", "--lr", "0.05"]).unwrap().unwrap();
+        let joined = parse(&["--steps=100", "--lr=0.05"]).unwrap().unwrap();
+        assert_eq!((spaced.steps, spaced.lr), (100, 0.05));
+        assert_eq!((joined.steps, joined.lr), (100, 0.05));
+        assert!(parse(&["--steps=0"]).is_err());
+        assert!(parse(&["--bogus=1"]).is_err());
+    }
+
+    #[test]
+    fn an_unwritable_output_folder_fails_before_training() {
+        // A regular file where the folder should be: refused at once.
+        let file = std::env::temp_dir().join(format!("adaface-train-out-{}", std::process::id()));
+        std::fs::write(&file, b"x").unwrap();
+        let mut a = parse(&["--steps", "1"]).unwrap().unwrap();
+        a.out = file.join("plots");
+        let start = std::time::Instant::now();
+        let err = super::run(&a).unwrap_err().to_string();
+        std::fs::remove_file(&file).unwrap();
+        assert!(err.contains("output folder"), "{err}");
+        assert!(
+            start.elapsed().as_secs_f64() < 5.0,
+            "trained before failing"
+        );
+    }
 }

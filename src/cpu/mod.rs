@@ -16,8 +16,9 @@
 //! `O(B x D)` per class partition for `dX`, see [`CpuOptions::workspace_bytes`].
 //! Inputs are `f32`, `bf16` or `f16` ([`CpuElement`]); everything is
 //! accumulated in `f32`; gradients are `f32`. Results are deterministic for
-//! given [`CpuOptions`]: work is split into a fixed number of class
-//! partitions reduced in a fixed order, whatever the thread scheduling.
+//! given [`CpuOptions`] and shape: work is split into a fixed number of class
+//! partitions reduced in a fixed order, whatever the thread count or
+//! scheduling (the default partitioning does not follow the thread count).
 //!
 //! ```
 //! use adaface::cpu::CpuAdaFace;
@@ -64,20 +65,29 @@ pub struct CpuOptions {
     /// Rows per block.
     pub row_tile: usize,
     /// Class partitions processed in parallel, each with its own `dX`
-    /// partial. Results are bit-identical for equal options.
+    /// partial (at most one per class tile). Results are bit-identical for
+    /// equal options and shapes, whatever the number of threads.
     pub partitions: usize,
 }
 
 impl Default for CpuOptions {
-    /// Tiles of 256 rows by 128 classes, one partition per rayon thread.
+    /// Tiles of 256 rows by 128 classes in [`DEFAULT_PARTITIONS`]
+    /// partitions: a constant, not the thread count, so that results do not
+    /// change with the machine or `RAYON_NUM_THREADS`. Machines with more
+    /// cores than that can raise `partitions` (results then follow it).
     fn default() -> Self {
         CpuOptions {
             class_tile: 128,
             row_tile: 256,
-            partitions: rayon::current_num_threads(),
+            partitions: DEFAULT_PARTITIONS,
         }
     }
 }
+
+/// The default number of class partitions: enough parallel tasks for common
+/// core counts, while the `dX` partials (`partitions - 1` times `B x D`
+/// floats) stay small.
+pub const DEFAULT_PARTITIONS: usize = 16;
 
 impl CpuOptions {
     fn validate(&self) -> Result<()> {
@@ -305,7 +315,13 @@ pub fn forward_backward<E: CpuElement, L: Label>(
     grad_features: &mut [f32],
     grad_weight: &mut [f32],
 ) -> Result<CpuStep> {
-    check_output(&shape, grad_features, grad_weight)?;
+    crate::shape::check_sizes(
+        &shape,
+        features.len(),
+        weight.len(),
+        labels.len(),
+        Some((grad_features.len(), grad_weight.len())),
+    )?;
     let core = Core::new(cfg, state, options, shape, features, weight, labels)?;
     passes::gradients(
         &core.plan,
@@ -353,25 +369,6 @@ pub fn forward_backward_alloc<E: CpuElement, L: Label>(
         diagnostics: step.diagnostics,
         stats: step.stats,
     })
-}
-
-/// Output buffers must match the shape exactly (after the shape itself is
-/// known to be sane, so the error names the right culprit).
-fn check_output(shape: &Shape, grad_features: &[f32], grad_weight: &[f32]) -> Result<()> {
-    shape.check_nonempty()?;
-    for (expected, actual) in [
-        (shape.features_len()?, grad_features.len()),
-        (shape.weight_len()?, grad_weight.len()),
-    ] {
-        if expected != actual {
-            return Err(Error::ShapeMismatch {
-                tensor: Tensor::Output,
-                expected,
-                actual,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Validation, per-row preparation and pass 1: what both entry points share.

@@ -273,12 +273,14 @@ fn grad_chunk<E: CpuElement>(
             let dx_rows = &mut dx[r0 * d..(r0 + rb) * d];
             matmul(MatMut::new(dx_rows, rb, d, d), a, w_rows, t > 0);
         }
-        // dw_j = g'_j - w_j (w_j . g'_j) / ||w_j||^2, where g'_j already
-        // carries the factor 1 / ||w_j||.
+        // dw_j = g'_j - w_hat_j (w_hat_j . g'_j), where g'_j already carries
+        // the factor 1 / ||w_j||. Written with w_hat_j = w_j / ||w_j|| on
+        // both sides, never with 1 / ||w_j||^2: that overflows f32 for rows
+        // whose norm is below about 1e-19, which validation accepts.
         for ((g, wr), &ir) in dw.chunks_exact_mut(d).zip(w.chunks_exact(d)).zip(inv_r) {
-            let along = dot(wr, g) * ir * ir;
+            let along = dot(wr, g) * ir;
             for (a, &wv) in g.iter_mut().zip(wr) {
-                *a -= wv * along;
+                *a -= (wv * ir) * along;
             }
         }
     }

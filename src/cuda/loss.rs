@@ -43,6 +43,9 @@ pub struct CudaAdaFace {
     state: CudaSlice<f64>,
     workspace: Option<CudaSlice<f32>>,
     last_plan: Option<StepPlan>,
+    /// A device copy of the latest step's record: a rejected step has no
+    /// diagnostics.
+    last_record: Option<CudaSlice<AdafaceStepRecord>>,
 }
 
 /// A launched step: its record stays on the device until the host asks for
@@ -141,6 +144,7 @@ impl CudaAdaFace {
             state,
             workspace: None,
             last_plan: None,
+            last_record: None,
         })
     }
 
@@ -260,11 +264,21 @@ impl CudaAdaFace {
     }
 
     /// Per-row `||x_i||` and margin scaler `z_i` of the latest step
-    /// (synchronises).
+    /// (synchronises; empty before the first). After a step the kernels
+    /// rejected: that step's error, never its partial values.
     pub fn row_diagnostics(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         let (Some(plan), Some(ws)) = (self.last_plan.as_ref(), self.workspace.as_ref()) else {
             return Ok((Vec::new(), Vec::new()));
         };
+        if let Some(record) = &self.last_record {
+            let rec = self
+                .stream
+                .clone_dtoh(record)
+                .map_err(backend("read step record"))?;
+            if let Some(rec) = rec.first() {
+                crate::launch::check_record(rec, &plan.shape)?;
+            }
+        }
         let b = plan.shape.batch;
         let l = &plan.workspace;
         let read = |start: usize| {
@@ -401,6 +415,11 @@ impl CudaAdaFace {
         drop(guards);
         drop((_gx, _gw, _gl, _gs, _gr, _gws));
         self.last_plan = Some(plan);
+        self.last_record = Some(
+            self.stream
+                .clone_dtod(&record)
+                .map_err(backend("copy step record"))?,
+        );
         Ok(CudaStep {
             stream,
             record,

@@ -84,8 +84,15 @@ pub(crate) fn backend<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Err
 pub fn eval_case<E: crate::launch::KernelElement + cudarc::driver::DeviceRepr>(
     case: &crate::golden::Case,
 ) -> Result<Vec<crate::golden::EvalStep>> {
-    let stream = default_stream(0)?;
     let shape = case.shape;
+    // Sizes against the data before anything is allocated from them.
+    shape.check_nonempty()?;
+    shape.check_len(crate::Tensor::Weight, case.weight.len())?;
+    for step in &case.steps {
+        shape.check_len(crate::Tensor::Features, step.features.len())?;
+        shape.check_len(crate::Tensor::Labels, step.labels.len())?;
+    }
+    let stream = default_stream(0)?;
     let weight: Vec<E> = case.weight.iter().map(|&v| E::from_f64(v)).collect();
     let w = stream.clone_htod(&weight).map_err(backend("upload"))?;
     let mut loss = CudaAdaFace::new(stream.clone(), case.config)?;

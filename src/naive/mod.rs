@@ -8,7 +8,7 @@
 //!   around simple row kernels (`kernels/adaface_naive.cu`) that
 //!   materialise the `B x C` logits, the normalised copies of `x` and `W`,
 //!   and the logit gradient. Its extra memory is [`NaiveLayout::extra_bytes`].
-//! * The same pipeline on the simulator ([`sim::forward_backward`]), with
+//! * The same pipeline on the simulator (`sim::forward_backward`, feature `sim`), with
 //!   the GEMMs done on the CPU from the very [`GemmSpec`]s given to cuBLAS,
 //!   so the layout reasoning of the GPU path is tested without a GPU.
 //!
@@ -20,6 +20,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "sim")]
 pub mod sim;
 
 use crate::config::AdaFaceConfig;

@@ -133,6 +133,11 @@ pub fn forward_backward<E: KernelElement, L: KernelLabel>(
         labels.len(),
         Some((dx.len(), dw.len())),
     )?;
+    // The naive kernels check nothing themselves: the same host-side checks
+    // as the CPU backends, so every backend rejects the same inputs with the
+    // same error.
+    crate::shape::validate_inputs(&shape, x, w, labels)?;
+    state.validate()?;
     let (stats, normalize, softmax, norm_backward) = entries::<E, L>()?;
     let gemms = NaiveGemms::new(shape)?;
     let layout = NaiveLayout::new(shape, std::mem::size_of::<E>())?;

@@ -2,7 +2,7 @@
 //!
 //! This is the oracle every other backend is checked against, so clarity
 //! comes first: it materialises the `B x C` cosines, logits and softmax
-//! gradient, follows `shared/REFERENCE.md` line by line, and is generic over
+//! gradient, follows the semantics section of `README.md` line by line, and is generic over
 //! `f32` (which reproduces the official float32 run) and `f64`. Rayon splits
 //! the matrix products over rows; nothing else is clever.
 //!

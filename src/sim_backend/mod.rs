@@ -27,6 +27,8 @@ pub struct SimAdaFace {
     state: [f64; 2],
     workspace: Vec<f32>,
     last_plan: Option<StepPlan>,
+    /// The latest step's record: a rejected step has no diagnostics.
+    last_record: Option<AdafaceStepRecord>,
 }
 
 /// A finished simulated step: the same accessors as [`crate::cuda::CudaStep`].
@@ -63,6 +65,7 @@ impl SimAdaFace {
             state: [init.batch_mean, init.batch_std],
             workspace: Vec::new(),
             last_plan: None,
+            last_record: None,
         }
     }
 
@@ -134,11 +137,16 @@ impl SimAdaFace {
         )
     }
 
-    /// Per-row `||x_i||` and margin scaler `z_i` of the latest step.
+    /// Per-row `||x_i||` and margin scaler `z_i` of the latest step (empty
+    /// before the first). After a step the kernels rejected: that step's
+    /// error, never its partial values.
     pub fn row_diagnostics(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         let Some(plan) = self.last_plan.as_ref() else {
             return Ok((Vec::new(), Vec::new()));
         };
+        if let Some(record) = &self.last_record {
+            crate::launch::check_record(record, &plan.shape)?;
+        }
         let b = plan.shape.batch;
         let l = &plan.workspace;
         Ok((
@@ -222,6 +230,7 @@ impl SimAdaFace {
             }
         }
         self.last_plan = Some(plan);
+        self.last_record = Some(record);
         Ok(SimStep { record, shape })
     }
 }
@@ -232,10 +241,15 @@ pub fn eval_case<E: KernelElement>(
     case: &crate::golden::Case,
 ) -> Result<Vec<crate::golden::EvalStep>> {
     let shape = case.shape;
+    // Sizes against the data before anything is allocated from them.
+    shape.check_nonempty()?;
+    shape.check_len(crate::Tensor::Weight, case.weight.len())?;
     let weight: Vec<E> = case.weight.iter().map(|&v| E::from_f64(v)).collect();
     let mut loss = SimAdaFace::new(case.config);
     let mut out = Vec::with_capacity(case.steps.len());
     for step in &case.steps {
+        shape.check_len(crate::Tensor::Features, step.features.len())?;
+        shape.check_len(crate::Tensor::Labels, step.labels.len())?;
         let features: Vec<E> = step.features.iter().map(|&v| E::from_f64(v)).collect();
         let mut dx = vec![0.0f32; shape.features_len()?];
         let mut dw = vec![0.0f32; shape.weight_len()?];

@@ -7,7 +7,7 @@
 #[path = "../common/mod.rs"]
 mod base;
 #[allow(unused_imports)]
-pub use base::{golden_files, rel, rel_norm, Rng};
+pub use base::{assert_matches_golden, golden_files, read_golden, rel, rel_norm, Rng};
 
 use adaface::launch::KernelElement;
 use adaface::{reference, AdaFaceConfig, EmaState, Shape};
