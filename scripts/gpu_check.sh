@@ -82,6 +82,11 @@ if want tests; then
         FAILED=1
     fi
 
+    # The clamp and clip gates against finite differences, on the GPU too.
+    if [ -x tests/gates ]; then
+        step gates 60 ./tests/gates --include-ignored --test-threads=1 --nocapture
+    fi
+
     # The simulator's self-tests cross-checked on the GPU (sim branch), if bundled.
     if [ -x tests/sim_gpu_crosscheck ]; then
         step sim_gpu_crosscheck 60 ./tests/sim_gpu_crosscheck --include-ignored --test-threads=1 --nocapture

@@ -17,7 +17,7 @@
 //! let mut loss = CpuAdaFace::new(AdaFaceConfig::default());
 //! let step = train_step(&mut loss)?;
 //! assert!(step.loss.is_finite());
-//! assert_eq!(loss.state()?, step.state_after);
+//! assert_eq!(loss.state(), step.state_after);
 //! # Ok::<(), adaface::Error>(())
 //! ```
 //!

@@ -13,7 +13,7 @@
 //! device buffers: the loss and the gradients come back as device tensors
 //! and the EMA state stays on the GPU, so a step never waits for the GPU.
 //! Reading the state ([`AdaFaceCandle::state`]) or checking a step
-//! ([`AdaFaceCandle::check_last_step`]) synchronises.
+//! (`AdaFaceCandle::check_last_step`, feature `candle-cuda`) synchronises.
 //!
 //! ```
 //! use adaface::candle_op::AdaFaceCandle;
@@ -56,7 +56,7 @@ mod cuda;
 /// (labels in range, finite values, non-zero norms) run in the kernels,
 /// so `forward` cannot report them without waiting for the GPU: such a
 /// step's loss is NaN, its gradients zero, the EMA state unchanged, and
-/// [`check_last_step`](Self::check_last_step) returns the typed error.
+/// `check_last_step` (feature `candle-cuda`) returns the typed error.
 #[derive(Debug)]
 pub struct AdaFaceCandle {
     loss: AdaFaceLoss,
@@ -106,7 +106,7 @@ impl AdaFaceCandle {
 
     /// Per-row values of the last successful CPU step (norms, margin
     /// scalers, target cosines, per-row losses), for logging. `None` after
-    /// a CUDA step: see [`check_last_step`](Self::check_last_step).
+    /// a CUDA step: see `check_last_step` (feature `candle-cuda`).
     pub fn last_diagnostics(&self) -> Option<&Diagnostics<f32>> {
         self.last.as_ref()
     }

@@ -4,7 +4,7 @@
 //! never write the `B x C` logits, with an exact CPU reference they are
 //! checked against.
 //!
-//! * [`reference`]: the official head, written out plainly, in `f32` or `f64`.
+//! * [`reference`](mod@reference): the official head, written out plainly, in `f32` or `f64`.
 //! * [`cpu`]: the fast CPU backend (fused, blocked, multi-threaded, SIMD).
 //! * [`naive`]: materialising baselines the benches compare against.
 //! * [`AdaFaceConfig`], [`EmaState`], [`Error`]: shared by every backend.

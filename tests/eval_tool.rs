@@ -122,3 +122,28 @@ fn errors_exit_non_zero_with_one_line_and_no_output() {
     std::fs::remove_file(bad).unwrap();
     std::fs::remove_file(broken).unwrap();
 }
+
+#[test]
+fn huge_declared_sizes_with_tiny_data_fail_cleanly_on_every_device() {
+    // C = 3e9 (a 36 GB gradient if allocated first) and B = D = 2^32 - 1
+    // (a capacity overflow): a format error before any allocation.
+    let out = scratch("never_huge.json");
+    let o = out.to_str().unwrap();
+    for (k, (b, d, c)) in [(2u64, 2u64, 3_000_000_000u64), (4294967295, 4294967295, 2)]
+        .into_iter()
+        .enumerate()
+    {
+        let case = serde_json::json!({
+            "config": {"B": b, "D": d, "C": c},
+            "weight": [1.0, 2.0, 3.0, 4.0],
+            "steps": [{"features": [1.0, 2.0, 3.0, 4.0], "labels": [0, 1]}],
+        });
+        let path = scratch(&format!("huge_{k}.json"));
+        std::fs::write(&path, case.to_string()).unwrap();
+        for device in ["reference", "cpu", "sim", "cuda"] {
+            let p = path.to_str().unwrap();
+            expect_failure(&["--input", p, "--output", o, "--device", device], &out);
+        }
+        std::fs::remove_file(path).unwrap();
+    }
+}

@@ -331,3 +331,37 @@ fn simulated_kernel_gates_match_finite_differences() {
     let (gx, gw) = sim_step(&c, f16::from_f64);
     check("sim f16", &c, &gx, &gw, 2e-3);
 }
+
+/// The same gates on a GPU, through the [`adaface::AdaFaceBackend`] trait
+/// (host slices in, gradients back): f32 takes the tiled kernels, bf16 and
+/// f16 (D = 32) the flash kernels where the device has them.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn cuda_kernel_gates_match_finite_differences() {
+    use adaface::AdaFaceBackend;
+    fn step<E, B: AdaFaceBackend<E>>(
+        loss: &mut B,
+        c: &Case,
+        from: impl Fn(f64) -> E,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let x: Vec<E> = c.x.iter().map(|&v| from(v)).collect();
+        let w: Vec<E> = c.w.iter().map(|&v| from(v)).collect();
+        let (mut gx, mut gw) = (vec![0.0f32; B * D], vec![0.0f32; C * D]);
+        loss.set_state(EmaState::default()).unwrap();
+        loss.forward_backward(shape(), &x, &w, &LABELS, &mut gx, &mut gw)
+            .unwrap();
+        (gx, gw)
+    }
+    let stream = adaface::cuda::default_stream(0).expect("no GPU visible");
+    let mut loss = adaface::cuda::CudaAdaFace::new(stream, config()).unwrap();
+    let c = case(|v| v as f32 as f64);
+    let (gx, gw) = step(&mut loss, &c, |v| v as f32);
+    check("cuda f32", &c, &gx, &gw, 1e-3);
+    let c = case(|v| bf16::from_f64(v).to_f64());
+    let (gx, gw) = step(&mut loss, &c, bf16::from_f64);
+    check("cuda bf16", &c, &gx, &gw, 2e-3);
+    let c = case(|v| f16::from_f64(v).to_f64());
+    let (gx, gw) = step(&mut loss, &c, f16::from_f64);
+    check("cuda f16", &c, &gx, &gw, 2e-3);
+}

@@ -12,7 +12,7 @@
 #![warn(missing_docs)]
 
 use adaface::cpu::{CpuElement, CpuOptions};
-use adaface::{AdaFaceConfig, EmaState, Error, Label, MarginPolicy, Real, Shape, Tensor};
+use adaface::{AdaFaceConfig, EmaState, Error, Label, MarginPolicy, Real, Shape};
 use half::{bf16, f16};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -120,8 +120,8 @@ impl Ptr {
     /// The address must be the start of `len` live, initialised `T` that
     /// nothing writes during the borrow (Python passes a contiguous tensor of
     /// exactly this size, kept alive by the caller).
-    unsafe fn slice<'a, T>(self, len: usize, tensor: Tensor) -> Result<&'a [T], Error> {
-        self.check::<T>(tensor)?;
+    unsafe fn slice<'a, T>(self, len: usize, what: &str) -> Result<&'a [T], Error> {
+        self.check::<T>(what)?;
         Ok(std::slice::from_raw_parts(self.0 as *const T, len))
     }
 
@@ -130,15 +130,15 @@ impl Ptr {
     /// # Safety
     /// As [`slice`](Self::slice), and nothing else reads or writes them
     /// during the borrow.
-    unsafe fn slice_mut<'a, T>(self, len: usize) -> Result<&'a mut [T], Error> {
-        self.check::<T>(Tensor::Output)?;
+    unsafe fn slice_mut<'a, T>(self, len: usize, what: &str) -> Result<&'a mut [T], Error> {
+        self.check::<T>(what)?;
         Ok(std::slice::from_raw_parts_mut(self.0 as *mut T, len))
     }
 
-    fn check<T>(self, tensor: Tensor) -> Result<(), Error> {
+    fn check<T>(self, what: &str) -> Result<(), Error> {
         if self.0 == 0 || self.0 % std::mem::align_of::<T>() != 0 {
             return Err(Error::Backend {
-                message: format!("{tensor}: null or misaligned data pointer"),
+                message: format!("{what}: null or misaligned data pointer"),
             });
         }
         Ok(())
@@ -155,8 +155,8 @@ impl StatePtrs {
     /// # Safety
     /// Both addresses hold one live `f64` each.
     unsafe fn read(&self) -> Result<EmaState, Error> {
-        let mean = self.mean.slice::<f64>(1, Tensor::Output)?[0];
-        let std = self.std.slice::<f64>(1, Tensor::Output)?[0];
+        let mean = self.mean.slice::<f64>(1, "batch_mean")?[0];
+        let std = self.std.slice::<f64>(1, "batch_std")?[0];
         let st = EmaState {
             batch_mean: mean,
             batch_std: std,
@@ -168,8 +168,8 @@ impl StatePtrs {
     /// # Safety
     /// As [`read`](Self::read), and nothing else accesses them meanwhile.
     unsafe fn write(&self, st: EmaState) -> Result<(), Error> {
-        self.mean.slice_mut::<f64>(1)?[0] = st.batch_mean;
-        self.std.slice_mut::<f64>(1)?[0] = st.batch_std;
+        self.mean.slice_mut::<f64>(1, "batch_mean")?[0] = st.batch_mean;
+        self.std.slice_mut::<f64>(1, "batch_std")?[0] = st.batch_std;
         Ok(())
     }
 }
@@ -186,15 +186,15 @@ unsafe fn cpu_run<E: CpuElement, L: Label>(
     state: &StatePtrs,
     update_state: bool,
 ) -> Result<f64, Error> {
-    let x = x.slice::<E>(shape.features_len()?, Tensor::Features)?;
-    let w = w.slice::<E>(shape.weight_len()?, Tensor::Weight)?;
-    let y = labels.slice::<L>(shape.batch, Tensor::Labels)?;
+    let x = x.slice::<E>(shape.features_len()?, "features")?;
+    let w = w.slice::<E>(shape.weight_len()?, "weight")?;
+    let y = labels.slice::<L>(shape.batch, "labels")?;
     let st = state.read()?;
     let options = CpuOptions::default();
     let (loss, after) = match grads {
         Some((dx, dw)) => {
-            let dx = dx.slice_mut::<f32>(shape.features_len()?)?;
-            let dw = dw.slice_mut::<f32>(shape.weight_len()?)?;
+            let dx = dx.slice_mut::<f32>(shape.features_len()?, "grad_features")?;
+            let dw = dw.slice_mut::<f32>(shape.weight_len()?, "grad_weight")?;
             let step = adaface::cpu::forward_backward(cfg, &st, &options, shape, x, w, y, dx, dw)?;
             (step.loss, step.stats.state_after)
         }
@@ -305,14 +305,14 @@ unsafe fn reference_run<T: Real, L: Label>(
     state: &StatePtrs,
     update_state: bool,
 ) -> Result<f64, Error> {
-    let x = x.slice::<T>(shape.features_len()?, Tensor::Features)?;
-    let w = w.slice::<T>(shape.weight_len()?, Tensor::Weight)?;
-    let y = labels.slice::<L>(shape.batch, Tensor::Labels)?;
+    let x = x.slice::<T>(shape.features_len()?, "features")?;
+    let w = w.slice::<T>(shape.weight_len()?, "weight")?;
+    let y = labels.slice::<L>(shape.batch, "labels")?;
     let st = state.read()?;
     let (loss, after) = match grads {
         Some((dx, dw)) => {
-            let dx = dx.slice_mut::<T>(shape.features_len()?)?;
-            let dw = dw.slice_mut::<T>(shape.weight_len()?)?;
+            let dx = dx.slice_mut::<T>(shape.features_len()?, "grad_features")?;
+            let dw = dw.slice_mut::<T>(shape.weight_len()?, "grad_weight")?;
             let step = adaface::reference::forward_backward(cfg, &st, shape, x, w, y)?;
             dx.copy_from_slice(&step.grad_features);
             dw.copy_from_slice(&step.grad_weight);

@@ -3,7 +3,7 @@
 //!
 //! Nothing here touches cudarc before [`probe`] has checked that libcuda
 //! and libnvrtc can be loaded, so a machine without a GPU gets
-//! [`Error::DeviceUnavailable`](crate::Error::DeviceUnavailable), never a panic.
+//! [`crate::Error::DeviceUnavailable`], never a panic.
 
 pub mod bench;
 mod compile;
