@@ -23,8 +23,10 @@ pub mod cuda;
 #[cfg(feature = "sim")]
 pub mod sim;
 
+#[cfg(any(feature = "cuda", feature = "sim"))]
 use crate::config::AdaFaceConfig;
 use crate::error::{Error, Result};
+#[cfg(any(feature = "cuda", feature = "sim"))]
 use crate::kernel_params::AdafaceStatsParams;
 use crate::shape::Shape;
 
@@ -195,6 +197,7 @@ impl NaiveLayout {
 }
 
 /// The stats kernel's parameters for a naive step (same kernel as the fused path).
+#[cfg(any(feature = "cuda", feature = "sim"))]
 pub(crate) fn stats_params(
     cfg: &AdaFaceConfig,
     shape: Shape,
@@ -230,6 +233,7 @@ pub(crate) fn stats_params(
 
 /// The naive kernels' parameters with every address filled in from the
 /// base addresses of the f32 and typed workspaces; the caller sets x, w, labels, record, state, dx, dw.
+#[cfg(any(feature = "cuda", feature = "sim"))]
 pub(crate) fn naive_params(
     cfg: &AdaFaceConfig,
     shape: Shape,
