@@ -40,6 +40,7 @@ pub mod output;
 pub mod real;
 pub mod reference;
 pub mod shape;
+pub mod shard;
 pub mod sim;
 pub mod sim_backend;
 pub mod state;
