@@ -266,6 +266,12 @@ impl ShardedCpuAdaFace {
 
     /// The whole step over `comm`: phase 1, the row reduction, phase 2 and
     /// the all-reduce of `dX`, so `grad_features` ends as the full `dX`.
+    ///
+    /// Every rank must call it with the same global features and labels:
+    /// their checks then fail on every rank alike, before any collective. A
+    /// rank whose own weight shard is rejected returns its error before the
+    /// first collective while its peers wait in theirs, as in any
+    /// collective program: validate weights when loading them.
     #[allow(clippy::too_many_arguments)]
     pub fn step<E: CpuElement, L: Label, C: Communicator + ?Sized>(
         &mut self,

@@ -272,6 +272,12 @@ impl ShardedReference {
     /// The whole step over `comm`: phase 1, the row reduction, phase 2 and
     /// the all-reduce of `dX`, so `grad_features` is the full `dX` (the same
     /// on every shard).
+    ///
+    /// Every rank must call it with the same global features and labels:
+    /// their checks then fail on every rank alike, before any collective. A
+    /// rank whose own weight shard is rejected returns its error before the
+    /// first collective while its peers wait in theirs, as in any
+    /// collective program: validate weights when loading them.
     pub fn step<T: CommReal, L: Label, C: Communicator + ?Sized>(
         &mut self,
         comm: &C,
