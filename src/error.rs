@@ -128,6 +128,20 @@ pub enum Error {
         /// Dimensions supplied.
         actual: usize,
     },
+    /// A class shard that does not fit the global problem (offset and
+    /// size outside the global class count, an empty shard, shards that do
+    /// not partition the classes), or phase-2 row statistics that do not
+    /// belong to the phase-1 step (wrong length, non-finite).
+    InvalidShard {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A collective operation of a [`Communicator`](crate::shard::Communicator)
+    /// failed (a peer left, a transport error, mismatched buffer sizes).
+    Communication {
+        /// The transport's message.
+        message: String,
+    },
     /// A failure reported by the CUDA driver or NVRTC.
     Backend {
         /// The driver's or compiler's message.
@@ -184,6 +198,8 @@ impl fmt::Display for Error {
                 expected,
                 actual,
             } => write!(f, "{tensor} must have {expected} dimensions, got {actual}"),
+            Error::InvalidShard { reason } => write!(f, "invalid shard: {reason}"),
+            Error::Communication { message } => write!(f, "communication error: {message}"),
             Error::Backend { message } => write!(f, "backend error: {message}"),
         }
     }

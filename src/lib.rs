@@ -55,6 +55,7 @@ pub mod output;
 pub mod real;
 pub mod reference;
 pub mod shape;
+pub mod shard;
 #[cfg(feature = "sim")]
 #[doc(hidden)]
 pub mod sim;

@@ -42,8 +42,10 @@ mod input;
 mod matmul;
 mod passes;
 mod rows;
+mod shard;
 
 pub use input::CpuElement;
+pub use shard::{CpuPending, CpuShardStep, ShardedCpuAdaFace};
 
 use crate::config::AdaFaceConfig;
 use crate::element::Label;

@@ -127,6 +127,20 @@ pub(crate) fn log_sum_exp<E: CpuElement>(
     weight: &[E],
     inv_r: &mut [f32],
 ) -> Vec<f32> {
+    let (max, sum) = row_max_sum(plan, k, rows, weight, inv_r);
+    max.iter().zip(&sum).map(|(&m, &s)| m + s.ln()).collect()
+}
+
+/// Pass 1 without the final logarithm: each row's maximum logit and sum
+/// of `exp(logit - maximum)` (the partial statistics of a class shard), and
+/// fills `inv_r` (`C`).
+pub(crate) fn row_max_sum<E: CpuElement>(
+    plan: &Plan,
+    k: &Consts,
+    rows: &Rows,
+    weight: &[E],
+    inv_r: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
     let per_chunk: Vec<(Vec<f32>, Vec<f32>)> = inv_r
         .par_chunks_mut(plan.chunk_classes)
         .enumerate()
@@ -140,9 +154,9 @@ pub(crate) fn log_sum_exp<E: CpuElement>(
                 s = s * (m - new_m).exp() + cs[i] * (cm[i] - new_m).exp();
                 m = new_m;
             }
-            m + s.ln()
+            (m, s)
         })
-        .collect()
+        .unzip()
 }
 
 fn stats_chunk<E: CpuElement>(
