@@ -17,7 +17,7 @@ if [ ! -x "$PY_ENV/bin/python" ]; then
     "$PY" -m venv "$PY_ENV"
 fi
 need=()
-"$PY_ENV/bin/python" -c "import torch" 2>/dev/null || need+=("torch>=1.13")
+"$PY_ENV/bin/python" -c "import torch" 2>/dev/null || need+=("torch==2.15.0")  # the version the tests are run against
 "$PY_ENV/bin/python" -c "import pytest" 2>/dev/null || need+=("pytest")
 "$PY_ENV/bin/python" -c "import numpy" 2>/dev/null || need+=("numpy")
 [ -x "$PY_ENV/bin/maturin" ] || need+=("maturin>=1.5,<2")

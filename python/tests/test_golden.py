@@ -71,7 +71,7 @@ def test_fused_against_reference(margin, dtype, tol):
         lf.backward()
         lr.backward()
         assert xf.grad.dtype == dtype and fused.weight.grad.dtype == dtype
-        assert abs(float(lf) - float(lr)) <= tol * abs(float(lr))
+        assert abs(lf.item() - lr.item()) <= tol * abs(lr.item())
         assert rel(xf.grad, xr.grad) <= tol * 10
         assert rel(fused.weight.grad, ref.weight.grad) <= tol * 10
         assert fused.ema_state() == pytest.approx(ref.ema_state(), rel=1e-4)
