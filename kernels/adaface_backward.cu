@@ -100,7 +100,7 @@ __device__ void adaface_backward_impl(const AdafaceTileParams& p) {
                 const int lr = adaface_acc_row(r);
                 const int64_t i = row0 + lr;
                 const bool row_ok = i < batch;
-                const int64_t label = row_ok ? adaface_label_at(labels, i) : -1;
+                const int64_t label = row_ok ? adaface_label_at(labels, i) - p.class_offset : -1;
                 const float a = row_ok ? ((const float*)p.row_a)[i] : 0.0f;
                 const float b = row_ok ? ((const float*)p.row_b)[i] : 0.0f;
                 const float lse = row_ok ? ((const float*)p.lse)[i] : 0.0f;

@@ -305,7 +305,7 @@ struct AdafaceFlashRows {
         for (int h = 0; h < 2; ++h) {
             const int64_t i = row0 + 16 * (warp & 3) + (lane >> 2) + 8 * h;
             ok[h] = i < p.batch;
-            label[h] = ok[h] ? adaface_label_at((const L*)p.labels, i) : -1;
+            label[h] = ok[h] ? adaface_label_at((const L*)p.labels, i) - p.class_offset : -1;
             a[h] = ok[h] ? ((const float*)p.row_a)[i] : 0.0f;
             b[h] = ok[h] ? ((const float*)p.row_b)[i] : 0.0f;
             inv_norm[h] = ok[h] ? 1.0f / ((const float*)p.row_norm)[i] : 0.0f;
@@ -845,16 +845,19 @@ __device__ void adaface_flash_dx_finish_impl(const AdafaceTileParams& p) {
     const int64_t i = blockIdx.x;
     const int64_t dim = p.dim;
     const float lse = ((const float*)p.lse)[i];
-    const int64_t y = adaface_label_at((const L*)p.labels, i);
-    const float p_target = expf(((const float*)p.target_logit)[i] - lse);
-    const float target_coef = (p_target - 1.0f) * ((const float*)p.target_dlogit)[i];
+    const int64_t y = adaface_label_at((const L*)p.labels, i) - p.class_offset;
+    /* A class-sharded step: the target term belongs to the shard holding
+     * the label (always this one when W holds every class). */
+    const bool has_target = y >= 0 && y < p.classes;
+    const float p_target = has_target ? expf(((const float*)p.target_logit)[i] - lse) : 0.0f;
+    const float target_coef = has_target ? (p_target - 1.0f) * ((const float*)p.target_dlogit)[i] : 0.0f;
     for (int64_t k = threadIdx.x; k < dim; k += ADAFACE_THREADS) {
         float g = 0.0f;
         for (int64_t s = 0; s < p.splits; ++s) {
             const float m = pmax[s * p.batch + i];
             if (m != -INFINITY) g = fmaf(expf(m - lse), o[(s * p.batch + i) * dim + k], g);
         }
-        g = fmaf(target_coef, to_float(w[y * dim + k]), g);
+        if (has_target) g = fmaf(target_coef, to_float(w[y * dim + k]), g);
         dx[i * dim + k] = g * p.inv_batch;
     }
     adaface_normalise_row_grad(x, dx, i, dim, 1.0f / ((const float*)p.row_norm)[i]);

@@ -52,7 +52,7 @@ __device__ void adaface_forward_impl(const AdafaceTileParams& p) {
     for (int r = 0; r < ADAFACE_ACC_ROWS; ++r) {
         const int64_t i = row0 + adaface_acc_row(r);
         row_ok[r] = i < batch;
-        label[r] = row_ok[r] ? adaface_label_at(labels, i) : -1;
+        label[r] = row_ok[r] ? adaface_label_at(labels, i) - p.class_offset : -1;
         ra[r] = row_ok[r] ? ((const float*)p.row_a)[i] : 0.0f;
         rb[r] = row_ok[r] ? ((const float*)p.row_b)[i] : 0.0f;
         run_max[r] = -INFINITY;

@@ -40,7 +40,9 @@ enum AdafaceErrorKind {
     ADAFACE_ERR_NONFINITE_X = 2,      /* detail: flat index into x */
     ADAFACE_ERR_NONFINITE_W = 3,      /* detail: flat index into W */
     ADAFACE_ERR_ROWNORM_X = 4,        /* detail: (row << 1) | overflow */
-    ADAFACE_ERR_ROWNORM_W = 5         /* detail: (row << 1) | overflow */
+    ADAFACE_ERR_ROWNORM_W = 5,        /* detail: (row << 1) | overflow */
+    ADAFACE_ERR_SHARD = 6             /* class-sharded step: the row's label is
+                                       * held by no shard or by several; detail: row */
 };
 
 /* Results of one step, written on the device, read by the host in one copy. */
@@ -112,6 +114,11 @@ typedef struct AdafaceTileParams {
     /* Class tiles are dealt to splits round-robin: split k owns tiles
      * k, k + splits, ... (grid x of the forward and of the backward). */
     int64_t splits;
+    /* Global index of W's first class: a row's target is class
+     * label - class_offset when that lies in [0, classes), else the row has
+     * no target in W (a class-sharded step, src/shard). 0 when W holds every
+     * class, the unsharded step. */
+    int64_t class_offset;
     float s;
     float eps;
     float m1;
@@ -146,6 +153,30 @@ typedef struct AdafaceDxParams {
     int64_t dim;
     int64_t splits;
 } AdafaceDxParams;
+
+/* Row statistics of a class-sharded step (kernels/adaface_shard.cu, one
+ * block; src/shard/kernels.rs). `rows` is float[5 * B]:
+ * [max | sum-exp | target logit | target cosine | owned], the layout of
+ * adaface::shard::RowPartials, reduced across shards in place. Modes:
+ *   0 (end of phase 1): from this shard's log-sum-exp `lse` (max = lse,
+ *     sum-exp = 1) and, where the label falls in the shard, its target
+ *     logit and cosine (else 0), owned = 1 or 0;
+ *   1 (after the all-reduce MAX of rows[0, B)): sum-exp *= exp(lse - max);
+ *   2 (after the all-reduce SUM of rows[B, 5B)): records ADAFACE_ERR_SHARD
+ *     for the first row whose owned count is not 1.
+ * Exits when the record holds an error, as every kernel after stats. */
+typedef struct AdafaceShardParams {
+    uint64_t labels;       /* const int32 or int64 [B]: global labels */
+    uint64_t record;       /* AdafaceStepRecord* */
+    uint64_t lse;          /* const float[B]: this shard's log-sum-exp */
+    uint64_t target_logit; /* const float[B] */
+    uint64_t target_cos;   /* const float[B] */
+    uint64_t rows;         /* float[5 * B] */
+    int64_t batch;
+    int64_t class_offset;  /* the shard's first class */
+    int64_t classes;       /* classes in the shard */
+    int64_t mode;
+} AdafaceShardParams;
 
 /* Naive baseline (adaface::naive, kernels/adaface_naive.cu): the parameters
  * of every one of its kernels. */

@@ -87,6 +87,12 @@ if want tests; then
         step gates 60 ./tests/gates --include-ignored --test-threads=1 --nocapture
     fi
 
+    # The class-sharded step (K shards on streams of one GPU) against the
+    # unsharded step, if bundled.
+    if [ -x tests/gpu_sharding ]; then
+        step gpu_sharding 90 ./tests/gpu_sharding --include-ignored --test-threads=1 --nocapture
+    fi
+
     # The simulator's self-tests cross-checked on the GPU (sim branch), if bundled.
     if [ -x tests/sim_gpu_crosscheck ]; then
         step sim_gpu_crosscheck 60 ./tests/sim_gpu_crosscheck --include-ignored --test-threads=1 --nocapture

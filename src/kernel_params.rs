@@ -20,6 +20,7 @@ pub const ADAFACE_ERR_NONFINITE_X: AdafaceErrorKind = 2;
 pub const ADAFACE_ERR_NONFINITE_W: AdafaceErrorKind = 3;
 pub const ADAFACE_ERR_ROWNORM_X: AdafaceErrorKind = 4;
 pub const ADAFACE_ERR_ROWNORM_W: AdafaceErrorKind = 5;
+pub const ADAFACE_ERR_SHARD: AdafaceErrorKind = 6;
 pub type AdafaceErrorKind = ::core::ffi::c_uint;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -144,6 +145,7 @@ pub struct AdafaceTileParams {
     pub dim: i64,
     pub classes: i64,
     pub splits: i64,
+    pub class_offset: i64,
     pub s: f32,
     pub eps: f32,
     pub m1: f32,
@@ -151,7 +153,7 @@ pub struct AdafaceTileParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of AdafaceTileParams"][::core::mem::size_of::<AdafaceTileParams>() - 184usize];
+    ["Size of AdafaceTileParams"][::core::mem::size_of::<AdafaceTileParams>() - 192usize];
     ["Alignment of AdafaceTileParams"][::core::mem::align_of::<AdafaceTileParams>() - 8usize];
     ["Offset of field: AdafaceTileParams::x"]
         [::core::mem::offset_of!(AdafaceTileParams, x) - 0usize];
@@ -195,14 +197,16 @@ const _: () = {
         [::core::mem::offset_of!(AdafaceTileParams, classes) - 152usize];
     ["Offset of field: AdafaceTileParams::splits"]
         [::core::mem::offset_of!(AdafaceTileParams, splits) - 160usize];
+    ["Offset of field: AdafaceTileParams::class_offset"]
+        [::core::mem::offset_of!(AdafaceTileParams, class_offset) - 168usize];
     ["Offset of field: AdafaceTileParams::s"]
-        [::core::mem::offset_of!(AdafaceTileParams, s) - 168usize];
+        [::core::mem::offset_of!(AdafaceTileParams, s) - 176usize];
     ["Offset of field: AdafaceTileParams::eps"]
-        [::core::mem::offset_of!(AdafaceTileParams, eps) - 172usize];
+        [::core::mem::offset_of!(AdafaceTileParams, eps) - 180usize];
     ["Offset of field: AdafaceTileParams::m1"]
-        [::core::mem::offset_of!(AdafaceTileParams, m1) - 176usize];
+        [::core::mem::offset_of!(AdafaceTileParams, m1) - 184usize];
     ["Offset of field: AdafaceTileParams::inv_batch"]
-        [::core::mem::offset_of!(AdafaceTileParams, inv_batch) - 180usize];
+        [::core::mem::offset_of!(AdafaceTileParams, inv_batch) - 188usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -277,6 +281,45 @@ const _: () = {
         [::core::mem::offset_of!(AdafaceDxParams, dim) - 48usize];
     ["Offset of field: AdafaceDxParams::splits"]
         [::core::mem::offset_of!(AdafaceDxParams, splits) - 56usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct AdafaceShardParams {
+    pub labels: u64,
+    pub record: u64,
+    pub lse: u64,
+    pub target_logit: u64,
+    pub target_cos: u64,
+    pub rows: u64,
+    pub batch: i64,
+    pub class_offset: i64,
+    pub classes: i64,
+    pub mode: i64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of AdafaceShardParams"][::core::mem::size_of::<AdafaceShardParams>() - 80usize];
+    ["Alignment of AdafaceShardParams"][::core::mem::align_of::<AdafaceShardParams>() - 8usize];
+    ["Offset of field: AdafaceShardParams::labels"]
+        [::core::mem::offset_of!(AdafaceShardParams, labels) - 0usize];
+    ["Offset of field: AdafaceShardParams::record"]
+        [::core::mem::offset_of!(AdafaceShardParams, record) - 8usize];
+    ["Offset of field: AdafaceShardParams::lse"]
+        [::core::mem::offset_of!(AdafaceShardParams, lse) - 16usize];
+    ["Offset of field: AdafaceShardParams::target_logit"]
+        [::core::mem::offset_of!(AdafaceShardParams, target_logit) - 24usize];
+    ["Offset of field: AdafaceShardParams::target_cos"]
+        [::core::mem::offset_of!(AdafaceShardParams, target_cos) - 32usize];
+    ["Offset of field: AdafaceShardParams::rows"]
+        [::core::mem::offset_of!(AdafaceShardParams, rows) - 40usize];
+    ["Offset of field: AdafaceShardParams::batch"]
+        [::core::mem::offset_of!(AdafaceShardParams, batch) - 48usize];
+    ["Offset of field: AdafaceShardParams::class_offset"]
+        [::core::mem::offset_of!(AdafaceShardParams, class_offset) - 56usize];
+    ["Offset of field: AdafaceShardParams::classes"]
+        [::core::mem::offset_of!(AdafaceShardParams, classes) - 64usize];
+    ["Offset of field: AdafaceShardParams::mode"]
+        [::core::mem::offset_of!(AdafaceShardParams, mode) - 72usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

@@ -51,7 +51,7 @@ use crate::error::{Error, Result, Tensor};
 use crate::kernel_params::{
     AdafaceCombineParams, AdafaceDxParams, AdafaceStatsParams, AdafaceStepRecord,
     AdafaceTileParams, ADAFACE_ERR_LABEL, ADAFACE_ERR_NONFINITE_W, ADAFACE_ERR_NONFINITE_X,
-    ADAFACE_ERR_ROWNORM_W, ADAFACE_ERR_ROWNORM_X, ADAFACE_FLASH_CLASSES, ADAFACE_FLASH_MAX_DIM,
+    ADAFACE_ERR_ROWNORM_W, ADAFACE_ERR_ROWNORM_X, ADAFACE_ERR_SHARD, ADAFACE_FLASH_CLASSES, ADAFACE_FLASH_MAX_DIM,
     ADAFACE_FLASH_ROWS, ADAFACE_FLASH_ROW_PAD, ADAFACE_THREADS, ADAFACE_TILE_CLASSES,
     ADAFACE_TILE_ROWS,
 };
@@ -497,6 +497,7 @@ impl StepPlan {
             dim: self.shape.dim as i64,
             classes: self.shape.classes as i64,
             splits: splits as i64,
+            class_offset: 0,
             s: cfg.s() as f32,
             eps: cfg.eps() as f32,
             m1: cfg.margin().angle_scale() as f32,
@@ -647,9 +648,16 @@ impl KernelNames {
         }
     }
 
+    /// The row-statistics kernel of a class-sharded step for label type
+    /// suffix `l` ([`crate::shard`]).
+    pub fn shard_rows(l: &str) -> String {
+        format!("adaface_shard_rows_{l}")
+    }
+
     /// Every entry point in the kernel source, for compile checks.
     pub fn all() -> Vec<String> {
         let mut out = vec!["adaface_combine".to_string()];
+        out.extend(["i32", "i64"].map(Self::shard_rows));
         for e in [Dtype::F32, Dtype::BF16, Dtype::F16] {
             out.push(format!("adaface_dx_finish_{}", e.name()));
             for l in ["i32", "i64"] {
@@ -720,6 +728,9 @@ pub fn check_record(rec: &AdafaceStepRecord, shape: &Shape) -> Result<()> {
                 Error::NormOverflow { tensor, row }
             }
         }
+        ADAFACE_ERR_SHARD => Error::InvalidShard {
+            reason: format!("the label of row {detail} is held by no shard or by several"),
+        },
         _ => Error::Backend {
             message: format!("unknown device error key {:#x}", rec.error_key),
         },
@@ -933,7 +944,7 @@ mod tests {
     #[test]
     fn every_kernel_name_is_listed_once() {
         let all = KernelNames::all();
-        assert_eq!(all.len(), 1 + 3 * (1 + 2 * 3) + 2 * (6 + 5 + 6));
+        assert_eq!(all.len(), 1 + 2 + 3 * (1 + 2 * 3) + 2 * (6 + 5 + 6));
         let n = KernelNames::of::<half::bf16, i32>();
         let f = KernelNames::flash("bf16", "i64", Pass::ForwardBackward, true, false);
         let g = KernelNames::flash("bf16", "i32", Pass::ForwardBackward, false, false);

@@ -12,7 +12,8 @@ use super::{backend, compile::module_for, probe};
 use crate::config::AdaFaceConfig;
 use crate::error::{Error, Result};
 use crate::kernel_params::{
-    AdafaceCombineParams, AdafaceDxParams, AdafaceStatsParams, AdafaceStepRecord, AdafaceTileParams,
+    AdafaceCombineParams, AdafaceDxParams, AdafaceShardParams, AdafaceStatsParams, AdafaceStepRecord,
+    AdafaceTileParams,
 };
 use crate::launch::{
     check_call, flash_aligned, KernelElement, KernelLabel, KernelNames, LaunchDims, Pass,
@@ -28,6 +29,7 @@ unsafe impl DeviceRepr for AdafaceTileParams {}
 unsafe impl DeviceRepr for AdafaceCombineParams {}
 unsafe impl DeviceRepr for AdafaceDxParams {}
 unsafe impl DeviceRepr for AdafaceStepRecord {}
+unsafe impl DeviceRepr for AdafaceShardParams {}
 // SAFETY: all-zero bits are a valid record (integers and floats).
 unsafe impl ValidAsZeroBits for AdafaceStepRecord {}
 
@@ -58,6 +60,19 @@ pub struct CudaStep {
 }
 
 impl CudaStep {
+    /// A step whose record the kernels write on `stream`.
+    pub(super) fn from_parts(
+        stream: Arc<CudaStream>,
+        record: CudaSlice<AdafaceStepRecord>,
+        shape: Shape,
+    ) -> Self {
+        CudaStep {
+            stream,
+            record,
+            shape,
+        }
+    }
+
     /// Loss, batch statistics and EMA state after the step (synchronises).
     pub fn summary(&self) -> Result<StepSummary> {
         let rec = self
@@ -97,7 +112,7 @@ const LOSS_OFFSET: usize = std::mem::offset_of!(AdafaceStepRecord, loss);
 /// Sets the record's loss to NaN (all bits set) on the stream: the combine
 /// kernel overwrites it on success only, so a failed step's loss reads NaN
 /// to anyone who looks at it without reading the record.
-fn mark_loss_unset(stream: &CudaStream, record: &mut CudaSlice<AdafaceStepRecord>) -> Result<()> {
+pub(super) fn mark_loss_unset(stream: &CudaStream, record: &mut CudaSlice<AdafaceStepRecord>) -> Result<()> {
     let (ptr, _guard) = record.device_ptr_mut(stream);
     // SAFETY: 8 bytes inside the live one-record allocation, on its stream.
     unsafe {
@@ -111,7 +126,7 @@ fn mark_loss_unset(stream: &CudaStream, record: &mut CudaSlice<AdafaceStepRecord
     .map_err(backend("mark loss"))
 }
 
-fn to_cfg(d: &LaunchDims) -> LaunchConfig {
+pub(super) fn to_cfg(d: &LaunchDims) -> LaunchConfig {
     LaunchConfig {
         grid_dim: d.grid,
         block_dim: d.block,
@@ -430,7 +445,7 @@ impl CudaAdaFace {
 
 /// Planning limits for the stream's device: the flash family needs sm_80
 /// (mma.m16n8k16 with bf16, cp.async) and aims at one block per SM.
-fn device_limits(stream: &Arc<CudaStream>) -> Result<PlanLimits> {
+pub(super) fn device_limits(stream: &Arc<CudaStream>) -> Result<PlanLimits> {
     let ctx = stream.context();
     let attr = |a| ctx.attribute(a).map_err(backend("query device attribute"));
     let major = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;

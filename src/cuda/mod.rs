@@ -8,10 +8,12 @@
 pub mod bench;
 mod compile;
 mod loss;
+mod shard;
 
 pub(crate) use compile::module_for;
 pub use compile::{compile_ptx, kernel_source};
 pub use loss::{CudaAdaFace, CudaStep};
+pub use shard::{CudaShardPending, DeviceCommunicator, HostStaged, ShardedCudaAdaFace};
 
 use std::sync::Arc;
 

@@ -65,6 +65,8 @@
 //! ```
 
 mod comm;
+#[cfg(any(feature = "cuda", feature = "sim"))]
+pub mod kernels;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod reference;

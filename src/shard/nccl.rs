@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::driver::{CudaSlice, CudaStream, CudaViewMut};
 use cudarc::nccl::{Comm, Id, ReduceOp as NcclOp};
 
 use super::comm::{Communicator, ReduceOp};
@@ -92,6 +92,29 @@ impl NcclComm {
 
     /// In-place all-reduce of a device buffer (queued on the stream).
     pub fn all_reduce_device_f64(&self, buf: &mut CudaSlice<f64>, op: ReduceOp) -> Result<()> {
+        self.comm
+            .all_reduce_in_place(buf, &nccl_op(op))
+            .map(|_| ())
+            .map_err(nccl_error)
+    }
+}
+
+/// NCCL reduces the sharded CUDA step's device buffers in place, on its own
+/// stream: the shard ([`crate::cuda::ShardedCudaAdaFace`]) must run on the
+/// stream this communicator was made with, so that the collectives are
+/// ordered with its kernels without any host synchronisation.
+impl crate::cuda::DeviceCommunicator for NcclComm {
+    fn all_reduce_device(
+        &self,
+        stream: &Arc<CudaStream>,
+        buf: &mut CudaViewMut<'_, f32>,
+        op: ReduceOp,
+    ) -> Result<()> {
+        if stream.cu_stream() != self.comm.stream().cu_stream() {
+            return Err(Error::Communication {
+                message: "the shard's stream is not the NCCL communicator's".into(),
+            });
+        }
         self.comm
             .all_reduce_in_place(buf, &nccl_op(op))
             .map(|_| ())

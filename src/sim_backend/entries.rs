@@ -3,7 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::kernel_params::{
-    AdafaceCombineParams, AdafaceDxParams, AdafaceStatsParams, AdafaceTileParams,
+    AdafaceCombineParams, AdafaceDxParams, AdafaceShardParams, AdafaceStatsParams,
+    AdafaceTileParams,
 };
 use crate::launch::{KernelElement, KernelLabel};
 use crate::sim::SimEntry;
@@ -46,6 +47,7 @@ declare!(AdafaceTileParams =>
     adaface_flash_forward_dx_single_f16_i32_sim, adaface_flash_forward_dx_single_f16_i64_sim,
     adaface_flash_dw_single_f16_i32_sim, adaface_flash_dw_single_f16_i64_sim);
 declare!(AdafaceCombineParams => adaface_combine_sim);
+declare!(AdafaceShardParams => adaface_shard_rows_i32_sim, adaface_shard_rows_i64_sim);
 declare!(AdafaceDxParams => adaface_dx_finish_f32_sim, adaface_dx_finish_bf16_sim, adaface_dx_finish_f16_sim);
 
 /// The five entries of one (element, label) specialisation.
@@ -174,6 +176,15 @@ impl FlashEntries {
             },
             (e, l, _) => return Err(unsupported(e, l)),
         })
+    }
+}
+
+/// The row-statistics entry of a class-sharded step for label `L`.
+pub(super) fn shard_rows<L: KernelLabel>() -> Result<SimEntry<AdafaceShardParams>> {
+    match L::SUFFIX {
+        "i32" => Ok(adaface_shard_rows_i32_sim),
+        "i64" => Ok(adaface_shard_rows_i64_sim),
+        l => Err(unsupported("f32", l)),
     }
 }
 

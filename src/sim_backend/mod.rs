@@ -4,6 +4,9 @@
 //! machines without a GPU.
 
 mod entries;
+mod shard;
+
+pub use shard::{ShardedSimAdaFace, SimShardPending, SimShardStep};
 
 use crate::config::AdaFaceConfig;
 use crate::error::Result;

@@ -1,0 +1,33 @@
+/* Row statistics of a class-sharded step (src/shard/kernels.rs): one block
+ * of ADAFACE_THREADS threads. The modes are described with
+ * AdafaceShardParams in adaface_params.h; between them the caller
+ * all-reduces `rows` across the shards (MAX of the maxima, then SUM of the
+ * rest), so a step on K devices never moves a B x C matrix. */
+#include "adaface_common.cuh"
+
+template <typename L>
+__device__ void adaface_shard_rows_impl(const AdafaceShardParams& p) {
+    AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
+    if (adaface_block_should_abort(rec)) return;
+    const int64_t b = p.batch;
+    float* rows = (float*)p.rows;
+    const float* lse = (const float*)p.lse;
+    for (int64_t i = threadIdx.x; i < b; i += ADAFACE_THREADS) {
+        if (p.mode == 0) {
+            const int64_t y = adaface_label_at((const L*)p.labels, i) - p.class_offset;
+            const bool owned = y >= 0 && y < p.classes;
+            rows[i] = lse[i];
+            rows[b + i] = 1.0f;
+            rows[2 * b + i] = owned ? ((const float*)p.target_logit)[i] : 0.0f;
+            rows[3 * b + i] = owned ? ((const float*)p.target_cos)[i] : 0.0f;
+            rows[4 * b + i] = owned ? 1.0f : 0.0f;
+        } else if (p.mode == 1) {
+            rows[b + i] *= expf(lse[i] - rows[i]);
+        } else if (rows[4 * b + i] != 1.0f) {
+            adaface_record_error(rec, ADAFACE_ERR_SHARD, (unsigned long long)i);
+        }
+    }
+}
+
+ADAFACE_KERNEL(adaface_shard_rows_i32, AdafaceShardParams, (adaface_shard_rows_impl<int32_t>(p)))
+ADAFACE_KERNEL(adaface_shard_rows_i64, AdafaceShardParams, (adaface_shard_rows_impl<int64_t>(p)))

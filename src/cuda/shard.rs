@@ -1,0 +1,519 @@
+//! The class-sharded step on CUDA: the kernels and launch parameters of
+//! [`crate::shard::kernels`] (the simulator runs the same), with the row
+//! statistics reduced in place on the device through a
+//! [`DeviceCommunicator`] (NCCL: `crate::shard::nccl::NcclComm`), so a step
+//! queues everything on the stream and never waits for the GPU.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut,
+    DeviceRepr, PushKernelArg,
+};
+
+use super::loss::{device_limits, mark_loss_unset, to_cfg, CudaStep};
+use super::{backend, compile::module_for, probe};
+use crate::config::AdaFaceConfig;
+use crate::error::{Error, Result};
+use crate::kernel_params::AdafaceStepRecord;
+use crate::launch::{
+    check_call, flash_aligned, KernelElement, KernelLabel, KernelNames, PlanLimits, StepBuffers,
+    Variant,
+};
+use crate::shape::Shape;
+use crate::shard::kernels::{partials_from_rows, rows_from_global, RowsMode, ShardPlan};
+use crate::shard::{Communicator, GlobalRows, ReduceOp, RowPartials, ShardSpec};
+use crate::state::EmaState;
+
+/// The collectives of the CUDA sharded step, on device buffers.
+///
+/// Every rank must make the same calls in the same order with buffers of
+/// the same length, and get the same bits back (NCCL's all-reduce does).
+pub trait DeviceCommunicator {
+    /// In-place all-reduce of `f32` device values, ordered after the work
+    /// already queued on `stream` and before the work queued after it.
+    fn all_reduce_device(
+        &self,
+        stream: &Arc<CudaStream>,
+        buf: &mut CudaViewMut<'_, f32>,
+        op: ReduceOp,
+    ) -> Result<()>;
+}
+
+/// Any host [`Communicator`] (e.g. [`crate::shard::ThreadComm`]) as a
+/// [`DeviceCommunicator`]: each collective copies the values to the host,
+/// synchronising with the stream, reduces them there and copies them back.
+/// For tests and single-machine runs; NCCL reduces on the device.
+#[derive(Debug, Clone)]
+pub struct HostStaged<C>(pub C);
+
+impl<C: Communicator> DeviceCommunicator for HostStaged<C> {
+    fn all_reduce_device(
+        &self,
+        stream: &Arc<CudaStream>,
+        buf: &mut CudaViewMut<'_, f32>,
+        op: ReduceOp,
+    ) -> Result<()> {
+        let mut host = stream
+            .clone_dtoh(&*buf)
+            .map_err(backend("copy to the host for a collective"))?;
+        self.0.all_reduce_f32(&mut host, op)?;
+        stream
+            .memcpy_htod(&host, buf)
+            .map_err(backend("copy back from a collective"))?;
+        // The host buffer is dropped on return: wait for the copy.
+        stream.synchronize().map_err(backend("synchronise"))
+    }
+}
+
+/// One shard of the loss on a CUDA stream: owns its copy of the EMA state
+/// on the device (the same on every shard: see [`crate::shard`]), a
+/// workspace and the `5 B` row-statistics buffer the collectives reduce in
+/// place.
+pub struct ShardedCudaAdaFace {
+    stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    cfg: AdaFaceConfig,
+    limits: PlanLimits,
+    /// Compute capability 9.0: the module has the wgmma kernels.
+    wgmma_capable: bool,
+    spec: ShardSpec,
+    state: CudaSlice<f64>,
+    workspace: Option<CudaSlice<f32>>,
+    rows: Option<CudaSlice<f32>>,
+    record: Option<CudaSlice<AdafaceStepRecord>>,
+    epoch: u64,
+}
+
+/// What phase 1 leaves for phase 2 (the per-row data stay in the shard's
+/// workspace on the device).
+#[derive(Debug)]
+pub struct CudaShardPending {
+    epoch: u64,
+    plan: ShardPlan,
+    inputs: [u64; 3],
+    label: &'static str,
+}
+
+impl ShardedCudaAdaFace {
+    /// Shard `spec` on `stream`: compiles (or takes from the cache) the
+    /// kernels and uploads the config's initial EMA state.
+    pub fn new(stream: Arc<CudaStream>, cfg: AdaFaceConfig, spec: ShardSpec) -> Result<Self> {
+        probe()?;
+        let module = module_for(stream.context())?;
+        let init = cfg.initial_state();
+        let state = stream
+            .clone_htod(&[init.batch_mean, init.batch_std])
+            .map_err(backend("upload EMA state"))?;
+        let limits = device_limits(&stream)?;
+        let wgmma_capable = stream
+            .context()
+            .compute_capability()
+            .map_err(backend("compute capability"))?
+            == (9, 0);
+        Ok(ShardedCudaAdaFace {
+            stream,
+            module,
+            cfg,
+            limits: PlanLimits {
+                wgmma: wgmma_capable && limits.wgmma,
+                ..limits
+            },
+            wgmma_capable,
+            spec,
+            state,
+            workspace: None,
+            rows: None,
+            record: None,
+            epoch: 0,
+        })
+    }
+
+    /// Replaces the planning limits (tests use small ones); the device's
+    /// own limits on the flash and wgmma kernels still apply.
+    pub fn with_limits(mut self, limits: PlanLimits) -> Self {
+        self.limits = PlanLimits {
+            flash: self.limits.flash && limits.flash,
+            wgmma: self.wgmma_capable && limits.wgmma,
+            ..limits
+        };
+        self
+    }
+
+    /// The classes this shard holds.
+    pub fn spec(&self) -> ShardSpec {
+        self.spec
+    }
+
+    /// The config.
+    pub fn config(&self) -> &AdaFaceConfig {
+        &self.cfg
+    }
+
+    /// The stream every call runs on (an NCCL communicator must use it).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Reads the EMA state (synchronises).
+    pub fn state(&self) -> Result<EmaState> {
+        let v = self
+            .stream
+            .clone_dtoh(&self.state)
+            .map_err(backend("read EMA state"))?;
+        Ok(EmaState {
+            batch_mean: v[0],
+            batch_std: v[1],
+        })
+    }
+
+    /// Restores the EMA state (validated first); a pending phase 1 is void.
+    pub fn set_state(&mut self, state: EmaState) -> Result<()> {
+        state.validate()?;
+        self.epoch += 1;
+        self.stream
+            .memcpy_htod(&[state.batch_mean, state.batch_std], &mut self.state)
+            .map_err(backend("write EMA state"))
+    }
+
+    /// The `5 B` row statistics on the device, `[max | sumexp | target
+    /// logit | target cosine | owned]` ([`RowPartials`] concatenated), for
+    /// a caller reducing them over its own transport: all-reduce `MAX` of
+    /// the first `B`, [`rescale`](Self::rescale), all-reduce `SUM` of the
+    /// other `4 B`. `None` before the first phase 1.
+    pub fn row_stats_mut(&mut self) -> Option<&mut CudaSlice<f32>> {
+        self.rows.as_mut()
+    }
+
+    fn function(&self, name: &str) -> Result<CudaFunction> {
+        self.module
+            .load_function(name)
+            .map_err(backend("load kernel"))
+    }
+
+    fn buffers(&mut self, x: u64, w: u64, labels: u64) -> Result<(StepBuffers, u64)> {
+        let stream = self.stream.clone();
+        let missing = || Error::Backend {
+            message: "sharded step buffers".into(),
+        };
+        let (s_ptr, _gs) = self.state.device_ptr_mut(&stream);
+        let (r_ptr, _gr) = self.record.as_mut().ok_or_else(missing)?.device_ptr_mut(&stream);
+        let (ws_ptr, _gws) = self
+            .workspace
+            .as_mut()
+            .ok_or_else(missing)?
+            .device_ptr_mut(&stream);
+        let (rows_ptr, _grows) = self.rows.as_mut().ok_or_else(missing)?.device_ptr_mut(&stream);
+        Ok((
+            StepBuffers {
+                x,
+                w,
+                labels,
+                state: s_ptr,
+                record: r_ptr,
+                workspace: ws_ptr,
+                dx: 0,
+                dw: 0,
+            },
+            rows_ptr,
+        ))
+    }
+
+    /// Phase 1, queued on the stream: `shape` is `(B, D, C_k)`, `x` the
+    /// global `B x D` batch, `w` this shard's `C_k x D` rows, `labels`
+    /// global (in `0..C`). Leaves the row statistics in
+    /// [`row_stats_mut`](Self::row_stats_mut). Kernel-detected errors show
+    /// in the step phase 2 returns; the EMA state does not move.
+    pub fn phase1<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr>(
+        &mut self,
+        shape: Shape,
+        x: &impl DevicePtr<E>,
+        w: &impl DevicePtr<E>,
+        labels: &impl DevicePtr<L>,
+    ) -> Result<CudaShardPending> {
+        self.epoch += 1;
+        check_call(&shape, x.len(), w.len(), labels.len(), None)?;
+        let stream = self.stream.clone();
+        let (x_ptr, _gx) = x.device_ptr(&stream);
+        let (w_ptr, _gw) = w.device_ptr(&stream);
+        let (l_ptr, _gl) = labels.device_ptr(&stream);
+        let limits = PlanLimits {
+            flash: self.limits.flash && flash_aligned(x_ptr, w_ptr),
+            ..self.limits
+        };
+        let plan = ShardPlan::new(self.spec, shape, E::DTYPE, limits)?;
+        let p = &plan.plan;
+        let names = KernelNames::for_plan::<E, L>(p);
+        let f_stats = self.function(&names.stats)?;
+        let f_forward = self.function(&names.forward)?;
+        let f_combine = self.function(&names.combine)?;
+        let f_rows = self.function(&KernelNames::shard_rows(L::SUFFIX))?;
+        if p.variant == Variant::Flash {
+            set_flash_smem(&f_forward, p.forward.shared_bytes)?;
+        }
+        let need = p.workspace.len.max(1);
+        if self.workspace.as_ref().map_or(true, |ws| ws.len() < need) {
+            // SAFETY: every region is written by a kernel before it is read.
+            self.workspace =
+                Some(unsafe { stream.alloc::<f32>(need) }.map_err(backend("alloc workspace"))?);
+        }
+        if self.rows.as_ref().map_or(true, |r| r.len() != plan.rows_len()) {
+            self.rows = Some(
+                stream
+                    .alloc_zeros::<f32>(plan.rows_len())
+                    .map_err(backend("alloc row statistics"))?,
+            );
+        }
+        let mut record = stream
+            .alloc_zeros::<AdafaceStepRecord>(1)
+            .map_err(backend("alloc step record"))?;
+        mark_loss_unset(&stream, &mut record)?;
+        self.record = Some(record);
+        let (bufs, rows) = self.buffers(x_ptr, w_ptr, l_ptr)?;
+        let sp = plan.stats_params(&self.cfg, &bufs);
+        let fp = plan.forward_params(&self.cfg, &bufs);
+        let cp = plan.local_combine_params(&bufs);
+        let rp = plan.rows_params(&bufs, rows, RowsMode::Pack);
+        // SAFETY: the parameter structs point at live buffers whose lengths
+        // check_call and the plan verified (the workspace, the 5 B rows, the
+        // state and the record are the shard's own); the kernels bound
+        // every index, and the combine does not commit the state.
+        unsafe {
+            stream
+                .launch_builder(&f_stats)
+                .arg(&sp)
+                .launch(to_cfg(&p.stats))
+                .map_err(backend("launch stats"))?;
+            stream
+                .launch_builder(&f_forward)
+                .arg(&fp)
+                .launch(to_cfg(&p.forward))
+                .map_err(backend("launch forward"))?;
+            stream
+                .launch_builder(&f_combine)
+                .arg(&cp)
+                .launch(to_cfg(&p.combine))
+                .map_err(backend("launch combine"))?;
+            stream
+                .launch_builder(&f_rows)
+                .arg(&rp)
+                .launch(to_cfg(&plan.rows_launch()))
+                .map_err(backend("launch shard rows"))?;
+        }
+        Ok(CudaShardPending {
+            epoch: self.epoch,
+            plan,
+            inputs: [x_ptr, w_ptr, l_ptr],
+            label: L::SUFFIX,
+        })
+    }
+
+    /// Phase 1's row statistics on the host (synchronises), for a transport
+    /// that reduces host buffers ([`crate::shard::reduce_partials`]).
+    pub fn row_partials(&self, pending: &CudaShardPending) -> Result<RowPartials<f32>> {
+        let rows = self.rows.as_ref().ok_or(Error::InvalidShard {
+            reason: "no phase 1 ran".into(),
+        })?;
+        let host = self
+            .stream
+            .clone_dtoh(rows)
+            .map_err(backend("read row statistics"))?;
+        Ok(partials_from_rows(&host, pending.plan.batch()))
+    }
+
+    /// Uploads host-reduced row statistics for phase 2 (instead of
+    /// [`reduce`](Self::reduce)).
+    pub fn set_global_rows(
+        &mut self,
+        pending: &CudaShardPending,
+        global: &GlobalRows<f32>,
+    ) -> Result<()> {
+        global.validate(pending.plan.batch())?;
+        let rows = self.rows.as_mut().ok_or(Error::InvalidShard {
+            reason: "no phase 1 ran".into(),
+        })?;
+        self.stream
+            .memcpy_htod(&rows_from_global(global), rows)
+            .map_err(backend("upload row statistics"))
+    }
+
+    fn rows_kernel(&mut self, pending: &CudaShardPending, mode: RowsMode) -> Result<()> {
+        let f_rows = self.function(&KernelNames::shard_rows(pending.label))?;
+        let [x, w, l] = pending.inputs;
+        let (bufs, rows) = self.buffers(x, w, l)?;
+        let rp = pending.plan.rows_params(&bufs, rows, mode);
+        // SAFETY: labels (B, still borrowed by the caller's step), the
+        // shard's workspace, 5 B rows and record.
+        unsafe {
+            self.stream
+                .launch_builder(&f_rows)
+                .arg(&rp)
+                .launch(to_cfg(&pending.plan.rows_launch()))
+                .map_err(backend("launch shard rows"))?;
+        }
+        Ok(())
+    }
+
+    /// After the all-reduce `MAX` of the row maxima (the first `B` values
+    /// of [`row_stats_mut`](Self::row_stats_mut)): rescales this shard's
+    /// sums to the global maxima, before the all-reduce `SUM` of the rest.
+    pub fn rescale(&mut self, pending: &CudaShardPending) -> Result<()> {
+        self.check_epoch(pending)?;
+        self.rows_kernel(pending, RowsMode::Rescale)
+    }
+
+    /// The whole reduction of the row statistics over `comm`, queued on the
+    /// stream: all-reduce `MAX`, rescale, all-reduce `SUM`, and a check
+    /// (on the device) that exactly one shard holds each row's label.
+    pub fn reduce<C: DeviceCommunicator + ?Sized>(
+        &mut self,
+        comm: &C,
+        pending: &CudaShardPending,
+    ) -> Result<()> {
+        self.check_epoch(pending)?;
+        let b = pending.plan.batch();
+        let stream = self.stream.clone();
+        let rows = self.rows.as_mut().ok_or(Error::InvalidShard {
+            reason: "no phase 1 ran".into(),
+        })?;
+        comm.all_reduce_device(&stream, &mut rows.slice_mut(..b), ReduceOp::Max)?;
+        self.rows_kernel(pending, RowsMode::Rescale)?;
+        let rows = self.rows.as_mut().ok_or(Error::InvalidShard {
+            reason: "no phase 1 ran".into(),
+        })?;
+        comm.all_reduce_device(&stream, &mut rows.slice_mut(b..5 * b), ReduceOp::Sum)?;
+        self.rows_kernel(pending, RowsMode::Check)
+    }
+
+    fn check_epoch(&self, pending: &CudaShardPending) -> Result<()> {
+        if pending.epoch != self.epoch {
+            return Err(Error::InvalidShard {
+                reason: "phase 2 of another phase 1 (or the EMA state changed since)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Phase 2, queued on the stream, on the reduced row statistics: writes
+    /// this shard's `dW` (`C_k x D`) into `dw` and its partial `dX` (`B x
+    /// D`, to be summed over shards) into `dx`, and commits the EMA state.
+    /// `x`, `w` and `labels` must be the buffers phase 1 saw. On a
+    /// device-detected error `dX`, `dW` and the state are left untouched
+    /// and [`CudaStep::summary`] reports it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn phase2<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr>(
+        &mut self,
+        pending: &CudaShardPending,
+        x: &impl DevicePtr<E>,
+        w: &impl DevicePtr<E>,
+        labels: &impl DevicePtr<L>,
+        dx: &mut CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
+    ) -> Result<CudaStep> {
+        self.check_epoch(pending)?;
+        let p = &pending.plan.plan;
+        check_call(
+            &p.shape,
+            x.len(),
+            w.len(),
+            labels.len(),
+            Some((dx.len(), dw.len())),
+        )?;
+        let stream = self.stream.clone();
+        let (x_ptr, _gx) = x.device_ptr(&stream);
+        let (w_ptr, _gw) = w.device_ptr(&stream);
+        let (l_ptr, _gl) = labels.device_ptr(&stream);
+        if [x_ptr, w_ptr, l_ptr] != pending.inputs || L::SUFFIX != pending.label {
+            return Err(Error::InvalidShard {
+                reason: "phase 2 must see the features, weight and labels phase 1 saw".into(),
+            });
+        }
+        self.epoch += 1;
+        let names = KernelNames::for_plan::<E, L>(p);
+        let f_combine = self.function(&names.combine)?;
+        let f_backward = self.function(&names.backward)?;
+        let f_dx = self.function(&names.dx_finish)?;
+        if p.variant == Variant::Flash {
+            set_flash_smem(&f_backward, p.backward.shared_bytes)?;
+        }
+        let (mut bufs, rows) = self.buffers(x_ptr, w_ptr, l_ptr)?;
+        let (dx_ptr, _gdx) = dx.device_ptr_mut(&stream);
+        let (dw_ptr, _gdw) = dw.device_ptr_mut(&stream);
+        bufs.dx = dx_ptr;
+        bufs.dw = dw_ptr;
+        let plan = &pending.plan;
+        let cp = plan.global_combine_params(&bufs, rows);
+        let bp = plan.backward_params(&self.cfg, &bufs);
+        let dp = plan.dx_params(&bufs);
+        // SAFETY: as in phase 1, plus dx (B x D) and dw (C_k x D) whose
+        // lengths check_call verified; the workspace holds phase 1's data.
+        unsafe {
+            stream
+                .launch_builder(&f_combine)
+                .arg(&cp)
+                .launch(to_cfg(&p.combine))
+                .map_err(backend("launch combine"))?;
+            stream
+                .launch_builder(&f_backward)
+                .arg(&bp)
+                .launch(to_cfg(&p.backward))
+                .map_err(backend("launch backward"))?;
+            let mut dx_launch = stream.launch_builder(&f_dx);
+            match p.variant {
+                Variant::Tiled => dx_launch.arg(&dp),
+                Variant::Flash => dx_launch.arg(&bp),
+            };
+            dx_launch
+                .launch(to_cfg(&p.dx_finish))
+                .map_err(backend("launch dx_finish"))?;
+        }
+        let record = self
+            .stream
+            .clone_dtod(self.record.as_ref().ok_or(Error::Backend {
+                message: "step record".into(),
+            })?)
+            .map_err(backend("copy step record"))?;
+        let global = Shape::new(p.shape.batch, p.shape.dim, self.spec.total_classes);
+        Ok(CudaStep::from_parts(self.stream.clone(), record, global))
+    }
+
+    /// The whole step over `comm`, queued on the stream with no host
+    /// synchronisation of its own: phase 1, [`reduce`](Self::reduce), phase
+    /// 2 and the all-reduce `SUM` of `dX`, so `dx` ends as the full `dX`.
+    /// Every rank must call it with the same global `x` and `labels`. On a
+    /// device-detected error the state and `dW` are untouched, `dX` holds
+    /// the sum of what the ranks' buffers held, and the step's summary
+    /// reports the error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step<E, L, C>(
+        &mut self,
+        comm: &C,
+        shape: Shape,
+        x: &impl DevicePtr<E>,
+        w: &impl DevicePtr<E>,
+        labels: &impl DevicePtr<L>,
+        dx: &mut CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
+    ) -> Result<CudaStep>
+    where
+        E: KernelElement + DeviceRepr,
+        L: KernelLabel + DeviceRepr,
+        C: DeviceCommunicator + ?Sized,
+    {
+        check_call(&shape, x.len(), w.len(), labels.len(), Some((dx.len(), dw.len())))?;
+        let pending = self.phase1(shape, x, w, labels)?;
+        self.reduce(comm, &pending)?;
+        let step = self.phase2(&pending, x, w, labels, dx, dw)?;
+        comm.all_reduce_device(&self.stream, &mut dx.slice_mut(..), ReduceOp::Sum)?;
+        Ok(step)
+    }
+}
+
+/// Above 48 KiB of dynamic shared memory a kernel must opt in.
+fn set_flash_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
+    f.set_attribute(
+        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        bytes as i32,
+    )
+    .map_err(backend("opt in to dynamic shared memory"))
+}
