@@ -158,21 +158,25 @@ typedef struct AdafaceDxParams {
  * block; src/shard/kernels.rs). `rows` is float[5 * B]:
  * [max | sum-exp | target logit | target cosine | owned], the layout of
  * adaface::shard::RowPartials, reduced across shards in place. Modes:
- *   0 (end of phase 1): from this shard's log-sum-exp `lse` (max = lse,
- *     sum-exp = 1) and, where the label falls in the shard, its target
- *     logit and cosine (else 0), owned = 1 or 0;
- *   1 (after the all-reduce MAX of rows[0, B)): sum-exp *= exp(lse - max);
+ *   0 (end of phase 1): the shard's max and sum-exp merged from the
+ *     forward's splits (as the combine kernel merges them) and, where the
+ *     label falls in the shard, its target logit and cosine (else 0),
+ *     owned = 1 or 0;
+ *   1 (after the all-reduce MAX of rows[0, B)): sum-exp *= exp(shard max -
+ *     global max);
  *   2 (after the all-reduce SUM of rows[B, 5B)): records ADAFACE_ERR_SHARD
  *     for the first row whose owned count is not 1.
  * Exits when the record holds an error, as every kernel after stats. */
 typedef struct AdafaceShardParams {
     uint64_t labels;       /* const int32 or int64 [B]: global labels */
     uint64_t record;       /* AdafaceStepRecord* */
-    uint64_t lse;          /* const float[B]: this shard's log-sum-exp */
+    uint64_t partial_max;  /* const float[splits * B]: the forward's */
+    uint64_t partial_sum;  /* const float[splits * B]: the forward's */
     uint64_t target_logit; /* const float[B] */
     uint64_t target_cos;   /* const float[B] */
     uint64_t rows;         /* float[5 * B] */
     int64_t batch;
+    int64_t splits;        /* the forward's splits */
     int64_t class_offset;  /* the shard's first class */
     int64_t classes;       /* classes in the shard */
     int64_t mode;

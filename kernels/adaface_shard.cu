@@ -11,18 +11,26 @@ __device__ void adaface_shard_rows_impl(const AdafaceShardParams& p) {
     if (adaface_block_should_abort(rec)) return;
     const int64_t b = p.batch;
     float* rows = (float*)p.rows;
-    const float* lse = (const float*)p.lse;
+    const float* pmax = (const float*)p.partial_max;
+    const float* psum = (const float*)p.partial_sum;
     for (int64_t i = threadIdx.x; i < b; i += ADAFACE_THREADS) {
+        /* The shard's max over its splits, as the combine kernel finds it. */
+        float m = -INFINITY;
+        if (p.mode != 2) {
+            for (int64_t s = 0; s < p.splits; ++s) m = fmaxf(m, pmax[s * b + i]);
+        }
         if (p.mode == 0) {
             const int64_t y = adaface_label_at((const L*)p.labels, i) - p.class_offset;
             const bool owned = y >= 0 && y < p.classes;
-            rows[i] = lse[i];
-            rows[b + i] = 1.0f;
+            float l = 0.0f;
+            for (int64_t s = 0; s < p.splits; ++s) l += psum[s * b + i] * expf(pmax[s * b + i] - m);
+            rows[i] = m;
+            rows[b + i] = l;
             rows[2 * b + i] = owned ? ((const float*)p.target_logit)[i] : 0.0f;
             rows[3 * b + i] = owned ? ((const float*)p.target_cos)[i] : 0.0f;
             rows[4 * b + i] = owned ? 1.0f : 0.0f;
         } else if (p.mode == 1) {
-            rows[b + i] *= expf(lse[i] - rows[i]);
+            rows[b + i] *= expf(m - rows[i]);
         } else if (rows[4 * b + i] != 1.0f) {
             adaface_record_error(rec, ADAFACE_ERR_SHARD, (unsigned long long)i);
         }

@@ -287,39 +287,45 @@ const _: () = {
 pub struct AdafaceShardParams {
     pub labels: u64,
     pub record: u64,
-    pub lse: u64,
+    pub partial_max: u64,
+    pub partial_sum: u64,
     pub target_logit: u64,
     pub target_cos: u64,
     pub rows: u64,
     pub batch: i64,
+    pub splits: i64,
     pub class_offset: i64,
     pub classes: i64,
     pub mode: i64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of AdafaceShardParams"][::core::mem::size_of::<AdafaceShardParams>() - 80usize];
+    ["Size of AdafaceShardParams"][::core::mem::size_of::<AdafaceShardParams>() - 96usize];
     ["Alignment of AdafaceShardParams"][::core::mem::align_of::<AdafaceShardParams>() - 8usize];
     ["Offset of field: AdafaceShardParams::labels"]
         [::core::mem::offset_of!(AdafaceShardParams, labels) - 0usize];
     ["Offset of field: AdafaceShardParams::record"]
         [::core::mem::offset_of!(AdafaceShardParams, record) - 8usize];
-    ["Offset of field: AdafaceShardParams::lse"]
-        [::core::mem::offset_of!(AdafaceShardParams, lse) - 16usize];
+    ["Offset of field: AdafaceShardParams::partial_max"]
+        [::core::mem::offset_of!(AdafaceShardParams, partial_max) - 16usize];
+    ["Offset of field: AdafaceShardParams::partial_sum"]
+        [::core::mem::offset_of!(AdafaceShardParams, partial_sum) - 24usize];
     ["Offset of field: AdafaceShardParams::target_logit"]
-        [::core::mem::offset_of!(AdafaceShardParams, target_logit) - 24usize];
+        [::core::mem::offset_of!(AdafaceShardParams, target_logit) - 32usize];
     ["Offset of field: AdafaceShardParams::target_cos"]
-        [::core::mem::offset_of!(AdafaceShardParams, target_cos) - 32usize];
+        [::core::mem::offset_of!(AdafaceShardParams, target_cos) - 40usize];
     ["Offset of field: AdafaceShardParams::rows"]
-        [::core::mem::offset_of!(AdafaceShardParams, rows) - 40usize];
+        [::core::mem::offset_of!(AdafaceShardParams, rows) - 48usize];
     ["Offset of field: AdafaceShardParams::batch"]
-        [::core::mem::offset_of!(AdafaceShardParams, batch) - 48usize];
+        [::core::mem::offset_of!(AdafaceShardParams, batch) - 56usize];
+    ["Offset of field: AdafaceShardParams::splits"]
+        [::core::mem::offset_of!(AdafaceShardParams, splits) - 64usize];
     ["Offset of field: AdafaceShardParams::class_offset"]
-        [::core::mem::offset_of!(AdafaceShardParams, class_offset) - 56usize];
+        [::core::mem::offset_of!(AdafaceShardParams, class_offset) - 72usize];
     ["Offset of field: AdafaceShardParams::classes"]
-        [::core::mem::offset_of!(AdafaceShardParams, classes) - 64usize];
+        [::core::mem::offset_of!(AdafaceShardParams, classes) - 80usize];
     ["Offset of field: AdafaceShardParams::mode"]
-        [::core::mem::offset_of!(AdafaceShardParams, mode) - 72usize];
+        [::core::mem::offset_of!(AdafaceShardParams, mode) - 88usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

@@ -246,7 +246,6 @@ impl ShardedCudaAdaFace {
         let names = KernelNames::for_plan::<E, L>(p);
         let f_stats = self.function(&names.stats)?;
         let f_forward = self.function(&names.forward)?;
-        let f_combine = self.function(&names.combine)?;
         let f_rows = self.function(&KernelNames::shard_rows(L::SUFFIX))?;
         if p.variant == Variant::Flash {
             set_flash_smem(&f_forward, p.forward.shared_bytes)?;
@@ -272,12 +271,11 @@ impl ShardedCudaAdaFace {
         let (bufs, rows) = self.buffers(x_ptr, w_ptr, l_ptr)?;
         let sp = plan.stats_params(&self.cfg, &bufs);
         let fp = plan.forward_params(&self.cfg, &bufs);
-        let cp = plan.local_combine_params(&bufs);
         let rp = plan.rows_params(&bufs, rows, RowsMode::Pack);
         // SAFETY: the parameter structs point at live buffers whose lengths
         // check_call and the plan verified (the workspace, the 5 B rows, the
         // state and the record are the shard's own); the kernels bound
-        // every index, and the combine does not commit the state.
+        // every index; nothing commits the state before phase 2.
         unsafe {
             stream
                 .launch_builder(&f_stats)
@@ -289,11 +287,6 @@ impl ShardedCudaAdaFace {
                 .arg(&fp)
                 .launch(to_cfg(&p.forward))
                 .map_err(backend("launch forward"))?;
-            stream
-                .launch_builder(&f_combine)
-                .arg(&cp)
-                .launch(to_cfg(&p.combine))
-                .map_err(backend("launch combine"))?;
             stream
                 .launch_builder(&f_rows)
                 .arg(&rp)

@@ -12,11 +12,11 @@
 //!   global, on the device, untouched);
 //! * `stats` validates the labels against the global `C`.
 //!
-//! Phase 1 is `stats -> forward -> combine` (the combine merges the
-//! shard's class splits into its own log-sum-exp and does not commit the
-//! EMA state) `-> shard_rows(0)`, which packs the [`RowPartials`] layout
-//! into a `5 B` buffer: `[max | sumexp | target logit | target cosine |
-//! owned]`, with `max` the shard's log-sum-exp and `sumexp = 1`.
+//! Phase 1 is `stats -> forward -> shard_rows(0)`: the last merges the
+//! forward's class splits into the shard's running max and sum of
+//! exponentials (as `combine` merges them, with no logarithm yet) and packs
+//! the [`RowPartials`] layout into a `5 B` buffer: `[max | sumexp | target
+//! logit | target cosine | owned]`. The EMA state is not committed.
 //!
 //! The reduction is in place on that buffer: all-reduce `MAX` of the first
 //! `B` values, `shard_rows(1)` (`sumexp *= exp(lse_k - max)`), all-reduce
@@ -125,11 +125,6 @@ impl ShardPlan {
         self.plan.dx_params(buf)
     }
 
-    /// Phase 1's combine: the shard's own log-sum-exp, no EMA commit.
-    pub fn local_combine_params(&self, buf: &StepBuffers) -> AdafaceCombineParams {
-        self.plan.combine_params(buf, false)
-    }
-
     /// Phase 2's combine over the reduced row statistics at `rows`: one
     /// split, the global log-sum-exp and loss, and the EMA commit.
     pub fn global_combine_params(&self, buf: &StepBuffers, rows: u64) -> AdafaceCombineParams {
@@ -153,11 +148,13 @@ impl ShardPlan {
         AdafaceShardParams {
             labels: buf.labels,
             record: buf.record,
-            lse: self.ws(buf, l.lse),
+            partial_max: self.ws(buf, l.partial_max),
+            partial_sum: self.ws(buf, l.partial_sum),
             target_logit: self.ws(buf, l.target_logit),
             target_cos: self.ws(buf, l.target_cos),
             rows,
             batch: self.batch() as i64,
+            splits: self.plan.forward_splits as i64,
             class_offset: self.spec.offset as i64,
             classes: self.spec.classes as i64,
             mode: mode as i64,

@@ -42,6 +42,9 @@ pub struct SimShardPending<E> {
     epoch: u64,
     plan: ShardPlan,
     inputs: [usize; 3],
+    /// The sampled classes (with Partial FC, all of them included).
+    classes: Option<Vec<usize>>,
+    /// The gathered weight when Partial FC dropped some class.
     sampled: Option<Sampled<E>>,
 }
 
@@ -209,13 +212,16 @@ impl ShardedSimAdaFace {
             weight.as_ptr() as usize,
             labels.as_ptr() as usize,
         ];
-        let sampled = match sampling {
-            Some((p, step)) => {
-                let classes = p.sample(&self.spec, labels, step)?;
-                (classes.len() < self.spec.classes).then(|| gather(&self.spec, classes, weight, labels, shape.dim))
-            }
+        let classes = match sampling {
+            Some((p, step)) => Some(p.sample(&self.spec, labels, step)?),
             None => None,
         };
+        // Every class kept (sample_rate = 1, or a shard all positives): the
+        // unsampled step, bit for bit.
+        let sampled = classes
+            .as_ref()
+            .filter(|c| c.len() < self.spec.classes)
+            .map(|c| gather(&self.spec, c.clone(), weight, labels, shape.dim));
         let (plan, pending_sampled) = match sampled {
             None => {
                 let plan = self.plan::<E>(self.spec, shape, features, weight)?;
@@ -237,6 +243,7 @@ impl ShardedSimAdaFace {
             epoch: self.epoch,
             plan,
             inputs,
+            classes,
             sampled: pending_sampled,
         })
     }
@@ -287,13 +294,12 @@ impl ShardedSimAdaFace {
         let rows = self.rows.as_mut_ptr() as u64;
         let sp = plan.stats_params(&self.cfg, &bufs);
         let fp = plan.forward_params(&self.cfg, &bufs);
-        let cp = plan.local_combine_params(&bufs);
         let rp = plan.rows_params(&bufs, rows, RowsMode::Pack);
         // SAFETY: every address points into a buffer borrowed for this call
         // (x, w, labels of the lengths check_call verified) or owned by the
         // shard (the workspace of the plan's length, the rows buffer of
         // 5 B, the state and the record); the kernels bound every index by
-        // the shape, and the combine does not commit the state.
+        // the shape.
         unsafe {
             launch(entries.stats, &sim_launch(&p.stats), &sp)?;
             let forward = match p.variant {
@@ -308,7 +314,6 @@ impl ShardedSimAdaFace {
                 }
             };
             launch(forward, &sim_launch(&p.forward), &fp)?;
-            launch(entries.combine, &sim_launch(&p.combine), &cp)?;
             launch(rows_entry, &sim_launch(&plan.rows_launch()), &rp)?;
         }
         let global = Shape::new(p.shape.batch, p.shape.dim, self.spec.total_classes);
@@ -426,7 +431,7 @@ impl ShardedSimAdaFace {
         let global = Shape::new(shape.batch, shape.dim, self.spec.total_classes);
         Ok(SimShardStep {
             summary: StepSummary::from_record(&self.record, &global)?,
-            sampled: pending.sampled.as_ref().map(|s| s.classes.clone()),
+            sampled: pending.classes.clone(),
         })
     }
 
