@@ -239,7 +239,8 @@ fn check_against_reference<E: KernelElement>(d: usize, tol_loss: f64, tol_grad: 
     let e_dx = rel_norm(&f64s(&got[0].dx), &want[0].0.grad_features);
     let e_dw = rel_norm(&dw, &dw_want);
     let st = got[0].state;
-    let e_state = rel(st.batch_mean, want[0].1.batch_mean).max(rel(st.batch_std, want[0].1.batch_std));
+    let e_state =
+        rel(st.batch_mean, want[0].1.batch_mean).max(rel(st.batch_std, want[0].1.batch_std));
     println!(
         "{} sim sharded vs f64 reference: loss {e_loss:.2e} dX {e_dx:.2e} dW {e_dw:.2e} state {e_state:.2e}",
         E::SUFFIX
@@ -250,8 +251,8 @@ fn check_against_reference<E: KernelElement>(d: usize, tol_loss: f64, tol_grad: 
 #[test]
 fn sim_sharded_matches_the_reference() {
     check_against_reference::<f32>(9, 1e-5, 1e-4);
-    check_against_reference::<bf16>(32, 1e-4, 2e-3);
-    check_against_reference::<f16>(32, 1e-4, 2e-3);
+    check_against_reference::<bf16>(32, 1e-5, 1e-4);
+    check_against_reference::<f16>(32, 1e-5, 1e-4);
 }
 
 /// The split-phase API (phase 1, the reduction over host buffers, phase

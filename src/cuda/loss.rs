@@ -12,8 +12,8 @@ use super::{backend, compile::module_for, probe};
 use crate::config::AdaFaceConfig;
 use crate::error::{Error, Result};
 use crate::kernel_params::{
-    AdafaceCombineParams, AdafaceDxParams, AdafaceShardParams, AdafaceStatsParams, AdafaceStepRecord,
-    AdafaceTileParams,
+    AdafaceCombineParams, AdafaceDxParams, AdafaceShardParams, AdafaceStatsParams,
+    AdafaceStepRecord, AdafaceTileParams,
 };
 use crate::launch::{
     check_call, flash_aligned, KernelElement, KernelLabel, KernelNames, LaunchDims, Pass,
@@ -112,7 +112,10 @@ const LOSS_OFFSET: usize = std::mem::offset_of!(AdafaceStepRecord, loss);
 /// Sets the record's loss to NaN (all bits set) on the stream: the combine
 /// kernel overwrites it on success only, so a failed step's loss reads NaN
 /// to anyone who looks at it without reading the record.
-pub(super) fn mark_loss_unset(stream: &CudaStream, record: &mut CudaSlice<AdafaceStepRecord>) -> Result<()> {
+pub(super) fn mark_loss_unset(
+    stream: &CudaStream,
+    record: &mut CudaSlice<AdafaceStepRecord>,
+) -> Result<()> {
     let (ptr, _guard) = record.device_ptr_mut(stream);
     // SAFETY: 8 bytes inside the live one-record allocation, on its stream.
     unsafe {

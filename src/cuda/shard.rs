@@ -197,13 +197,21 @@ impl ShardedCudaAdaFace {
             message: "sharded step buffers".into(),
         };
         let (s_ptr, _gs) = self.state.device_ptr_mut(&stream);
-        let (r_ptr, _gr) = self.record.as_mut().ok_or_else(missing)?.device_ptr_mut(&stream);
+        let (r_ptr, _gr) = self
+            .record
+            .as_mut()
+            .ok_or_else(missing)?
+            .device_ptr_mut(&stream);
         let (ws_ptr, _gws) = self
             .workspace
             .as_mut()
             .ok_or_else(missing)?
             .device_ptr_mut(&stream);
-        let (rows_ptr, _grows) = self.rows.as_mut().ok_or_else(missing)?.device_ptr_mut(&stream);
+        let (rows_ptr, _grows) = self
+            .rows
+            .as_mut()
+            .ok_or_else(missing)?
+            .device_ptr_mut(&stream);
         Ok((
             StepBuffers {
                 x,
@@ -256,7 +264,11 @@ impl ShardedCudaAdaFace {
             self.workspace =
                 Some(unsafe { stream.alloc::<f32>(need) }.map_err(backend("alloc workspace"))?);
         }
-        if self.rows.as_ref().map_or(true, |r| r.len() != plan.rows_len()) {
+        if self
+            .rows
+            .as_ref()
+            .map_or(true, |r| r.len() != plan.rows_len())
+        {
             self.rows = Some(
                 stream
                     .alloc_zeros::<f32>(plan.rows_len())
@@ -493,7 +505,13 @@ impl ShardedCudaAdaFace {
         L: KernelLabel + DeviceRepr,
         C: DeviceCommunicator + ?Sized,
     {
-        check_call(&shape, x.len(), w.len(), labels.len(), Some((dx.len(), dw.len())))?;
+        check_call(
+            &shape,
+            x.len(),
+            w.len(),
+            labels.len(),
+            Some((dx.len(), dw.len())),
+        )?;
         let pending = self.phase1(shape, x, w, labels)?;
         self.reduce(comm, &pending)?;
         let step = self.phase2(&pending, x, w, labels, dx, dw)?;

@@ -185,9 +185,9 @@ pub fn rows_from_global(global: &super::GlobalRows<f32>) -> Vec<f32> {
     let b = global.rows();
     let mut rows = Vec::with_capacity(ROW_STATS * b);
     rows.extend_from_slice(&global.lse);
-    rows.extend(std::iter::repeat_n(1.0f32, b));
+    rows.resize(rows.len() + b, 1.0f32);
     rows.extend_from_slice(&global.target_logit);
     rows.extend_from_slice(&global.target_cosine);
-    rows.extend(std::iter::repeat_n(1.0f32, b));
+    rows.resize(rows.len() + b, 1.0f32);
     rows
 }

@@ -8,8 +8,8 @@ use crate::config::AdaFaceConfig;
 use crate::error::{Error, Result, Tensor};
 use crate::kernel_params::AdafaceStepRecord;
 use crate::launch::{
-    check_record, flash_aligned, KernelElement, KernelLabel, PlanLimits, StepBuffers,
-    StepSummary, Variant,
+    check_record, flash_aligned, KernelElement, KernelLabel, PlanLimits, StepBuffers, StepSummary,
+    Variant,
 };
 use crate::shape::{check_labels, Shape};
 use crate::shard::kernels::{partials_from_rows, rows_from_global, RowsMode, ShardPlan};
@@ -153,7 +153,14 @@ impl ShardedSimAdaFace {
         global.validate(pending.plan.batch())?;
         self.check_grads(pending, grad_features, grad_weight)?;
         self.rows = rows_from_global(global);
-        self.phase2_kernels(pending, features, weight, labels, grad_features, grad_weight)
+        self.phase2_kernels(
+            pending,
+            features,
+            weight,
+            labels,
+            grad_features,
+            grad_weight,
+        )
     }
 
     /// The whole step over `comm`, as on GPUs: phase 1, the in-place
@@ -183,8 +190,14 @@ impl ShardedSimAdaFace {
         self.rows_kernel(&pending, features, weight, labels, RowsMode::Check)?;
         // The same sums on every rank: all fail here alike.
         check_record(&self.record, &pending.plan.plan.shape)?;
-        let out =
-            self.phase2_kernels(&pending, features, weight, labels, grad_features, grad_weight)?;
+        let out = self.phase2_kernels(
+            &pending,
+            features,
+            weight,
+            labels,
+            grad_features,
+            grad_weight,
+        )?;
         comm.all_reduce_f32(grad_features, ReduceOp::Sum)?;
         Ok(out)
     }
