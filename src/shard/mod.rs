@@ -32,10 +32,13 @@
 //! bits: all-gather them, do not recompute them per shard.)
 //!
 //! Backends: [`reference::ShardedReference`] (`f32`, `f64`) and
-//! [`crate::cpu::ShardedCpuAdaFace`] (`f32`, `bf16`, `f16` inputs). Both take
-//! [`PartialFc`] sampling. [`ThreadComm`] runs `K` shards as threads of one
-//! process (tests, single-machine runs); `NcclComm` (feature `nccl`) runs
-//! them on GPUs.
+//! [`crate::cpu::ShardedCpuAdaFace`] (`f32`, `bf16`, `f16` inputs), both with
+//! [`PartialFc`] sampling; on the kernels (`kernels` module, feature `cuda`
+//! or `sim`): `sim_backend::ShardedSimAdaFace` (with Partial FC) and
+//! `cuda::ShardedCudaAdaFace` (device-side reduction through
+//! `cuda::DeviceCommunicator`; no Partial FC yet). [`ThreadComm`] runs `K`
+//! shards as threads of one process (tests, single-machine runs); `NcclComm`
+//! (feature `nccl`) runs them on GPUs.
 //!
 //! ```
 //! use adaface::shard::{reference::ShardedReference, ShardSpec, ThreadComm};
