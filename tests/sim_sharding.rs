@@ -473,3 +473,65 @@ fn partial_fc_matches_the_reference() {
     }
     assert!(unsampled > 0);
 }
+
+/// Shards of several class tiles, each over several forward splits (flash,
+/// bf16) and backward splits (tiled, f32): the merge of the splits inside a
+/// shard and across shards equals the unsharded merge.
+#[test]
+fn shards_spanning_several_splits() {
+    let (b, c) = (21, 300);
+    let sizes = [100, 64, 136];
+    let specs = ShardSpec::split(&sizes).unwrap();
+    let limits = PlanLimits {
+        target_blocks: 2,
+        max_backward_splits: 2,
+        flash_blocks: 2,
+        ..PlanLimits::default()
+    };
+    for d in [9, 32] {
+        let mut rng = Rng::new(90 + d as u64);
+        let x: Vec<f64> = rng.normals(b * d, 3.0);
+        let w: Vec<f64> = rng.normals(c * d, 0.3);
+        let mut labels: Vec<i64> = vec![0, 99, 100, 163, 164, 299];
+        labels.extend((labels.len()..b).map(|_| rng.below(c) as i64));
+        let run = |x: &[bf16], w: &[bf16], xf: &[f32], wf: &[f32]| {
+            // bf16 at D = 32 (flash), f32 at D = 9 (tiled).
+            let shape = Shape::new(b, d, c);
+            let (mut dx, mut dw) = (vec![0.0f32; b * d], vec![0.0f32; c * d]);
+            let mut full = SimAdaFace::new(cfg()).with_limits(limits);
+            let loss = if d == 32 {
+                full.forward_backward(shape, x, w, &labels, &mut dx, &mut dw)
+            } else {
+                full.forward_backward(shape, xf, wf, &labels, &mut dx, &mut dw)
+            }
+            .unwrap()
+            .loss()
+            .unwrap();
+            let got = on_shards(specs.len(), |r, comm| {
+                let spec = specs[r];
+                let mut shard = ShardedSimAdaFace::new(cfg(), spec).with_limits(limits);
+                let shape = Shape::new(b, d, spec.classes);
+                let (mut sdx, mut sdw) = (vec![0.0f32; b * d], vec![0.0f32; spec.classes * d]);
+                let out = if d == 32 {
+                    let wk = spec.slice(w, d);
+                    shard.step(comm, shape, x, wk, &labels, None, &mut sdx, &mut sdw)
+                } else {
+                    let wk = spec.slice(wf, d);
+                    shard.step(comm, shape, xf, wk, &labels, None, &mut sdx, &mut sdw)
+                }
+                .unwrap();
+                (out.summary.loss, sdx, sdw)
+            });
+            let dw_all: Vec<f64> = got.iter().flat_map(|g| f64s(&g.2)).collect();
+            let e_loss = rel(got[0].0, loss);
+            let e_dx = rel_norm(&f64s(&got[0].1), &f64s(&dx));
+            let e_dw = rel_norm(&dw_all, &f64s(&dw));
+            println!("D={d} several splits: loss {e_loss:.2e} dX {e_dx:.2e} dW {e_dw:.2e}");
+            let tol = if d == 32 { 1e-5 } else { 1e-6 };
+            assert!(e_loss < tol && e_dx < tol && e_dw < tol, "D={d}");
+        };
+        let (xb, wb): (Vec<bf16>, Vec<bf16>) = (round(&x), round(&w));
+        let (xf, wf): (Vec<f32>, Vec<f32>) = (round(&x), round(&w));
+        run(&xb, &wb, &xf, &wf);
+    }
+}
