@@ -3,9 +3,10 @@
 # bundle made by scripts/gpu_bundle.sh:  bash gpu-bundle/gpu_check.sh [GROUP...]
 #   python     the PyTorch package (python/ wheel): its CUDA tests and
 #              python/bench.py on CUDA, B = D = 512, C = 100k
-#   tests      the GPU tests (gpu_kernels, the simulator's GPU cross-check,
-#              the naive cuBLAS baseline, the candle op on CUDA tensors when
-#              bundled as tests/candle_cuda.xz), logs in logs/
+#   tests      the GPU tests (gpu_kernels, the class-sharded step, the
+#              simulator's GPU cross-check, the naive cuBLAS baseline, the
+#              candle op on CUDA tensors when bundled as
+#              tests/candle_cuda.xz), logs in logs/
 #   eval       the eval tool on the large case (cuda vs reference)
 #   bench      the bench tool, B = D = 512, bf16, C = 1M and 100k
 #   criterion  the criterion bench benches/cuda (fused vs naive, forward and
