@@ -60,6 +60,9 @@ fn inputs(
 
 type Run = (f64, Vec<f32>, Vec<f32>, EmaState);
 
+/// Loss, dX, dW and the sampled classes of a Partial FC step.
+type Sampled = (f64, Vec<f32>, Vec<f32>, Vec<usize>);
+
 fn unsharded<E: KernelElement + DeviceRepr>(
     shape: Shape,
     x: &[E],
@@ -190,4 +193,114 @@ fn gpu_sharded_equals_unsharded_f32() {
 fn gpu_sharded_equals_unsharded_bf16_f16() {
     check::<bf16>(130, 128, 3000, 1e-5);
     check::<f16>(130, 128, 3000, 1e-5);
+}
+
+/// Partial FC on the GPU: the sampled sets of the simulator (and of the
+/// reference), dW exactly zero on unsampled rows, the simulated sampled
+/// step's values; `sample_rate = 1` is the unsampled step bit for bit.
+#[test]
+#[ignore = "needs a GPU (scripts/gpu_check.sh)"]
+fn gpu_partial_fc() {
+    use adaface::shard::PartialFc;
+    use adaface::sim_backend::ShardedSimAdaFace;
+    let (b, d, c) = (13, 9, 23);
+    let sizes = [5, 18];
+    let specs = ShardSpec::split(&sizes).unwrap();
+    let (x, w, labels) = inputs(7, b, d, c, &sizes);
+    let (x, w): (Vec<f32>, Vec<f32>) = (
+        x.iter().map(|&v| v as f32).collect(),
+        w.iter().map(|&v| v as f32).collect(),
+    );
+    for rate in [0.4, 1.0] {
+        let pfc = PartialFc::new(rate, 11).unwrap();
+        let ctx = gpu().context().clone();
+        let comms = ThreadComm::group(2);
+        let got: Vec<Sampled> = std::thread::scope(|s| {
+            let hs: Vec<_> = specs
+                .iter()
+                .zip(comms)
+                .map(|(spec, comm)| {
+                    let (ctx, x, w, labels, pfc) = (ctx.clone(), &x, &w, &labels, &pfc);
+                    s.spawn(move || {
+                        let stream = ctx.new_stream().unwrap();
+                        let comm = HostStaged(comm);
+                        let mut shard =
+                            ShardedCudaAdaFace::new(stream.clone(), cfg(), *spec).unwrap();
+                        let xd = stream.clone_htod(x).unwrap();
+                        let wd = stream.clone_htod(spec.slice(w, d)).unwrap();
+                        let ld = stream.clone_htod(labels).unwrap();
+                        let mut dx = stream.alloc_zeros::<f32>(b * d).unwrap();
+                        let mut dw = stream.alloc_zeros::<f32>(spec.classes * d).unwrap();
+                        let shape = Shape::new(b, d, spec.classes);
+                        let (step, kept) = shard
+                            .step_sampled(
+                                &comm,
+                                shape,
+                                &xd,
+                                &wd,
+                                &ld,
+                                labels,
+                                (pfc, 3),
+                                &mut dx,
+                                &mut dw,
+                            )
+                            .unwrap();
+                        let l = step.loss().unwrap();
+                        (
+                            l,
+                            stream.clone_dtoh(&dx).unwrap(),
+                            stream.clone_dtoh(&dw).unwrap(),
+                            kept,
+                        )
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // The simulator's sampled step (same kernels) and the GPU's.
+        let comms = ThreadComm::group(2);
+        let want: Vec<Sampled> = std::thread::scope(|s| {
+            let hs: Vec<_> = specs
+                .iter()
+                .zip(comms)
+                .map(|(spec, comm)| {
+                    let (x, w, labels, pfc) = (&x, &w, &labels, &pfc);
+                    s.spawn(move || {
+                        let mut shard = ShardedSimAdaFace::new(cfg(), *spec);
+                        let (mut dx, mut dw) =
+                            (vec![0.0f32; b * d], vec![0.0f32; spec.classes * d]);
+                        let shape = Shape::new(b, d, spec.classes);
+                        let out = shard
+                            .step(
+                                &comm,
+                                shape,
+                                x,
+                                spec.slice(w, d),
+                                labels,
+                                Some((pfc, 3)),
+                                &mut dx,
+                                &mut dw,
+                            )
+                            .unwrap();
+                        (out.summary.loss, dx, dw, out.sampled.unwrap())
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        for ((g, r), spec) in got.iter().zip(&want).zip(&specs) {
+            assert_eq!(g.3, r.3, "the sampled set");
+            for j in (0..spec.classes).filter(|j| !g.3.contains(j)) {
+                assert!(g.2[j * d..(j + 1) * d].iter().all(|&v| v == 0.0));
+            }
+            let (e_loss, e_dx, e_dw) = (
+                rel(g.0, r.0),
+                rel_norm(&f(&g.1), &f(&r.1)),
+                rel_norm(&f(&g.2), &f(&r.2)),
+            );
+            println!("rate {rate}: gpu vs sim loss {e_loss:.2e} dX {e_dx:.2e} dW {e_dw:.2e}");
+            assert!(e_loss < 1e-5 && e_dx < 1e-5 && e_dw < 1e-5);
+        }
+    }
 }

@@ -22,7 +22,7 @@ use crate::launch::{
 };
 use crate::shape::Shape;
 use crate::shard::kernels::{partials_from_rows, rows_from_global, RowsMode, ShardPlan};
-use crate::shard::{Communicator, GlobalRows, ReduceOp, RowPartials, ShardSpec};
+use crate::shard::{Communicator, GlobalRows, PartialFc, ReduceOp, RowPartials, ShardSpec};
 use crate::state::EmaState;
 
 /// The collectives of the CUDA sharded step, on device buffers.
@@ -517,6 +517,115 @@ impl ShardedCudaAdaFace {
         let step = self.phase2(&pending, x, w, labels, dx, dw)?;
         comm.all_reduce_device(&self.stream, &mut dx.slice_mut(..), ReduceOp::Sum)?;
         Ok(step)
+    }
+}
+
+impl ShardedCudaAdaFace {
+    /// [`step`](Self::step) with Partial FC sampling: keeps every class of
+    /// this shard that is a label of the batch and a random subset of the
+    /// others ([`PartialFc::sample`], from `host_labels`, the global labels
+    /// on the host, and the step number), gathers the kept rows of `w` into
+    /// a compact weight on the device, runs the step over them with the
+    /// labels as indices into them, and scatters their `dW` back into `dw`,
+    /// which is exactly zero on every other row. Returns the step and the
+    /// sorted kept shard-local classes. When every class is kept it is
+    /// [`step`](Self::step) itself (`sample_rate = 1` is the unsampled step
+    /// bit for bit). The gather and the scatter are one device copy per
+    /// kept row, queued on the stream. On a device-detected error the state
+    /// is untouched and `dw` is all zeros.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_sampled<E, L, C>(
+        &mut self,
+        comm: &C,
+        shape: Shape,
+        x: &impl DevicePtr<E>,
+        w: &CudaSlice<E>,
+        labels: &impl DevicePtr<L>,
+        host_labels: &[L],
+        sampling: (&PartialFc, u64),
+        dx: &mut CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
+    ) -> Result<(CudaStep, Vec<usize>)>
+    where
+        E: KernelElement + DeviceRepr,
+        L: KernelLabel + DeviceRepr,
+        C: DeviceCommunicator + ?Sized,
+    {
+        check_call(
+            &shape,
+            x.len(),
+            w.len(),
+            labels.len(),
+            Some((dx.len(), dw.len())),
+        )?;
+        if shape.classes != self.spec.classes {
+            return Err(Error::InvalidShard {
+                reason: format!(
+                    "shape has {} classes, the shard holds {}",
+                    shape.classes, self.spec.classes
+                ),
+            });
+        }
+        shape.check_len(crate::Tensor::Labels, host_labels.len())?;
+        let (pfc, step) = sampling;
+        let classes = pfc.sample(&self.spec, host_labels, step)?;
+        if classes.len() == self.spec.classes {
+            let out = self.step(comm, shape, x, w, labels, dx, dw)?;
+            return Ok((out, classes));
+        }
+        let (n, d) = (classes.len(), shape.dim);
+        let stream = self.stream.clone();
+        // SAFETY: every row is written by the gather below before use.
+        let mut compact_w =
+            unsafe { stream.alloc::<E>(n * d) }.map_err(backend("alloc sampled weight"))?;
+        for (k, &j) in classes.iter().enumerate() {
+            stream
+                .memcpy_dtod(
+                    &w.slice(j * d..(j + 1) * d),
+                    &mut compact_w.slice_mut(k * d..(k + 1) * d),
+                )
+                .map_err(backend("gather sampled weight"))?;
+        }
+        let past = n as i64;
+        let remapped: Vec<i64> = host_labels
+            .iter()
+            .map(|l| {
+                self.spec
+                    .local(l.to_i64())
+                    .and_then(|j| classes.binary_search(&j).ok())
+                    .map_or(past, |k| k as i64)
+            })
+            .collect();
+        let compact_labels = stream
+            .clone_htod(&remapped)
+            .map_err(backend("upload sampled labels"))?;
+        let mut compact_dw = stream
+            .alloc_zeros::<f32>(n * d)
+            .map_err(backend("alloc sampled dW"))?;
+        // The sampled classes as a shard of their own at offset 0.
+        let spec = self.spec;
+        self.spec = ShardSpec::new(0, n, spec.total_classes)?;
+        let out = self.step(
+            comm,
+            Shape::new(shape.batch, d, n),
+            x,
+            &compact_w,
+            &compact_labels,
+            dx,
+            &mut compact_dw,
+        );
+        self.spec = spec;
+        let out = out?;
+        stream.memset_zeros(dw).map_err(backend("zero dW"))?;
+        for (k, &j) in classes.iter().enumerate() {
+            stream
+                .memcpy_dtod(
+                    &compact_dw.slice(k * d..(k + 1) * d),
+                    &mut dw.slice_mut(j * d..(j + 1) * d),
+                )
+                .map_err(backend("scatter sampled dW"))?;
+        }
+        Ok((out, classes))
     }
 }
 

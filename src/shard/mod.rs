@@ -36,7 +36,7 @@
 //! [`PartialFc`] sampling; on the kernels (`kernels` module, feature `cuda`
 //! or `sim`): `sim_backend::ShardedSimAdaFace` (with Partial FC) and
 //! `cuda::ShardedCudaAdaFace` (device-side reduction through
-//! `cuda::DeviceCommunicator`; no Partial FC yet). [`ThreadComm`] runs `K`
+//! `cuda::DeviceCommunicator`; Partial FC in `step_sampled`). [`ThreadComm`] runs `K`
 //! shards as threads of one process (tests, single-machine runs); `NcclComm`
 //! (feature `nccl`) runs them on GPUs.
 //!
