@@ -1,6 +1,6 @@
 //! The class-sharded step on the kernels: the launch parameters shared by
-//! the CUDA backend ([`crate::cuda::ShardedCudaAdaFace`]) and the simulator
-//! ([`crate::sim_backend::ShardedSimAdaFace`]), so that every simulated
+//! the CUDA backend (`cuda::ShardedCudaAdaFace`) and the simulator
+//! (`sim_backend::ShardedSimAdaFace`), so that every simulated
 //! sharded step exercises the arithmetic of the GPU launches.
 //!
 //! A shard runs the unsharded kernel pipeline over its `C_k` classes with
