@@ -156,7 +156,7 @@ def test_layouts_cover_the_cases():
 
 @pytest.mark.parametrize("comm,tol", [("bf16", 2e-2), ("fp16", 3e-3)])
 def test_comm_dtype_close_to_exact(world4, comm, tol):
-    """dX all-reduced in bf16/fp16: each of the 4 ranks' partials is rounded
+    """dX reduce-scattered in bf16/fp16: each of the 4 ranks' partials is rounded
     once to the comm dtype (relative 2^-9 for bf16, 2^-12 for fp16) and the
     sum of 4 rounds at most 3 more times, so the error is below about
     4 * 2^-9 ~ 8e-3 (bf16) or 1e-3 (fp16) of the partials' magnitudes;
