@@ -54,6 +54,11 @@ def even_splits(num_classes: int, world_size: int) -> List[int]:
     return [q + (1 if k < r else 0) for k in range(world_size)]
 
 
+# Feature dtypes by a code the ranks exchange (they must all send one dtype).
+_DTYPE_NAMES = {0: torch.float32, 1: torch.float64, 2: torch.bfloat16, 3: torch.float16}
+_DTYPE_CODES = {v: k for k, v in _DTYPE_NAMES.items()}
+
+
 def _comm_dtype(value: Any) -> Optional[torch.dtype]:
     if isinstance(value, torch.dtype):
         if value == torch.float32:
@@ -366,7 +371,8 @@ class ShardedAdaFaceLoss(nn.Module):
         if error is None and weight.device != features.device:
             error = f"the weight is on {weight.device}, the features on {features.device}"
         local_b = int(features.shape[0]) if error is None else 0
-        meta = torch.tensor([local_b, 0 if error is None else 1], dtype=torch.int64)
+        code = _DTYPE_CODES.get(features.dtype, -1) if error is None else -1
+        meta = torch.tensor([local_b, 0 if error is None else 1, code], dtype=torch.int64)
         metas = [torch.empty_like(meta) for _ in range(self.world_size)]
         dist.all_gather(metas, meta, group=group)
         bad = [r for r, v in enumerate(metas) if int(v[1]) != 0]
@@ -377,10 +383,17 @@ class ShardedAdaFaceLoss(nn.Module):
                 f"ShardedAdaFaceLoss: rank(s) {bad} rejected their inputs (see their errors); "
                 f"rank {self.rank} did nothing"
             )
+        codes = {int(v[2]) for v in metas}
+        if len(codes) != 1 or -1 in codes:
+            names = [str(_DTYPE_NAMES.get(int(v[2]), "another dtype")) for v in metas]
+            raise ValueError(
+                f"ShardedAdaFaceLoss: the ranks' features must share one dtype "
+                f"(float64, float32, bfloat16 or float16), got {names}"
+            )
         sizes = [int(v[0]) for v in metas]
         start = sum(sizes[: self.rank])
-        if labels.dtype not in _LABELS:
-            labels = labels.to(torch.int64)
+        # One label dtype on every rank for the all-gather.
+        labels = labels.to(torch.int64)
         if self.world_size == 1:
             x_all, y_all = features.detach(), labels.detach()
         else:

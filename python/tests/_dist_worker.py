@@ -202,6 +202,13 @@ def _world2(rank: int, world: int) -> Dict[str, Any]:
     res["err_weight"] = _expect_error(mod, xl, yl)
     with torch.no_grad():
         mod.weight.copy_(keep)
+    # Ranks sending features of different dtypes: refused on every rank.
+    res["err_dtype"] = _expect_error(mod, xl.double() if rank == 1 else xl, yl)
+    # int32 labels on one rank, int64 on the other: fine (gathered as int64).
+    mod.eval()
+    res["loss_int64"] = float(mod(xl, yl))
+    res["loss_mixed_labels"] = float(mod(xl, yl.int() if rank == 1 else yl))
+    mod.train()
     res["after_errors"] = (mod.ema_state(), int(mod.sample_step[0]))
     res["state0"] = state0
 

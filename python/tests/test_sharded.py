@@ -377,6 +377,25 @@ def test_native_errors_write_nothing():
         p.phase2(w.data_ptr(), gmax.data_ptr(), sums.data_ptr(), gx.data_ptr(), gw.data_ptr(), mean.data_ptr(), std.data_ptr(), True)
 
 
+def test_even_splits_and_arguments():
+    """The default layout (the first C mod K shards one class larger) and
+    the arguments checked before any collective."""
+    from adaface_rs._sharded import _comm_dtype
+
+    assert adaface_rs.even_splits(10, 4) == [3, 3, 2, 2]
+    assert adaface_rs.even_splits(13, 1) == [13]
+    with pytest.raises(ValueError):
+        adaface_rs.even_splits(3, 4)
+    assert _comm_dtype("bf16") == torch.bfloat16 and _comm_dtype(torch.float16) == torch.float16
+    assert _comm_dtype(None) is None and _comm_dtype(torch.float32) is None
+    for bad in ("int8", torch.float64, 3):
+        with pytest.raises(ValueError, match="comm_dtype"):
+            _comm_dtype(bad)
+    for kwargs in (dict(sample_rate=0.0), dict(sample_rate=1.5), dict(margin="nope"), dict(seed=-1)):
+        with pytest.raises(ValueError):
+            adaface_rs.ShardedAdaFaceLoss(8, 10, **kwargs)
+
+
 def test_module_needs_torch_distributed():
     """Built without an initialised process group: a clear RuntimeError."""
     import torch.distributed as dist
@@ -390,8 +409,9 @@ def test_module_needs_torch_distributed():
 
 def test_errors_raise_on_every_rank(world2):
     """A rank with bad inputs, a label out of range, a non-finite weight on
-    one rank, ranks built with different layouts: every rank raises
-    ValueError (none hangs) and the state stays."""
+    one rank, features of different dtypes, ranks built with different
+    layouts: every rank raises ValueError (none hangs) and the state stays.
+    Label dtypes may differ between ranks."""
     r0, r1 = world2
     assert "embedding_size" in r1["err_local"] and r1["err_local"].startswith("ValueError")
     assert "rank(s) [1] rejected" in r0["err_local"]
@@ -401,6 +421,8 @@ def test_errors_raise_on_every_rank(world2):
         assert r["err_layout"].startswith("ValueError") and "build every rank alike" in r["err_layout"]
         assert r["err_wrong_shard"].startswith("ValueError") and "re-shard" in r["err_wrong_shard"]
         assert r["reloaded_equal"]
+        assert r["err_dtype"].startswith("ValueError") and "share one dtype" in r["err_dtype"]
+        assert r["loss_mixed_labels"] == r["loss_int64"]
     assert r1["err_weight"].startswith("ValueError") and "finite" in r1["err_weight"]
     assert "another rank's phase 1 failed" in r0["err_weight"]
 
