@@ -198,10 +198,13 @@ class ShardedAdaFaceLoss(nn.Module):
             summing to ``num_classes`` (default :func:`even_splits`).
         m1, m2, m3, backend, device: (keywords) as :class:`AdaFaceLoss`.
 
-    CPU tensors only for now (gloo, or any backend that reduces CPU
-    tensors): the crate has no split-phase CUDA step yet, so CUDA inputs
-    raise ``NotImplementedError``; the Python code (collectives, autograd)
-    is device-agnostic and will run NCCL unchanged once it has.
+    CPU tensors only for now (gloo, or another backend that reduces CPU
+    tensors): the crate has no split-phase CUDA step yet, so CUDA inputs, or
+    a forward over an NCCL group, raise ``NotImplementedError`` (the module
+    can be built over an NCCL group; its layout check then runs on the
+    current CUDA device). The collectives and the autograd wiring do not
+    depend on the device; a CUDA path needs the crate's CUDA split phase and
+    the statistics kept on the device.
 
     As with the unsharded module, bad inputs raise ``ValueError`` (on every
     rank: the ranks exchange an error flag before the data) with nothing
@@ -304,13 +307,15 @@ class ShardedAdaFaceLoss(nn.Module):
         the same layout, or every rank raises (instead of a wrong loss or a
         hang later)."""
         mine = torch.tensor(
-            [self.num_classes, self.embedding_size, self.offset, self.shard_classes], dtype=torch.int64
+            [self.num_classes, self.embedding_size, self.offset, self.shard_classes],
+            dtype=torch.int64,
+            device=self._collective_device(),
         )
         parts = [torch.empty_like(mine) for _ in range(self.world_size)]
         dist.all_gather(parts, mine, group=self.process_group)
         offset = 0
         for r, p in enumerate(parts):
-            c, d, o, k = (int(v) for v in p)
+            c, d, o, k = (int(v) for v in p.cpu())
             if (c, d) != (self.num_classes, self.embedding_size) or o != offset or k != self.class_splits[r]:
                 raise ValueError(
                     f"rank {r} built ShardedAdaFaceLoss(embedding_size={d}, num_classes={c}) with "
@@ -319,6 +324,16 @@ class ShardedAdaFaceLoss(nn.Module):
                     f"{offset}..{offset + self.class_splits[r]}: build every rank alike"
                 )
             offset += k
+
+    def _nccl(self) -> bool:
+        return str(dist.get_backend(self.process_group)).lower() == "nccl"
+
+    def _collective_device(self) -> torch.device:
+        """Where this group's collectives take tensors: the current CUDA
+        device for NCCL, else the CPU."""
+        if self._nccl():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
 
     def reset_parameters(self) -> None:
         """Class rows drawn uniformly in ``[-1, 1]`` and scaled to unit norm,
@@ -350,7 +365,7 @@ class ShardedAdaFaceLoss(nn.Module):
         """The mean loss over the global batch of this rank's raw features
         ``b_r x D`` with global labels ``b_r``; collective (every rank of
         the group must call it)."""
-        if isinstance(features, Tensor) and features.device.type == "cuda":
+        if (isinstance(features, Tensor) and features.device.type == "cuda") or self._nccl():
             raise NotImplementedError(
                 "ShardedAdaFaceLoss runs on CPU tensors only for now: the adaface crate has no "
                 "split-phase CUDA step yet (NCCL with CUDA tensors is not supported); use CPU "
