@@ -196,6 +196,13 @@ class ShardedAdaFaceLoss(nn.Module):
             ``float16``; ``float64`` runs the exact reference backend).
         class_splits: (keyword) the sizes of the ``world_size`` shards,
             summing to ``num_classes`` (default :func:`even_splits`).
+        ddp_grad_scale: (keyword) multiply the features' gradient by
+            ``world_size``: under ``DistributedDataParallel``, which averages
+            the backbone's gradients over the ranks, the backbone then gets
+            the gradient of the global mean loss, as in data-parallel
+            training with :class:`AdaFaceLoss` (and as insightface's Partial
+            FC does). Off: the features get exactly ``dL/dx`` of the
+            returned loss.
         m1, m2, m3, backend, device: (keywords) as :class:`AdaFaceLoss`.
 
     CPU tensors only for now (gloo, or another backend that reduces CPU
@@ -235,6 +242,7 @@ class ShardedAdaFaceLoss(nn.Module):
         dtype: Optional[torch.dtype] = None,
         *,
         class_splits: Optional[Sequence[int]] = None,
+        ddp_grad_scale: bool = False,
         m1: float = 1.0,
         m2: float = 0.0,
         m3: float = 0.0,
@@ -285,6 +293,7 @@ class ShardedAdaFaceLoss(nn.Module):
         self.sample_rate = float(sample_rate)
         self.comm_dtype = _comm_dtype(comm_dtype)
         self.seed = seed
+        self.ddp_grad_scale = bool(ddp_grad_scale)
         #: As :attr:`AdaFaceLoss.reentrant_backward`.
         self.reentrant_backward = False
         self.last_sampled = None
@@ -490,6 +499,8 @@ class ShardedAdaFaceLoss(nn.Module):
                 gx = _reduce_scatter_rows(wire, sizes, self.rank, group).to(gx.dtype)
             else:
                 gx = gx[start : start + sizes[self.rank]].clone()
+            if self.ddp_grad_scale and self.world_size > 1:
+                gx.mul_(float(self.world_size))
         if update:
             with torch.no_grad():
                 self.sample_step.add_(1)
@@ -553,4 +564,5 @@ class ShardedAdaFaceLoss(nn.Module):
             f"rank={self.rank}/{self.world_size}, classes={self.offset}..{self.offset + self.shard_classes}, "
             f"margin={self.margin!r}, {margin}, s={self.s}, t_alpha={self.t_alpha}, "
             f"sample_rate={self.sample_rate}, comm_dtype={comm}, backend={self.backend!r}"
+            + (", ddp_grad_scale=True" if self.ddp_grad_scale else "")
         )

@@ -33,11 +33,13 @@ def run(rank: int, args: argparse.Namespace, init: str) -> None:
     centres = torch.randn(args.classes, 16)
     backbone = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, args.dim))
     model = nn.parallel.DistributedDataParallel(backbone)
+    # ddp_grad_scale: DDP averages the backbone's gradients over the ranks;
+    # the features' gradient is scaled by the world size to undo it, so the
+    # backbone gets the gradient of the global batch's mean loss. The head's
+    # gradient is this shard's own (never averaged).
     head = adaface_rs.ShardedAdaFaceLoss(
-        args.dim, args.classes, t_alpha=0.1, sample_rate=args.sample_rate, seed=1
+        args.dim, args.classes, t_alpha=0.1, sample_rate=args.sample_rate, seed=1, ddp_grad_scale=True
     )
-    # The head's gradient is this shard's own (never averaged); the
-    # backbone's is averaged over the ranks by DDP.
     opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=args.lr, momentum=0.9)
     gen = torch.Generator().manual_seed(1000 + rank)
     if rank == 0:
@@ -65,7 +67,7 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=64)
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--sample-rate", type=float, default=0.5)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.01)
     args = p.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

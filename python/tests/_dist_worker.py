@@ -221,6 +221,16 @@ def _world2(rank: int, world: int) -> Dict[str, Any]:
     res["after_eval"] = (mod.ema_state(), int(mod.sample_step[0]))
     res["loss_eval"], res["loss_nograd"] = l_eval, l_nograd
 
+    # ddp_grad_scale: the features' gradient times the world size, exactly.
+    grads = []
+    for scale in (False, True):
+        m2 = adaface_rs.ShardedAdaFaceLoss(D, c, t_alpha=0.3, class_splits=splits, ddp_grad_scale=scale)
+        m2.load_global_weight(global_weight(c).float())
+        xg = xl.clone().requires_grad_()
+        m2(xg, yl).backward()
+        grads.append((xg.grad, m2.weight.grad))
+    res["ddp_grad_scale"] = grads
+
     # Two training steps with an optimiser, then the checkpoint.
     opt = torch.optim.SGD(mod.parameters(), lr=0.1)
     for step in range(2):
