@@ -8,10 +8,12 @@
 pub mod bench;
 mod compile;
 mod loss;
+mod resources;
 
 pub(crate) use compile::module_for;
 pub use compile::{compile_ptx, kernel_source};
 pub use loss::{CudaAdaFace, CudaStep};
+pub(crate) use resources::checked_function;
 
 use std::sync::Arc;
 
