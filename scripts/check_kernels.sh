@@ -4,7 +4,9 @@
 # table of registers / shared memory / stack / spills and FAILS on any spill
 # in the main kernels (stats, forward, combine, backward, dx_finish, flash),
 # when the wgmma kernels are missing from the sm_90a PTX (or present in
-# another), or when ptxas says it serialises them.
+# another), or when ptxas says it serialises them; then the async-proxy
+# ordering guards (scripts/ptx_guards.py, with its self-test) on the sm_90a
+# PTX: fences the simulator cannot check.
 #
 # Installs NVRTC and nvcc/ptxas 13.0 from PyPI (scripts/cuda13-requirements.txt)
 # into a venv (default
@@ -45,6 +47,9 @@ done
 python3 - "$OUT" $ARCHES <<'PY'
 import re, sys
 out, arches = sys.argv[1], sys.argv[2:]
+# The local memory per thread the CUDA backend accepts when it loads a
+# kernel (src/cuda/resources.rs): every stack frame must fit it.
+planned_local = int(re.search(r"PLANNED_LOCAL_BYTES: u32 = (\d+);", open("src/cuda/resources.rs").read()).group(1))
 main = re.compile(r"^adaface_(stats|forward|combine|backward|dx_finish|naive|flash)")
 rows, bad = [], []
 for arch in arches:
@@ -73,6 +78,8 @@ for arch in arches:
         rows.append((arch, fn, i))
         if main.match(fn) and (i["st"] > 0 or i["ld"] > 0):
             bad.append(f"{arch} {fn}: {i['st']} bytes spill stores, {i['ld']} bytes spill loads")
+        if i["stack"] > planned_local:
+            bad.append(f"{arch} {fn}: {i['stack']} bytes of stack, above the {planned_local} the CUDA backend accepts at load time")
 print(f"{'arch':6} {'kernel':28} {'regs':>5} {'smem B':>7} {'stack B':>7} {'spill st':>8} {'spill ld':>8}")
 for arch, fn, i in rows:
     print(f"{arch:6} {fn:28} {i['regs']:5} {i['smem']:7} {i['stack']:7} {i['st']:8} {i['ld']:8}")
@@ -93,3 +100,9 @@ if bad:
     sys.exit(1)
 print(f"OK: {len(rows)} kernel variants, no spills")
 PY
+
+for arch in $ARCHES; do
+    case "$arch" in
+    *a) python3 scripts/ptx_guards.py "$OUT/adaface_$arch.ptx" --self-test ;;
+    esac
+done

@@ -142,6 +142,22 @@ pub enum Error {
         /// The transport's message.
         message: String,
     },
+    /// A kernel that the device's JIT compiled outside its plan: it spills
+    /// registers to local memory, or its register use cannot hold the block
+    /// size the launch plan needs. Refused before the first launch, since a
+    /// spilling flash kernel runs several times slower than planned.
+    KernelResources {
+        /// The kernel's entry name.
+        kernel: String,
+        /// Registers per thread, as loaded.
+        registers: u32,
+        /// Local memory per thread in bytes (stack frame and spills).
+        local_bytes: u32,
+        /// The most threads per block the loaded kernel can run.
+        max_threads: u32,
+        /// What the plan allows (local bytes, threads per block).
+        requirement: String,
+    },
     /// A failure reported by the CUDA driver or NVRTC.
     Backend {
         /// The driver's or compiler's message.
@@ -200,6 +216,18 @@ impl fmt::Display for Error {
             } => write!(f, "{tensor} must have {expected} dimensions, got {actual}"),
             Error::InvalidShard { reason } => write!(f, "invalid shard: {reason}"),
             Error::Communication { message } => write!(f, "communication error: {message}"),
+            Error::KernelResources {
+                kernel,
+                registers,
+                local_bytes,
+                max_threads,
+                requirement,
+            } => write!(
+                f,
+                "kernel {kernel} loaded outside its plan ({registers} registers, \
+                 {local_bytes} bytes of local memory, at most {max_threads} threads per block): \
+                 must have {requirement}"
+            ),
             Error::Backend { message } => write!(f, "backend error: {message}"),
         }
     }

@@ -8,7 +8,7 @@ use cudarc::driver::{
     LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 
-use super::{backend, compile::module_for, probe};
+use super::{backend, compile::module_for, probe, resources::checked_function};
 use crate::config::AdaFaceConfig;
 use crate::error::{Error, Result};
 use crate::kernel_params::{
@@ -307,10 +307,11 @@ impl CudaAdaFace {
         Ok((read(l.row_norm)?, read(l.row_z)?))
     }
 
-    fn function(&self, name: &str) -> Result<CudaFunction> {
-        self.module
-            .load_function(name)
-            .map_err(backend("load kernel"))
+    /// The kernel `name`, refused when the device's JIT compiled it with
+    /// spills or too many registers for the block it is launched with.
+    fn function(&self, name: &str, dims: &LaunchDims) -> Result<CudaFunction> {
+        let (x, y, z) = dims.block;
+        checked_function(&self.module, name, x * y * z)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -333,11 +334,11 @@ impl CudaAdaFace {
         };
         let plan = StepPlan::new(shape, pass, E::DTYPE, limits)?;
         let names = KernelNames::for_plan::<E, L>(&plan);
-        let f_stats = self.function(&names.stats)?;
-        let f_forward = self.function(&names.forward)?;
-        let f_combine = self.function(&names.combine)?;
-        let f_backward = self.function(&names.backward)?;
-        let f_dx = self.function(&names.dx_finish)?;
+        let f_stats = self.function(&names.stats, &plan.stats)?;
+        let f_forward = self.function(&names.forward, &plan.forward)?;
+        let f_combine = self.function(&names.combine, &plan.combine)?;
+        let f_backward = self.function(&names.backward, &plan.backward)?;
+        let f_dx = self.function(&names.dx_finish, &plan.dx_finish)?;
         if plan.variant == Variant::Flash {
             // Above 48 KiB of dynamic shared memory a kernel must opt in.
             for f in [&f_forward, &f_backward] {

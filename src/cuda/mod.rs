@@ -8,11 +8,13 @@
 pub mod bench;
 mod compile;
 mod loss;
+mod resources;
 mod shard;
 
 pub(crate) use compile::module_for;
 pub use compile::{compile_ptx, kernel_source};
 pub use loss::{CudaAdaFace, CudaStep};
+pub(crate) use resources::checked_function;
 pub use shard::{CudaShardPending, DeviceCommunicator, HostStaged, ShardedCudaAdaFace};
 
 use std::sync::Arc;

@@ -17,8 +17,8 @@ use crate::config::AdaFaceConfig;
 use crate::error::{Error, Result};
 use crate::kernel_params::AdafaceStepRecord;
 use crate::launch::{
-    check_call, flash_aligned, KernelElement, KernelLabel, KernelNames, PlanLimits, StepBuffers,
-    Variant,
+    check_call, flash_aligned, KernelElement, KernelLabel, KernelNames, LaunchDims, PlanLimits,
+    StepBuffers, Variant,
 };
 use crate::shape::Shape;
 use crate::shard::kernels::{partials_from_rows, rows_from_global, RowsMode, ShardPlan};
@@ -185,10 +185,11 @@ impl ShardedCudaAdaFace {
         self.rows.as_mut()
     }
 
-    fn function(&self, name: &str) -> Result<CudaFunction> {
-        self.module
-            .load_function(name)
-            .map_err(backend("load kernel"))
+    /// The kernel `name`, refused when the device's JIT compiled it with
+    /// spills or too many registers for the block it is launched with.
+    fn function(&self, name: &str, dims: &LaunchDims) -> Result<CudaFunction> {
+        let (x, y, z) = dims.block;
+        super::checked_function(&self.module, name, x * y * z)
     }
 
     fn buffers(&mut self, x: u64, w: u64, labels: u64) -> Result<(StepBuffers, u64)> {
@@ -252,9 +253,9 @@ impl ShardedCudaAdaFace {
         let plan = ShardPlan::new(self.spec, shape, E::DTYPE, limits)?;
         let p = &plan.plan;
         let names = KernelNames::for_plan::<E, L>(p);
-        let f_stats = self.function(&names.stats)?;
-        let f_forward = self.function(&names.forward)?;
-        let f_rows = self.function(&KernelNames::shard_rows(L::SUFFIX))?;
+        let f_stats = self.function(&names.stats, &p.stats)?;
+        let f_forward = self.function(&names.forward, &p.forward)?;
+        let f_rows = self.function(&KernelNames::shard_rows(L::SUFFIX), &plan.rows_launch())?;
         if p.variant == Variant::Flash {
             set_flash_smem(&f_forward, p.forward.shared_bytes)?;
         }
@@ -343,7 +344,10 @@ impl ShardedCudaAdaFace {
     }
 
     fn rows_kernel(&mut self, pending: &CudaShardPending, mode: RowsMode) -> Result<()> {
-        let f_rows = self.function(&KernelNames::shard_rows(pending.label))?;
+        let f_rows = self.function(
+            &KernelNames::shard_rows(pending.label),
+            &pending.plan.rows_launch(),
+        )?;
         let [x, w, l] = pending.inputs;
         let (bufs, rows) = self.buffers(x, w, l)?;
         let rp = pending.plan.rows_params(&bufs, rows, mode);
@@ -435,9 +439,9 @@ impl ShardedCudaAdaFace {
         }
         self.epoch += 1;
         let names = KernelNames::for_plan::<E, L>(p);
-        let f_combine = self.function(&names.combine)?;
-        let f_backward = self.function(&names.backward)?;
-        let f_dx = self.function(&names.dx_finish)?;
+        let f_combine = self.function(&names.combine, &p.combine)?;
+        let f_backward = self.function(&names.backward, &p.backward)?;
+        let f_dx = self.function(&names.dx_finish, &p.dx_finish)?;
         if p.variant == Variant::Flash {
             set_flash_smem(&f_backward, p.backward.shared_bytes)?;
         }

@@ -19,10 +19,13 @@ use cudarc::driver::{
 
 use super::{naive_params, stats_params, GemmSpec, NaiveGemms, NaiveLayout, NaiveParams};
 use crate::config::AdaFaceConfig;
-use crate::cuda::{backend, probe};
+use crate::cuda::{backend, checked_function, probe};
 use crate::error::{Error, Result};
 use crate::kernel_params::AdafaceStepRecord;
 use crate::launch::{check_call, KernelElement, KernelLabel, StepSummary};
+
+/// Threads per block of every naive row kernel.
+const NAIVE_BLOCK: u32 = 256;
 use crate::shape::Shape;
 
 // SAFETY: #[repr(C)] integers and floats, the layout the kernels declare.
@@ -128,10 +131,10 @@ impl NaiveCuda {
         self.peak_extra
     }
 
+    /// The kernel `name`, refused when the device's JIT compiled it with
+    /// spills or too many registers for [`NAIVE_BLOCK`] threads.
     fn function(&self, name: &str) -> Result<CudaFunction> {
-        self.module
-            .load_function(name)
-            .map_err(backend("load kernel"))
+        checked_function(&self.module, name, NAIVE_BLOCK)
     }
 
     /// One step through cuBLAS: loss, `dX` (`B x D`), `dW` (`C x D`), EMA
@@ -254,7 +257,7 @@ impl NaiveCuda {
         let rows = (shape.batch + shape.classes) as u32;
         let cfg = |grid: u32| LaunchConfig {
             grid_dim: (grid, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (NAIVE_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
         let grad = p.grad16;
