@@ -5,7 +5,9 @@
 # wheels, once; maturin, pytest, numpy), then `pip install ./python` (maturin
 # builds the native layer in release mode into this workspace's target/, so
 # reruns only relink) and runs pytest on python/tests, skips listed with
-# their reasons. ADAFACE_PY_ENV overrides the environment's path;
+# their reasons (test_sharded.py spawns 2 and 4 gloo processes on this
+# machine, each run failing after a timeout rather than hanging).
+# ADAFACE_PY_ENV overrides the environment's path;
 # ADAFACE_OFFICIAL_HEAD (the official head.py) enables the drop-in test.
 set -euo pipefail
 cd "$(dirname "$0")/.."

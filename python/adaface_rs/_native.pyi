@@ -2,7 +2,7 @@
 arguments must be data pointers of live, contiguous tensors of the shapes,
 dtypes and device the call names (``adaface_rs.AdaFaceLoss`` checks them)."""
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 class Config:
     def __init__(
@@ -33,3 +33,22 @@ class CudaHead:
         state_mean: int, state_std: int, update_state: bool,
     ) -> None: ...
     def check_last_step(self) -> Optional[float]: ...
+
+class ShardPending:
+    """Phase 1 of one shard's step, awaiting the reduced row statistics."""
+    batch: int
+    stat_dtype: str
+    dtype: str
+    def sampled(self) -> Optional[List[int]]: ...
+    def sums_for(self, global_max: int, out: int) -> None: ...
+    def phase2(
+        self, w: int, global_max: int, sums: int, dx: int, dw: int,
+        state_mean: int, state_std: int, update_state: bool,
+    ) -> float: ...
+
+def shard_phase1(
+    cfg: Config, backend: str, offset: int, classes: int, total_classes: int,
+    batch: int, dim: int, dtype: str, label_dtype: str,
+    x: int, w: int, labels: int, state_mean: int, state_std: int,
+    sample_rate: Optional[float], seed: int, step: int, partials: int,
+) -> ShardPending: ...

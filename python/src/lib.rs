@@ -19,6 +19,7 @@ use pyo3::prelude::*;
 
 #[cfg(feature = "cuda")]
 mod cuda;
+mod shard;
 
 /// The Python exception for a crate error: `ValueError` for bad inputs or
 /// configuration, `RuntimeError` for the device and the backends.
@@ -37,7 +38,8 @@ pub(crate) fn to_py(e: Error) -> PyErr {
         | Error::InvalidConfig { .. }
         | Error::InvalidState { .. }
         | Error::DtypeMismatch { .. }
-        | Error::RankMismatch { .. } => PyValueError::new_err(msg),
+        | Error::RankMismatch { .. }
+        | Error::InvalidShard { .. } => PyValueError::new_err(msg),
         _ => PyRuntimeError::new_err(msg),
     }
 }
@@ -404,6 +406,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cpu_step, m)?)?;
     m.add_function(wrap_pyfunction!(reference_step, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_compiled, m)?)?;
+    m.add_class::<shard::ShardPending>()?;
+    m.add_function(wrap_pyfunction!(shard::shard_phase1, m)?)?;
     #[cfg(feature = "cuda")]
     m.add_class::<cuda::CudaHead>()?;
     Ok(())
