@@ -5,26 +5,33 @@ Each rank of a process group holds the classes ``[offset_r, offset_r + C_r)``
 of the global ``C`` (contiguous shards, uneven allowed). One step:
 
 1. ``all_gather`` of the local batch sizes (with an error flag, so a rank
-   that rejects its inputs makes every rank raise instead of hanging), then
-   of the features and the labels: every rank holds the global batch;
-2. phase 1 (native, per rank): the per-row partial softmax statistics of this
-   rank's classes, and the global batch's norm statistics;
-3. ``all_reduce(MAX)`` of the ``B`` row maxima (plus two flags), then
-   ``all_reduce(SUM)`` of ``4 B`` row sums: every rank has the global
-   log-sum-exp and target logit of every row;
+   that rejects its inputs makes every rank raise instead of hanging, and a
+   wants-gradients flag), then of the features and the labels: every rank
+   holds the global batch;
+2. phase 1 (native, per rank: the CPU backends on CPU tensors, the CUDA
+   shard on torch's current stream for CUDA tensors): the per-row partial
+   softmax statistics of this rank's classes, written into a tensor on the
+   data's device, and the global batch's norm statistics; an
+   ``all_reduce(MAX)`` of a failure flag;
+3. ``all_reduce(MAX)`` of the ``B`` row maxima, then ``all_reduce(SUM)`` of
+   ``4 B`` row sums: every rank has the global log-sum-exp and target logit
+   of every row;
 4. phase 2 (native): the loss (the global mean, the same on every rank),
    this rank's ``dW`` (local, never communicated) and its partial ``dX``;
 5. ``reduce_scatter(SUM)`` of the partial ``dX`` (``B x D``, optionally in
    ``comm_dtype``): each rank receives the summed rows of its own local
    batch (half the bytes of an all-reduce), which backward hands on.
 
-Only ``O(B)`` statistics and the ``O(B x D)`` features and their gradient
-cross the wire; nothing ``B x C``.
+The metadata and the flags are host values on a CPU group (the group
+itself under gloo, a gloo group over the same ranks under NCCL), so a CUDA
+step never waits for the GPU. Only ``O(B)`` statistics and the ``O(B x D)``
+features and their gradient cross the wire; nothing ``B x C``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -475,7 +482,7 @@ class ShardedAdaFaceLoss(nn.Module):
         pending: Any = None
         partials: Optional[Tensor] = None
         loss_out: Optional[Tensor] = None
-        on_device: Any = contextlib.nullcontext()
+        on_device: Any = contextlib.nullcontext  # a fresh context per native call
         failure: Optional[BaseException] = None
         try:
             plan = _Plan(self, x_all, weight, y_all)
@@ -486,10 +493,10 @@ class ShardedAdaFaceLoss(nn.Module):
             if plan.kind == "cuda":
                 # The native CUDA shard: the same calls, queued on torch's
                 # current stream; phase 2 writes the loss into a device tensor.
-                on_device = torch.cuda.device(plan.device)
+                on_device = functools.partial(torch.cuda.device, plan.device)
                 loss_out = torch.empty((1,), dtype=torch.float64, device=plan.device)
                 pending = self._cuda_shard(plan.device)
-                with on_device:
+                with on_device():
                     pending.phase1(
                         b,
                         plan.dim,
@@ -545,7 +552,7 @@ class ShardedAdaFaceLoss(nn.Module):
         global_max = partials[0].clone()
         dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=group)
         sums = torch.empty(4 * b, dtype=partials.dtype, device=partials.device)
-        with on_device:
+        with on_device():
             pending.sums_for(_ptr(global_max), _ptr(sums))
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
 
@@ -555,7 +562,7 @@ class ShardedAdaFaceLoss(nn.Module):
             alloc = torch.zeros if plan.kind == "cuda" else torch.empty
             gx = alloc((b, plan.dim), dtype=plan.grad_dtype, device=plan.device)
             gw = alloc((plan.classes, plan.dim), dtype=plan.grad_dtype, device=plan.device)
-        with on_device:
+        with on_device():
             value = pending.phase2(
                 _ptr(plan.weight),
                 _ptr(global_max),

@@ -30,7 +30,11 @@ impl<T> Borrowed<T> {
     /// `ptr` is a live device allocation of at least `len` `T` in the
     /// stream's context, that stays alive (torch holds the tensor) and is
     /// used on this stream only while borrowed.
-    pub(crate) unsafe fn new(stream: &Arc<CudaStream>, ptr: u64, len: usize) -> Result<Self, Error> {
+    pub(crate) unsafe fn new(
+        stream: &Arc<CudaStream>,
+        ptr: u64,
+        len: usize,
+    ) -> Result<Self, Error> {
         if ptr == 0 || ptr % std::mem::align_of::<T>() as u64 != 0 {
             return Err(Error::Backend {
                 message: "null or misaligned device pointer".into(),

@@ -238,13 +238,8 @@ impl CudaShardHead {
             dw_t = Borrowed::<f32>::new(&stream, dw, shape.weight_len()?)?;
             (&mut dx_t, &mut dw_t)
         };
-        self.shard.reduce(
-            &Replay {
-                max: &g,
-                sums: &s,
-            },
-            &step.pending,
-        )?;
+        self.shard
+            .reduce(&Replay { max: &g, sums: &s }, &step.pending)?;
         let out = typed!(step.dtype, step.label_64, |E, L| {
             let xs = Borrowed::<E>::new(&stream, step.x, shape.features_len()?)?;
             let ws = Borrowed::<E>::new(&stream, step.w, shape.weight_len()?)?;

@@ -155,9 +155,11 @@ def test_native_cuda_shard_errors_write_nothing():
     stream = int(torch.cuda.current_stream().cuda_stream)
     with pytest.raises(ValueError):
         _native.CudaShardHead(cfg, dev, stream, 15, 10, c)  # past the classes
-    h = _native.CudaShardHead(cfg, dev, stream, 0, 10, c)
+    # One shard holding every class (a row labelled outside every shard
+    # would fail the device's one-owner check).
+    h = _native.CudaShardHead(cfg, dev, stream, 0, c, c)
     x, w, y = random_inputs(b, d, c, seed=70)
-    x, w, y = x.float().cuda(), w[:10].float().cuda().contiguous(), y.cuda()
+    x, w, y = x.float().cuda(), w.float().cuda().contiguous(), y.cuda()
     mean = torch.full((1,), 20.0, dtype=torch.float64, device="cuda")
     std = torch.full((1,), 100.0, dtype=torch.float64, device="cuda")
     p = torch.full((5, b), 7.0, device="cuda")
@@ -179,7 +181,7 @@ def test_native_cuda_shard_errors_write_nothing():
     sums = torch.empty(4 * b, device="cuda")
     h.sums_for(gmax.data_ptr(), sums.data_ptr())
     dx = torch.zeros((b, d), device="cuda")
-    dw = torch.zeros((10, d), device="cuda")
+    dw = torch.zeros((c, d), device="cuda")
     other = w.clone()
     with pytest.raises(ValueError, match="weight phase 1 saw"):
         h.phase2(other.data_ptr(), gmax.data_ptr(), sums.data_ptr(), dx.data_ptr(), dw.data_ptr(),
