@@ -295,6 +295,7 @@ def _cuda_errors(rank: int, world: int) -> Dict[str, Any]:
     before = mod.ema_state()
     # A label out of range (every rank's stats kernel sees it).
     xg = xl.clone().requires_grad_()
+    mod.weight.grad = None
     loss = mod(xg, torch.full_like(yl, c))
     loss.backward()
     res["label_loss_nan"] = bool(torch.isnan(loss).item())
