@@ -322,6 +322,14 @@ def _cuda_errors(rank: int, world: int) -> Dict[str, Any]:
     return res
 
 
+def _cuda_nccl1(rank: int, world: int) -> Dict[str, Any]:
+    """World 1 over NCCL: the equality runs and the errors, one process (one
+    kernel compilation)."""
+    res = _cuda_single(rank, world)
+    res["errors"] = _cuda_errors(rank, world)
+    return res
+
+
 def _cuda_nccl(rank: int, world: int) -> Dict[str, Any]:
     c, splits, sizes, mode = CUDA_CASES[world]
     res: Dict[str, Any] = {}
@@ -348,8 +356,7 @@ def worker(rank: int, world: int, init: str, which: str, queue: Any) -> None:
                 "world4": _world4,
                 "world2": _world2,
                 "cuda_gloo1": _cuda_single,
-                "nccl1": _cuda_single,
-                "nccl_errors1": _cuda_errors,
+                "nccl1": _cuda_nccl1,
                 "nccl2": _cuda_nccl,
             }[which](rank, world)
             dist.barrier()

@@ -249,10 +249,15 @@ def test_cuda_module_k1_gloo():
         _check_cuda_runs(ranks, W.CUDA_CASES[1], f"cuda/{dtype}", f"cpu/{dtype}")
 
 
+@pytest.fixture(scope="module")
+def nccl1() -> List[Dict[str, Any]]:
+    return _spawn("nccl1", 1)
+
+
 @needs_nccl
-def test_cuda_module_k1_nccl():
+def test_cuda_module_k1_nccl(nccl1):
     """World 1 over NCCL: equals the unsharded CUDA loss."""
-    ranks = _spawn("nccl1", 1)
+    ranks = nccl1
     for dtype in ("torch.float32", "torch.bfloat16"):
         _check_cuda_runs(ranks, W.CUDA_CASES[1], f"cuda/{dtype}")
 
@@ -269,11 +274,10 @@ def _check_errors(res: Dict[str, Any]) -> None:
 
 
 @needs_nccl
-def test_cuda_module_errors_k1_nccl():
+def test_cuda_module_errors_k1_nccl(nccl1):
     """Device-detected errors over NCCL: NaN loss, zero gradients, the state
     unchanged, check_last_step raises; Partial FC refused on CUDA."""
-    (res,) = _spawn("nccl_errors1", 1)
-    _check_errors(res["errors"] if "errors" in res else res)
+    _check_errors(nccl1[0]["errors"])
 
 
 @needs_nccl
