@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (CUDA 13.0, driver 580, H200; no Rust) from the
 # bundle made by scripts/gpu_bundle.sh:  bash gpu-bundle/gpu_check.sh [GROUP...]
-#   python     the PyTorch package (python/ wheel): its CUDA tests and
-#              python/bench.py on CUDA, B = D = 512, C = 100k
+#   python     the PyTorch package (python/ wheel): its CUDA tests (the
+#              unsharded loss, then ShardedAdaFaceLoss on CUDA tensors over
+#              gloo and NCCL) and python/bench.py on CUDA, B = D = 512,
+#              C = 100k
 #   tests      the GPU tests (gpu_kernels, the class-sharded step, the
 #              simulator's GPU cross-check, the naive cuBLAS baseline, the
 #              candle op on CUDA tensors when bundled as
@@ -129,7 +131,8 @@ if want tests; then
 fi
 
 # 1b. The PyTorch package on CUDA tensors (python/tests/test_cuda.py and the
-# drop-in test when the official head is bundled), if bundled: the wheel
+# drop-in test when the official head is bundled, then
+# python/tests/test_sharded_cuda.py), if bundled: the wheel
 # into a venv over the machine's torch; a skip means no GPU was visible.
 if want python && [ -d python/wheels ]; then
     if [ ! -x out/pyenv/bin/python ]; then
@@ -140,6 +143,14 @@ if want python && [ -d python/wheels ]; then
     step python_cuda 240 out/pyenv/bin/python -m pytest -rs -p no:cacheprovider python/tests/test_cuda.py python/tests/test_official.py
     if grep -q "no CUDA GPU visible" logs/python_cuda.log 2>/dev/null; then
         ROWS+=("$(printf '%-28s %-12s' python_cuda_skipped "FAIL(no GPU visible to torch)")")
+        FAILED=1
+    fi
+    # ShardedAdaFaceLoss on CUDA tensors: K native shards in process, the
+    # module over a world of 1 (gloo, NCCL) in spawned processes, and over
+    # NCCL with 2 processes when 2 GPUs are visible (else a listed skip).
+    step python_sharded_cuda 240 out/pyenv/bin/python -m pytest -rs -p no:cacheprovider python/tests/test_sharded_cuda.py
+    if grep -q "no CUDA GPU visible" logs/python_sharded_cuda.log 2>/dev/null; then
+        ROWS+=("$(printf '%-28s %-12s' python_sharded_cuda_skipped "FAIL(no GPU visible to torch)")")
         FAILED=1
     fi
     step python_bench 120 out/pyenv/bin/python python/bench.py --batch 512 --dim 512 --classes 100000 --device cuda --iters 20 --warmup 3

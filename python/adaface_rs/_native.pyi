@@ -34,6 +34,29 @@ class CudaHead:
     ) -> None: ...
     def check_last_step(self) -> Optional[float]: ...
 
+class CudaShardHead:
+    """One shard of the sharded loss on a CUDA device and torch stream; holds
+    the pending step between its phases (the same calls as ShardPending)."""
+    device: int
+    stream: int
+    batch: Optional[int]
+    stat_dtype: str
+    def __init__(
+        self, cfg: Config, device: int, stream: int, offset: int, classes: int,
+        total_classes: int,
+    ) -> None: ...
+    def phase1(
+        self, batch: int, dim: int, dtype: str, label_dtype: str, x: int, w: int,
+        labels: int, state_mean: int, state_std: int, partials: int, loss: int,
+    ) -> None: ...
+    def sampled(self) -> Optional[List[int]]: ...
+    def sums_for(self, global_max: int, out: int) -> None: ...
+    def phase2(
+        self, w: int, global_max: int, sums: int, dx: int, dw: int,
+        state_mean: int, state_std: int, update_state: bool,
+    ) -> None: ...
+    def check_last_step(self) -> Optional[float]: ...
+
 class ShardPending:
     """Phase 1 of one shard's step, awaiting the reduced row statistics."""
     batch: int

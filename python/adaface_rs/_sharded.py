@@ -5,25 +5,33 @@ Each rank of a process group holds the classes ``[offset_r, offset_r + C_r)``
 of the global ``C`` (contiguous shards, uneven allowed). One step:
 
 1. ``all_gather`` of the local batch sizes (with an error flag, so a rank
-   that rejects its inputs makes every rank raise instead of hanging), then
-   of the features and the labels: every rank holds the global batch;
-2. phase 1 (native, per rank): the per-row partial softmax statistics of this
-   rank's classes, and the global batch's norm statistics;
-3. ``all_reduce(MAX)`` of the ``B`` row maxima (plus two flags), then
-   ``all_reduce(SUM)`` of ``4 B`` row sums: every rank has the global
-   log-sum-exp and target logit of every row;
+   that rejects its inputs makes every rank raise instead of hanging, and a
+   wants-gradients flag), then of the features and the labels: every rank
+   holds the global batch;
+2. phase 1 (native, per rank: the CPU backends on CPU tensors, the CUDA
+   shard on torch's current stream for CUDA tensors): the per-row partial
+   softmax statistics of this rank's classes, written into a tensor on the
+   data's device, and the global batch's norm statistics; an
+   ``all_reduce(MAX)`` of a failure flag;
+3. ``all_reduce(MAX)`` of the ``B`` row maxima, then ``all_reduce(SUM)`` of
+   ``4 B`` row sums: every rank has the global log-sum-exp and target logit
+   of every row;
 4. phase 2 (native): the loss (the global mean, the same on every rank),
    this rank's ``dW`` (local, never communicated) and its partial ``dX``;
 5. ``reduce_scatter(SUM)`` of the partial ``dX`` (``B x D``, optionally in
    ``comm_dtype``): each rank receives the summed rows of its own local
    batch (half the bytes of an all-reduce), which backward hands on.
 
-Only ``O(B)`` statistics and the ``O(B x D)`` features and their gradient
-cross the wire; nothing ``B x C``.
+The metadata and the flags are host values on a CPU group (the group
+itself under gloo, a gloo group over the same ranks under NCCL), so a CUDA
+step never waits for the GPU. Only ``O(B)`` statistics and the ``O(B x D)``
+features and their gradient cross the wire; nothing ``B x C``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -89,6 +97,13 @@ def _reduce_scatter_rows(g: Tensor, sizes: List[int], rank: int, group: Any) -> 
     rank order), each rank receiving only its own block: one
     reduce-scatter, half the bytes of an all-reduce. Uneven blocks are
     padded to the longest."""
+    if g.device.type == "cuda" and str(dist.get_backend(group)).lower() != "nccl":
+        # CUDA tensors over gloo (or another backend without a CUDA
+        # reduce-scatter): one all-reduce, then this rank's rows.
+        total = g.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        start = sum(sizes[:rank])
+        return total[start : start + sizes[rank]].clone()
     longest = max(sizes)
     if all(n == longest for n in sizes):
         src = g.contiguous()
@@ -205,13 +220,22 @@ class ShardedAdaFaceLoss(nn.Module):
             returned loss.
         m1, m2, m3, backend, device: (keywords) as :class:`AdaFaceLoss`.
 
-    CPU tensors only for now (gloo, or another backend that reduces CPU
-    tensors): the crate has no split-phase CUDA step yet, so CUDA inputs, or
-    a forward over an NCCL group, raise ``NotImplementedError`` (the module
-    can be built over an NCCL group; its layout check then runs on the
-    current CUDA device). The collectives and the autograd wiring do not
-    depend on the device; a CUDA path needs the crate's CUDA split phase and
-    the statistics kept on the device.
+    Devices: CPU tensors over gloo, CUDA tensors over NCCL (or gloo), the
+    same Python code; only the native calls differ. On CUDA each rank runs
+    the crate's ``ShardedCudaAdaFace`` on torch's current stream, reading
+    torch's memory in place: phase 1 writes the row statistics into a torch
+    CUDA tensor that ``torch.distributed`` all-reduces, phase 2 reads the
+    reduced rows from torch tensors and writes ``dW`` into the gradient
+    buffer, the partial ``dX`` into a tensor that is then reduce-scattered,
+    and the loss and the EMA state (the module's CUDA buffers) on the device:
+    no step waits for the GPU. With NCCL, the per-step metadata (local batch
+    sizes, error flags) travel on a gloo group over the same ranks, made at
+    construction, so reading them never syncs either (without gloo they go
+    over NCCL, one sync per step). As with :class:`AdaFaceLoss` on CUDA, the
+    kernels check the data (labels, finite values, zero norms) on the
+    device: a rejected step's loss is NaN on every rank, the gradients zero,
+    the state unchanged, and :meth:`check_last_step` raises the error.
+    Partial FC (``sample_rate < 1``) runs on CPU tensors only for now.
 
     As with the unsharded module, bad inputs raise ``ValueError`` (on every
     rank: the ranks exchange an error flag before the data) with nothing
@@ -272,6 +296,8 @@ class ShardedAdaFaceLoss(nn.Module):
         self.process_group = process_group
         self.rank = dist.get_rank(process_group)
         self.world_size = dist.get_world_size(process_group)
+        self._cuda_shards: Dict[Tuple[int, int], Any] = {}
+        self._meta_group, self._meta_on_device = self._make_meta_group()
         if class_splits is None:
             splits = even_splits(num_classes, self.world_size)
         else:
@@ -337,6 +363,24 @@ class ShardedAdaFaceLoss(nn.Module):
     def _nccl(self) -> bool:
         return str(dist.get_backend(self.process_group)).lower() == "nccl"
 
+    def _make_meta_group(self) -> Tuple[Any, bool]:
+        """The group the per-step metadata (batch sizes, flags) travel on, as
+        CPU tensors, and whether they must be device tensors instead. Over
+        NCCL: a gloo group of the same ranks (collective: every rank of the
+        group builds it here), so that reading them never waits for the GPU;
+        if gloo is unavailable, the NCCL group itself (one sync per step)."""
+        if not self._nccl():
+            return self.process_group, False
+        try:
+            group = self.process_group if self.process_group is not None else dist.group.WORLD
+            ranks = dist.get_process_group_ranks(group)
+            return dist.new_group(ranks=ranks, backend="gloo", use_local_synchronization=True), False
+        except (RuntimeError, ValueError):
+            return self.process_group, True
+
+    def _meta_device(self) -> torch.device:
+        return self._collective_device() if self._meta_on_device else torch.device("cpu")
+
     def _collective_device(self) -> torch.device:
         """Where this group's collectives take tensors: the current CUDA
         device for NCCL, else the CPU."""
@@ -374,12 +418,6 @@ class ShardedAdaFaceLoss(nn.Module):
         """The mean loss over the global batch of this rank's raw features
         ``b_r x D`` with global labels ``b_r``; collective (every rank of
         the group must call it)."""
-        if (isinstance(features, Tensor) and features.device.type == "cuda") or self._nccl():
-            raise NotImplementedError(
-                "ShardedAdaFaceLoss runs on CPU tensors only for now: the adaface crate has no "
-                "split-phase CUDA step yet (NCCL with CUDA tensors is not supported); use CPU "
-                "tensors with a gloo process group"
-            )
         want = torch.is_grad_enabled() and (
             (isinstance(features, Tensor) and features.requires_grad) or self.weight.requires_grad
         )
@@ -394,11 +432,25 @@ class ShardedAdaFaceLoss(nn.Module):
         error = _local_error(features, labels, self.embedding_size)
         if error is None and weight.device != features.device:
             error = f"the weight is on {weight.device}, the features on {features.device}"
+        if error is None and self._nccl() and features.device.type != "cuda":
+            error = f"an NCCL process group takes CUDA tensors, got features on {features.device}"
+        if error is None and features.device.type not in ("cpu", "cuda"):
+            error = f"device {features.device} is not supported (cpu or cuda)"
+        sampling = self.training and self.sample_rate < 1.0
+        if error is None and sampling and features.device.type == "cuda":
+            error = "Partial FC (sample_rate < 1) runs on CPU tensors only for now"
         local_b = int(features.shape[0]) if error is None else 0
         code = _DTYPE_CODES.get(features.dtype, -1) if error is None else -1
-        meta = torch.tensor([local_b, 0 if error is None else 1, code], dtype=torch.int64)
+        # Host values, on a CPU group (gloo) even when the data go over NCCL.
+        meta_group, meta_dev = self._meta_group, self._meta_device()
+        meta = torch.tensor(
+            [local_b, 0 if error is None else 1, code, 1 if want_grads else 0],
+            dtype=torch.int64,
+            device=meta_dev,
+        )
         metas = [torch.empty_like(meta) for _ in range(self.world_size)]
-        dist.all_gather(metas, meta, group=group)
+        dist.all_gather(metas, meta, group=meta_group)
+        metas = [v.cpu() for v in metas]
         bad = [r for r, v in enumerate(metas) if int(v[1]) != 0]
         if error is not None:
             raise ValueError(f"ShardedAdaFaceLoss (rank {self.rank}): {error}")
@@ -424,75 +476,103 @@ class ShardedAdaFaceLoss(nn.Module):
             x_all = _gather_rows(features.detach(), sizes, group)
             y_all = _gather_rows(labels.detach(), sizes, group)
 
-        sampling = self.training and self.sample_rate < 1.0
-        step = int(self.sample_step.reshape(-1)[0])
-        pending = None
+        # The step counter is read (a host value) only when sampling, which
+        # runs on CPU tensors.
+        step = int(self.sample_step.reshape(-1)[0]) if sampling else 0
+        pending: Any = None
         partials: Optional[Tensor] = None
-        stat_dtype = torch.float32
+        loss_out: Optional[Tensor] = None
+        on_device: Any = contextlib.nullcontext  # a fresh context per native call
         failure: Optional[BaseException] = None
         try:
             plan = _Plan(self, x_all, weight, y_all)
             mean, std = AdaFaceLoss._state_buffers(self, plan.device)  # type: ignore[arg-type]
             stat_dtype = torch.float64 if (plan.kind == "reference" and plan.dtype == torch.float64) else torch.float32
             b = plan.batch
-            partials = torch.empty((5, b), dtype=stat_dtype)
-            pending = _native.shard_phase1(
-                self._cfg,
-                plan.kind,
-                self.offset,
-                self.shard_classes,
-                self.num_classes,
-                b,
-                plan.dim,
-                plan.dtype_name,
-                _LABELS[plan.labels.dtype],
-                _ptr(plan.features),
-                _ptr(plan.weight),
-                _ptr(plan.labels),
-                _ptr(mean),
-                _ptr(std),
-                self.sample_rate if sampling else None,
-                self.seed,
-                step,
-                _ptr(partials),
-            )
+            partials = torch.empty((5, b), dtype=stat_dtype, device=plan.device)
+            if plan.kind == "cuda":
+                # The native CUDA shard: the same calls, queued on torch's
+                # current stream; phase 2 writes the loss into a device tensor.
+                on_device = functools.partial(torch.cuda.device, plan.device)
+                loss_out = torch.empty((1,), dtype=torch.float64, device=plan.device)
+                pending = self._cuda_shard(plan.device)
+                with on_device():
+                    pending.phase1(
+                        b,
+                        plan.dim,
+                        plan.dtype_name,
+                        _LABELS[plan.labels.dtype],
+                        _ptr(plan.features),
+                        _ptr(plan.weight),
+                        _ptr(plan.labels),
+                        _ptr(mean),
+                        _ptr(std),
+                        _ptr(partials),
+                        _ptr(loss_out),
+                    )
+            else:
+                pending = _native.shard_phase1(
+                    self._cfg,
+                    plan.kind,
+                    self.offset,
+                    self.shard_classes,
+                    self.num_classes,
+                    b,
+                    plan.dim,
+                    plan.dtype_name,
+                    _LABELS[plan.labels.dtype],
+                    _ptr(plan.features),
+                    _ptr(plan.weight),
+                    _ptr(plan.labels),
+                    _ptr(mean),
+                    _ptr(std),
+                    self.sample_rate if sampling else None,
+                    self.seed,
+                    step,
+                    _ptr(partials),
+                )
         except (ValueError, RuntimeError) as e:
             failure = e
         b = int(x_all.shape[0])
-        # MAX-reduce the row maxima with two flags: a failure anywhere, and
-        # whether any rank wants gradients (then every rank computes them
-        # and joins the dX all-reduce).
-        flags = torch.tensor([1.0 if failure else 0.0, 1.0 if want_grads else 0.0], dtype=stat_dtype)
-        row_max = partials[0] if (failure is None and partials is not None) else torch.zeros(b, dtype=stat_dtype)
-        gmax = torch.cat([row_max, flags])
-        dist.all_reduce(gmax, op=dist.ReduceOp.MAX, group=group)
+        # A failure anywhere makes every rank raise (a host flag, on the
+        # metadata group: no wait for the GPU).
+        flag = torch.tensor([1 if failure else 0], dtype=torch.int64, device=meta_dev)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=meta_group)
         if failure is not None:
             raise failure
-        if float(gmax[b]) != 0.0:
+        if int(flag.cpu()[0]) != 0:
             raise ValueError(
                 f"ShardedAdaFaceLoss: another rank's phase 1 failed (see its error); rank "
                 f"{self.rank} did nothing"
             )
-        grads = float(gmax[b + 1]) != 0.0 or update
-        global_max = gmax[:b].contiguous()
-        sums = torch.empty(4 * b, dtype=stat_dtype)
-        pending.sums_for(_ptr(global_max), _ptr(sums))
+        assert partials is not None
+        # Every rank computes gradients (and joins the dX reduction) when any
+        # rank wants them.
+        grads = any(int(v[3]) != 0 for v in metas) or update
+        global_max = partials[0].clone()
+        dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=group)
+        sums = torch.empty(4 * b, dtype=partials.dtype, device=partials.device)
+        with on_device():
+            pending.sums_for(_ptr(global_max), _ptr(sums))
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
 
         gx = gw = None
         if grads:
-            gx = torch.empty((b, plan.dim), dtype=plan.grad_dtype)
-            gw = torch.empty((plan.classes, plan.dim), dtype=plan.grad_dtype)
-        value = pending.phase2(
-            _ptr(plan.weight),
-            _ptr(global_max),
-            _ptr(sums),
-            _ptr(gx) if gx is not None else 0,
-            _ptr(gw) if gw is not None else 0,
-            _ptr(mean),
-            _ptr(std),
-            update,
-        )
+            # On CUDA a step the kernels reject leaves them untouched: zeros.
+            alloc = torch.zeros if plan.kind == "cuda" else torch.empty
+            gx = alloc((b, plan.dim), dtype=plan.grad_dtype, device=plan.device)
+            gw = alloc((plan.classes, plan.dim), dtype=plan.grad_dtype, device=plan.device)
+        with on_device():
+            value = pending.phase2(
+                _ptr(plan.weight),
+                _ptr(global_max),
+                _ptr(sums),
+                _ptr(gx) if gx is not None else 0,
+                _ptr(gw) if gw is not None else 0,
+                _ptr(mean),
+                _ptr(std),
+                update,
+            )
         if gx is not None:
             if self.world_size > 1:
                 wire = gx if self.comm_dtype is None else gx.to(self.comm_dtype)
@@ -507,7 +587,38 @@ class ShardedAdaFaceLoss(nn.Module):
         sampled = pending.sampled() if sampling else None
         self.last_sampled = None if sampled is None else torch.tensor(sampled, dtype=torch.int64)
         out_dtype = torch.float64 if plan.dtype == torch.float64 else torch.float32
+        if loss_out is not None:
+            return loss_out.reshape(()).to(out_dtype), gx, gw
         return torch.tensor(value, dtype=out_dtype), gx, gw
+
+    def check_last_step(self) -> Optional[float]:
+        """CUDA: waits for this rank's latest step and raises the error its
+        kernels detected (``ValueError``; on every rank, since a rejected
+        shard poisons the reduced statistics); returns the latest loss. CPU
+        steps raise at once, so this returns ``None`` for them."""
+        last = None
+        for head in self._cuda_shards.values():
+            v = head.check_last_step()
+            if v is not None:
+                last = v
+        return last
+
+    def _cuda_shard(self, device: torch.device) -> Any:
+        """This rank's native CUDA shard for the device and torch's current
+        stream there (made, and its kernels compiled, on first use)."""
+        if not _native.cuda_compiled():
+            raise RuntimeError("device unavailable: adaface_rs was built without the CUDA backend")
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        stream = int(torch.cuda.current_stream(index).cuda_stream)
+        key = (index, stream)
+        head = self._cuda_shards.get(key)
+        if head is None:
+            with torch.cuda.device(index):
+                head = _native.CudaShardHead(
+                    self._cfg, index, stream, self.offset, self.shard_classes, self.num_classes
+                )
+            self._cuda_shards[key] = head
+        return head
 
     # -- state ------------------------------------------------------------
 

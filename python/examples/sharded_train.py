@@ -6,6 +6,10 @@ sampling. Prints the loss per step (the global batch's mean, the same on
 every rank) from rank 0.
 
     python python/examples/sharded_train.py --world-size 4 [--steps 30]
+
+With ``--cuda`` the same code runs one process per GPU over NCCL on CUDA
+tensors (``--world-size`` at most the number of GPUs; no Partial FC, which
+runs on CPU tensors only for now).
 """
 
 from __future__ import annotations
@@ -26,19 +30,25 @@ import adaface_rs
 def run(rank: int, args: argparse.Namespace, init: str) -> None:
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=args.world_size)
+    device = torch.device("cpu")
+    if args.cuda:
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
+    backend = "nccl" if args.cuda else "gloo"
+    dist.init_process_group(backend, init_method=init, rank=rank, world_size=args.world_size)
     # Synthetic identities: each class a centre in a 16-d input space; every
     # rank draws the same centres, then its own samples.
     torch.manual_seed(0)
     centres = torch.randn(args.classes, 16)
-    backbone = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, args.dim))
+    backbone = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, args.dim)).to(device)
     model = nn.parallel.DistributedDataParallel(backbone)
     # ddp_grad_scale: DDP averages the backbone's gradients over the ranks;
     # the features' gradient is scaled by the world size to undo it, so the
     # backbone gets the gradient of the global batch's mean loss. The head's
     # gradient is this shard's own (never averaged).
     head = adaface_rs.ShardedAdaFaceLoss(
-        args.dim, args.classes, t_alpha=0.1, sample_rate=args.sample_rate, seed=1, ddp_grad_scale=True
+        args.dim, args.classes, t_alpha=0.1, sample_rate=1.0 if args.cuda else args.sample_rate, seed=1,
+        ddp_grad_scale=True, device=device,
     )
     opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=args.lr, momentum=0.9)
     gen = torch.Generator().manual_seed(1000 + rank)
@@ -48,7 +58,7 @@ def run(rank: int, args: argparse.Namespace, init: str) -> None:
     for step in range(args.steps):
         labels = torch.randint(0, args.classes, (args.batch,), generator=gen)
         inputs = centres[labels] + 0.3 * torch.randn(args.batch, 16, generator=gen)
-        loss = head(model(inputs), labels)
+        loss = head(model(inputs.to(device)), labels.to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -68,6 +78,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--sample-rate", type=float, default=0.5)
     p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--cuda", action="store_true", help="one GPU per rank, NCCL, CUDA tensors")
     args = p.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 
 use crate::{leak_name, shape_of, to_py, Config};
 
-fn backend(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
+pub(crate) fn backend(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
     move |e| Error::Backend {
         message: format!("{what}: {e}"),
     }
@@ -23,14 +23,18 @@ fn backend(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error 
 
 /// Torch's device memory seen as a cudarc slice for the length of one call;
 /// leaked on drop, so cudarc never frees what torch owns.
-struct Borrowed<T>(ManuallyDrop<CudaSlice<T>>);
+pub(crate) struct Borrowed<T>(ManuallyDrop<CudaSlice<T>>);
 
 impl<T> Borrowed<T> {
     /// # Safety
     /// `ptr` is a live device allocation of at least `len` `T` in the
     /// stream's context, that stays alive (torch holds the tensor) and is
     /// used on this stream only while borrowed.
-    unsafe fn new(stream: &Arc<CudaStream>, ptr: u64, len: usize) -> Result<Self, Error> {
+    pub(crate) unsafe fn new(
+        stream: &Arc<CudaStream>,
+        ptr: u64,
+        len: usize,
+    ) -> Result<Self, Error> {
         if ptr == 0 || ptr % std::mem::align_of::<T>() as u64 != 0 {
             return Err(Error::Backend {
                 message: "null or misaligned device pointer".into(),

@@ -19,6 +19,8 @@ use pyo3::prelude::*;
 
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_shard;
 mod shard;
 
 /// The Python exception for a crate error: `ValueError` for bad inputs or
@@ -410,5 +412,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(shard::shard_phase1, m)?)?;
     #[cfg(feature = "cuda")]
     m.add_class::<cuda::CudaHead>()?;
+    #[cfg(feature = "cuda")]
+    m.add_class::<cuda_shard::CudaShardHead>()?;
     Ok(())
 }

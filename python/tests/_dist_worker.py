@@ -61,23 +61,27 @@ def local_rows(rank: int, sizes: Sequence[int]) -> slice:
     return slice(start, start + sizes[rank])
 
 
-def _run_case(group, rank, c, splits, sizes, mode, dtype, steps=STEPS, **kw) -> List[Dict[str, Any]]:
+def _run_case(group, rank, c, splits, sizes, mode, dtype, steps=STEPS, device="cpu", **kw) -> List[Dict[str, Any]]:
     import adaface_rs
 
-    mod = adaface_rs.ShardedAdaFaceLoss(D, c, group, t_alpha=0.3, dtype=dtype, class_splits=splits, **kw)
+    mod = adaface_rs.ShardedAdaFaceLoss(
+        D, c, group, t_alpha=0.3, dtype=dtype, class_splits=splits, device=device, **kw
+    )
     mod.load_global_weight(global_weight(c).to(dtype))
     out = []
     for step in range(steps):
         x, y = global_batch(step, c, splits, sum(sizes), mode)
-        xl = x[local_rows(rank, sizes)].to(dtype).clone().requires_grad_()
+        xl = x[local_rows(rank, sizes)].to(dtype).to(device).clone().requires_grad_()
         mod.weight.grad = None
-        loss = mod(xl, y[local_rows(rank, sizes)])
+        loss = mod(xl, y[local_rows(rank, sizes)].to(device))
         loss.backward()
         out.append(
             {
                 "loss": float(loss.detach()),
-                "gx": xl.grad.clone(),
-                "gw": mod.weight.grad.clone(),
+                "loss_device": str(loss.device),
+                "checked": mod.check_last_step(),
+                "gx": xl.grad.cpu().clone(),
+                "gw": mod.weight.grad.cpu().clone(),
                 "state": mod.ema_state(),
                 "sample_step": int(mod.sample_step[0]),
                 "sampled": None if mod.last_sampled is None else mod.last_sampled.clone(),
@@ -254,6 +258,88 @@ def _world2(rank: int, world: int) -> Dict[str, Any]:
     return res
 
 
+#: The CUDA equality cases: the CUDA runs use a larger D (the fused kernels'
+#: tiles) and compare with the unsharded CUDA and CPU losses.
+CUDA_CASES = {
+    1: (13, [13], [9], "any"),
+    2: (13, [9, 4], [6, 5], "boundary"),
+}
+
+
+def _cuda_single(rank: int, world: int) -> Dict[str, Any]:
+    """One process, world 1, on one GPU (gloo or NCCL): the module's CUDA
+    path, and (gloo) its CPU path on the same data."""
+    c, splits, sizes, mode = CUDA_CASES[1]
+    res: Dict[str, Any] = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        res[f"cuda/{dtype}"] = _run_case(None, rank, c, splits, sizes, mode, dtype, device="cuda")
+        if dist.get_backend() == "gloo":
+            res[f"cpu/{dtype}"] = _run_case(None, rank, c, splits, sizes, mode, dtype)
+    return res
+
+
+def _cuda_errors(rank: int, world: int) -> Dict[str, Any]:
+    """Errors on CUDA: found on the device, reported by check_last_step on
+    every rank, the state unchanged everywhere."""
+    import adaface_rs
+
+    c, splits, sizes, mode = CUDA_CASES[world]
+    mod = adaface_rs.ShardedAdaFaceLoss(D, c, t_alpha=0.3, class_splits=splits, device="cuda")
+    mod.load_global_weight(global_weight(c).float())
+    x, y = global_batch(0, c, splits, sum(sizes), mode)
+    rows = local_rows(rank, sizes)
+    xl, yl = x[rows].float().cuda(), y[rows].cuda()
+    res: Dict[str, Any] = {}
+    mod(xl, yl).backward()
+    res["ok"] = mod.check_last_step()
+    before = mod.ema_state()
+    # A label out of range (every rank's stats kernel sees it).
+    xg = xl.clone().requires_grad_()
+    mod.weight.grad = None
+    loss = mod(xg, torch.full_like(yl, c))
+    loss.backward()
+    res["label_loss_nan"] = bool(torch.isnan(loss).item())
+    res["label_err"] = _expect_error(mod.check_last_step)
+    res["label_grad_zero"] = bool((xg.grad == 0).all().item()) and bool((mod.weight.grad == 0).all().item())
+    res["label_state"] = mod.ema_state() == before
+    # A non-finite weight on the last rank only: every rank rejects the step.
+    with torch.no_grad():
+        keep = mod.weight.detach().clone()
+        if rank == world - 1:
+            mod.weight[0, 0] = float("nan")
+    loss = mod(xl, yl)
+    res["weight_loss_nan"] = bool(torch.isnan(loss).item())
+    res["weight_err"] = _expect_error(mod.check_last_step)
+    res["weight_state"] = mod.ema_state() == before
+    with torch.no_grad():
+        mod.weight.copy_(keep)
+    # Partial FC is CPU-only: refused on every rank.
+    pfc = adaface_rs.ShardedAdaFaceLoss(D, c, class_splits=splits, device="cuda", sample_rate=0.5)
+    res["pfc_err"] = _expect_error(pfc, xl, yl)
+    # Recovers.
+    loss = mod(xl, yl)
+    res["after"] = (float(loss), mod.check_last_step())
+    return res
+
+
+def _cuda_nccl1(rank: int, world: int) -> Dict[str, Any]:
+    """World 1 over NCCL: the equality runs and the errors, one process (one
+    kernel compilation)."""
+    res = _cuda_single(rank, world)
+    res["errors"] = _cuda_errors(rank, world)
+    return res
+
+
+def _cuda_nccl(rank: int, world: int) -> Dict[str, Any]:
+    c, splits, sizes, mode = CUDA_CASES[world]
+    res: Dict[str, Any] = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        res[f"cuda/{dtype}"] = _run_case(None, rank, c, splits, sizes, mode, dtype, device="cuda")
+    res["comm/bf16"] = _run_case(None, rank, c, splits, sizes, mode, torch.float32, steps=1, device="cuda", comm_dtype="bf16")
+    res["errors"] = _cuda_errors(rank, world)
+    return res
+
+
 def worker(rank: int, world: int, init: str, which: str, queue: Any) -> None:
     """Entry point of one spawned rank: puts ``(rank, "ok", torch.save
     bytes of the results)`` or
@@ -261,9 +347,18 @@ def worker(rank: int, world: int, init: str, which: str, queue: Any) -> None:
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
     torch.set_num_threads(1)
     try:
-        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+        backend = "nccl" if which.startswith("nccl") else "gloo"
+        if which.startswith(("nccl", "cuda")):
+            torch.cuda.set_device(rank)
+        dist.init_process_group(backend, init_method=init, rank=rank, world_size=world)
         try:
-            res = {"world4": _world4, "world2": _world2}[which](rank, world)
+            res = {
+                "world4": _world4,
+                "world2": _world2,
+                "cuda_gloo1": _cuda_single,
+                "nccl1": _cuda_nccl1,
+                "nccl2": _cuda_nccl,
+            }[which](rank, world)
             dist.barrier()
         finally:
             dist.destroy_process_group()

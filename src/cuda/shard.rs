@@ -176,6 +176,15 @@ impl ShardedCudaAdaFace {
             .map_err(backend("write EMA state"))
     }
 
+    /// The device buffer of the EMA state, `[batch_mean, batch_std]` in
+    /// `f64`, for frameworks that keep the state in their own device tensors
+    /// (as [`crate::cuda::CudaAdaFace::state_buffer_mut`]); not validated. A
+    /// pending phase 1 is void (as after [`set_state`](Self::set_state)).
+    pub fn state_buffer_mut(&mut self) -> &mut CudaSlice<f64> {
+        self.epoch += 1;
+        &mut self.state
+    }
+
     /// The `5 B` row statistics on the device, `[max | sumexp | target
     /// logit | target cosine | owned]` ([`RowPartials`] concatenated), for
     /// a caller reducing them over its own transport: all-reduce `MAX` of
