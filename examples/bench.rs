@@ -317,7 +317,9 @@ fn bench_cuda(args: &Args) -> Result<(Vec<Measurement>, Option<f64>), String> {
         paths.push(BenchPath::FusedWgmma);
     }
     if !args.skip_naive {
+        // The cuBLAS paths: materialising, and class-chunked.
         paths.push(BenchPath::Naive);
+        paths.push(BenchPath::Chunked);
     }
     let cfg = BenchConfig {
         shape: args.shape,
@@ -353,6 +355,7 @@ fn bench_cuda(args: &Args) -> Result<(Vec<Measurement>, Option<f64>), String> {
                 BenchPath::FusedSingle => continue, // the same forward as fused
                 BenchPath::FusedWgmma => "fused_wgmma_forward",
                 BenchPath::Naive => "naive_forward",
+                BenchPath::Chunked => "chunked_forward",
             };
             measurements.push(measure(r, path, flops / 4.0));
         }

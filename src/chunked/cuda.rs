@@ -21,7 +21,7 @@ use cudarc::driver::{
 
 use super::{base_params, chunk_params, chunks, ChunkGemms, ChunkedLayout, ChunkedParams};
 use crate::config::AdaFaceConfig;
-use crate::cuda::{backend, probe};
+use crate::cuda::backend;
 use crate::error::{Error, Result};
 use crate::kernel_params::AdafaceStepRecord;
 use crate::launch::{check_call, KernelElement, KernelLabel, StepSummary};
@@ -93,7 +93,6 @@ impl ChunkedCuda {
     pub fn new(stream: Arc<CudaStream>, cfg: AdaFaceConfig, chunk: usize) -> Result<Self> {
         chunks(1, chunk)?;
         crate::naive::cuda::probe_cublas()?;
-        probe()?;
         let module = crate::cuda::module_for(stream.context())?;
         let blas = CudaBlas::new(stream.clone()).map_err(backend("cuBLAS handle"))?;
         let init = cfg.initial_state();
@@ -154,6 +153,32 @@ impl ChunkedCuda {
             labels.len(),
             Some((dx.len(), dw.len())),
         )?;
+        self.run(shape, x, w, labels, Some((dx, dw)))
+    }
+
+    /// The loss only (and the EMA update): both passes over the chunks
+    /// (the second finds each row's target logit with the global
+    /// log-sum-exp, as the gradient kernel writes the loss), without the
+    /// gradient GEMMs and the normalisation backward.
+    pub fn forward<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr>(
+        &mut self,
+        shape: Shape,
+        x: &CudaSlice<E>,
+        w: &CudaSlice<E>,
+        labels: &CudaSlice<L>,
+    ) -> Result<ChunkedStep> {
+        check_call(&shape, x.len(), w.len(), labels.len(), None)?;
+        self.run(shape, x, w, labels, None)
+    }
+
+    fn run<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr>(
+        &mut self,
+        shape: Shape,
+        x: &CudaSlice<E>,
+        w: &CudaSlice<E>,
+        labels: &CudaSlice<L>,
+        grads: Option<(&mut CudaSlice<f32>, &mut CudaSlice<f32>)>,
+    ) -> Result<ChunkedStep> {
         let plan = chunks(shape.classes, self.chunk)?;
         let eb = std::mem::size_of::<E>();
         let layout = ChunkedLayout::new(shape, eb, self.chunk)?;
@@ -208,8 +233,16 @@ impl ChunkedCuda {
         let (l_ptr, _g5) = labels.device_ptr(&stream);
         let (s_ptr, _g6) = self.state.device_ptr_mut(&stream);
         let (r_ptr, _g7) = record.device_ptr_mut(&stream);
-        let (dx_ptr, _g8) = dx.device_ptr_mut(&stream);
-        let (dw_ptr, _g9) = dw.device_ptr_mut(&stream);
+        let with_grads = grads.is_some();
+        let mut grad_guards = Vec::new();
+        let (mut dx_ptr, mut dw_ptr) = (0, 0);
+        if let Some((dx, dw)) = grads {
+            let (p1, g8) = dx.device_ptr_mut(&stream);
+            let (p2, g9) = dw.device_ptr_mut(&stream);
+            (dx_ptr, dw_ptr) = (p1, p2);
+            grad_guards.push(g8);
+            grad_guards.push(g9);
+        }
         let mut base = base_params(&self.cfg, shape, &layout, ws32_ptr, wst_ptr);
         base.naive.x = x_ptr;
         base.naive.w = w_ptr;
@@ -267,6 +300,9 @@ impl ChunkedCuda {
                         .arg(&cp)
                         .launch(cfg(b))
                         .map_err(backend("launch chunk gradient"))?;
+                    if !with_grads {
+                        continue;
+                    }
                     let beta = if n == 0 { 0.0 } else { 1.0 };
                     gemm(blas, &g.dx, beta, p.wn, dt, p.grad16, dt, p.dx)?;
                     gemm(blas, &g.dw, 0.0, p.xn, dt, p.grad16, dt, rows.dw)?;
@@ -282,13 +318,16 @@ impl ChunkedCuda {
                 .arg(&p)
                 .launch(cfg(1))
                 .map_err(backend("launch loss"))?;
-            stream
-                .launch_builder(&f_back)
-                .arg(&p)
-                .launch(cfg(b))
-                .map_err(backend("launch norm_backward"))?;
+            if with_grads {
+                stream
+                    .launch_builder(&f_back)
+                    .arg(&p)
+                    .launch(cfg(b))
+                    .map_err(backend("launch norm_backward"))?;
+            }
         }
-        drop((_g1, _g2, _g3, _g4, _g5, _g6, _g7, _g8, _g9));
+        drop(grad_guards);
+        drop((_g1, _g2, _g3, _g4, _g5, _g6, _g7));
         Ok(ChunkedStep {
             stream,
             record,
