@@ -45,13 +45,13 @@ pub mod golden;
 #[doc(hidden)]
 #[rustfmt::skip]
 pub mod kernel_params;
+pub mod chunked;
 #[doc(hidden)]
 pub mod launch;
 #[doc(hidden)]
 pub mod math;
 #[doc(hidden)]
 pub mod memory;
-pub mod chunked;
 pub mod naive;
 pub mod output;
 pub mod real;

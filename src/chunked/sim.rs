@@ -248,7 +248,13 @@ pub fn forward_backward<E: KernelElement, L: KernelLabel>(
             if ok(&record) {
                 let beta = if n == 0 { 0.0 } else { 1.0 };
                 gemm_cpu_beta(&g.dx, beta, &wn, &grad, dx);
-                gemm_cpu_beta(&g.dw, 0.0, &xn, &grad, &mut dw[start * d..(start + len) * d]);
+                gemm_cpu_beta(
+                    &g.dw,
+                    0.0,
+                    &xn,
+                    &grad,
+                    &mut dw[start * d..(start + len) * d],
+                );
             }
             launch(
                 k.norm_backward,

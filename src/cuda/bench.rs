@@ -15,13 +15,13 @@ use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 use rayon::prelude::*;
 
 use super::{backend, CudaAdaFace};
+use crate::chunked::cuda::ChunkedCuda;
+use crate::chunked::{ChunkedLayout, DEFAULT_CHUNK};
 use crate::config::AdaFaceConfig;
 use crate::element::Dtype;
 use crate::error::{Error, Result};
 use crate::kernel_params::AdafaceStepRecord;
 use crate::launch::{KernelElement, Pass, PlanLimits};
-use crate::chunked::cuda::ChunkedCuda;
-use crate::chunked::{ChunkedLayout, DEFAULT_CHUNK};
 use crate::naive::cuda::NaiveCuda;
 use crate::naive::NaiveLayout;
 use crate::shape::Shape;
