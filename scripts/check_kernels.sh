@@ -45,7 +45,7 @@ done
 python3 - "$OUT" $ARCHES <<'PY'
 import re, sys
 out, arches = sys.argv[1], sys.argv[2:]
-main = re.compile(r"^adaface_(stats|forward|combine|backward|dx_finish|naive|flash)")
+main = re.compile(r"^adaface_(stats|forward|combine|backward|dx_finish|naive|chunked|flash)")
 rows, bad = [], []
 for arch in arches:
     fn = None

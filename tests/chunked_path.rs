@@ -348,6 +348,25 @@ fn chunked_cublas_path_on_a_gpu_matches_the_reference() {
                     s.state_after,
                     &r,
                 );
+                // Determinism: the same step again is bit-identical.
+                path.set_state(state).unwrap();
+                let mut dx2 = stream.alloc_zeros::<f32>(b * d).unwrap();
+                let mut dw2 = stream.alloc_zeros::<f32>(c * d).unwrap();
+                let s2 = path
+                    .forward_backward(inp.shape, &x, &w, &labels, &mut dx2, &mut dw2)
+                    .unwrap()
+                    .summary()
+                    .unwrap();
+                assert_eq!(s.loss.to_bits(), s2.loss.to_bits());
+                let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+                assert_eq!(
+                    bits(stream.clone_dtoh(&dx).unwrap()),
+                    bits(stream.clone_dtoh(&dx2).unwrap())
+                );
+                assert_eq!(
+                    bits(stream.clone_dtoh(&dw).unwrap()),
+                    bits(stream.clone_dtoh(&dw2).unwrap())
+                );
                 let what = format!("cuBLAS chunked B={b} D={d} C={c} chunk={chunk} {}", $dtype);
                 println!("{what}: {e:?} extra {} bytes", step.extra_bytes);
                 check(&e, $dtype, &what);
