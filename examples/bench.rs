@@ -25,6 +25,10 @@
 //! The peak is the `gemm` crate's `f32` matrix product (`1024 x 1024 x 512`,
 //! one per rayon thread, all threads at once): what the backend's
 //! microkernel reaches on this machine.
+//!
+//! On `--device cuda` the paths are fused (and its variants), naive and
+//! chunked (the class-chunked cuBLAS path, `adaface::chunked`);
+//! `--skip-naive` leaves out both cuBLAS paths.
 
 use std::process::ExitCode;
 use std::time::Instant;
