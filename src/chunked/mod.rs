@@ -30,9 +30,7 @@ pub mod sim;
 #[cfg(any(feature = "cuda", feature = "sim"))]
 use crate::config::AdaFaceConfig;
 use crate::error::{Error, Result};
-use crate::naive::GemmSpec;
-#[cfg(any(feature = "cuda", feature = "sim"))]
-use crate::naive::NaiveParams;
+use crate::naive::{GemmSpec, NaiveParams};
 use crate::shape::Shape;
 
 /// The default number of classes per chunk: `B x 16384` f32 logits are
