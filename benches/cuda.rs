@@ -140,9 +140,15 @@ fn bench_dtype<E: KernelElement + DeviceRepr>(
                     BenchPath::FusedSingle,
                     BenchPath::FusedWgmma,
                     BenchPath::Naive,
+                    BenchPath::Chunked,
                 ],
-                (true, false) => &[BenchPath::Fused, BenchPath::FusedWgmma, BenchPath::Naive],
-                _ => &[BenchPath::Fused, BenchPath::Naive],
+                (true, false) => &[
+                    BenchPath::Fused,
+                    BenchPath::FusedWgmma,
+                    BenchPath::Naive,
+                    BenchPath::Chunked,
+                ],
+                _ => &[BenchPath::Fused, BenchPath::Naive, BenchPath::Chunked],
             };
             for &path in paths {
                 let label = format!("cuda {pass_name} {} {} {case}", path.name(), dtype.name());

@@ -25,6 +25,10 @@
 //! The peak is the `gemm` crate's `f32` matrix product (`1024 x 1024 x 512`,
 //! one per rayon thread, all threads at once): what the backend's
 //! microkernel reaches on this machine.
+//!
+//! On `--device cuda` the paths are fused (and its variants), naive and
+//! chunked (the class-chunked cuBLAS path, `adaface::chunked`);
+//! `--skip-naive` leaves out both cuBLAS paths.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -317,7 +321,9 @@ fn bench_cuda(args: &Args) -> Result<(Vec<Measurement>, Option<f64>), String> {
         paths.push(BenchPath::FusedWgmma);
     }
     if !args.skip_naive {
+        // The cuBLAS paths: materialising, and class-chunked.
         paths.push(BenchPath::Naive);
+        paths.push(BenchPath::Chunked);
     }
     let cfg = BenchConfig {
         shape: args.shape,
@@ -353,6 +359,7 @@ fn bench_cuda(args: &Args) -> Result<(Vec<Measurement>, Option<f64>), String> {
                 BenchPath::FusedSingle => continue, // the same forward as fused
                 BenchPath::FusedWgmma => "fused_wgmma_forward",
                 BenchPath::Naive => "naive_forward",
+                BenchPath::Chunked => "chunked_forward",
             };
             measurements.push(measure(r, path, flops / 4.0));
         }

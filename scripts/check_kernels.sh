@@ -50,7 +50,7 @@ out, arches = sys.argv[1], sys.argv[2:]
 # The local memory per thread the CUDA backend accepts when it loads a
 # kernel (src/cuda/resources.rs): every stack frame must fit it.
 planned_local = int(re.search(r"PLANNED_LOCAL_BYTES: u32 = (\d+);", open("src/cuda/resources.rs").read()).group(1))
-main = re.compile(r"^adaface_(stats|forward|combine|backward|dx_finish|naive|flash)")
+main = re.compile(r"^adaface_(stats|forward|combine|backward|dx_finish|naive|chunked|shard|flash)")
 rows, bad = [], []
 for arch in arches:
     fn = None

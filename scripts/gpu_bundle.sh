@@ -49,7 +49,7 @@ for line in sys.stdin:
 # Only what gpu_check.sh runs: the bundle must stay under the device tool's
 # limit of 64 MiB.
 cargo test --release --no-run --message-format=json 2>/dev/null \
-    | copy_artifacts "$BUNDLE/tests" test gpu_kernels sim_gpu_crosscheck naive_baseline gates gpu_sharding
+    | copy_artifacts "$BUNDLE/tests" test gpu_kernels sim_gpu_crosscheck naive_baseline chunked_path gates gpu_sharding
 cargo build --release --examples --message-format=json 2>/dev/null \
     | copy_artifacts "$BUNDLE/examples" example adaface_eval bench
 # The criterion bench (GPU fused vs naive); the bench profile, like --release.

@@ -110,6 +110,11 @@ if want tests; then
         fi
     fi
 
+    # The class-chunked cuBLAS path against the reference, if bundled.
+    if [ -x tests/chunked_path ]; then
+        step chunked_path 90 ./tests/chunked_path --include-ignored --test-threads=1 --nocapture
+    fi
+
     # The candle op on CUDA tensors (tests/candle_cuda.rs), if bundled
     # (ADAFACE_BUNDLE_CANDLE_CUDA=1): xz-compressed, unpacked here; xz or
     # else python3's lzma.
@@ -311,7 +316,7 @@ for bj in glob.glob(os.path.join(crit, "**", "new", "benchmark.json"), recursive
 
 print()
 print("== side by side: B=512 D=512 bf16 forward+backward (median ms, TFLOP/s at 8BDC, extra device MB)")
-cols = ["fused", "fused_single", "fused_wgmma", "naive", "torch_official_head", "torch_official_head_autocast_bf16", "torch_official_head_upcast_bf16"]
+cols = ["fused", "fused_single", "fused_wgmma", "naive", "chunked", "torch_official_head", "torch_official_head_autocast_bf16", "torch_official_head_upcast_bf16"]
 for c in (100000, 1000000):
     at = {r["path"]: r for r in rows if r.get("batch") == 512 and r.get("dim") == 512 and r.get("classes") == c
           and r.get("device") == "cuda"

@@ -7,6 +7,7 @@
 //! * [`reference`](mod@reference): the official head, written out plainly, in `f32` or `f64`.
 //! * [`cpu`]: the fast CPU backend (fused, blocked, multi-threaded, SIMD).
 //! * [`naive`]: materialising baselines the benches compare against.
+//! * [`chunked`]: the cuBLAS path one chunk of classes at a time (workspace `O(B x chunk)`).
 //! * [`AdaFaceConfig`], [`EmaState`], [`Error`]: shared by every backend.
 //! * [`trainer::AdaFaceLoss`]: config and EMA state in one object, one call
 //!   per training step; `candle_op` (feature `candle`) wraps it for candle.
@@ -44,6 +45,7 @@ pub mod golden;
 #[doc(hidden)]
 #[rustfmt::skip]
 pub mod kernel_params;
+pub mod chunked;
 #[doc(hidden)]
 pub mod launch;
 #[doc(hidden)]

@@ -15,6 +15,8 @@ use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 use rayon::prelude::*;
 
 use super::{backend, CudaAdaFace};
+use crate::chunked::cuda::ChunkedCuda;
+use crate::chunked::{ChunkedLayout, DEFAULT_CHUNK};
 use crate::config::AdaFaceConfig;
 use crate::element::Dtype;
 use crate::error::{Error, Result};
@@ -39,16 +41,20 @@ pub enum BenchPath {
     FusedWgmma,
     /// The naive cuBLAS baseline ([`NaiveCuda`]).
     Naive,
+    /// The class-chunked cuBLAS path ([`ChunkedCuda`], chunks of
+    /// [`crate::chunked::DEFAULT_CHUNK`] classes).
+    Chunked,
 }
 
 impl BenchPath {
-    /// `fused` or `naive` (the bench tool's `path` key).
+    /// `fused`, `naive`, `chunked`, ... (the bench tool's `path` key).
     pub fn name(self) -> &'static str {
         match self {
             BenchPath::Fused => "fused",
             BenchPath::FusedSingle => "fused_single",
             BenchPath::FusedWgmma => "fused_wgmma",
             BenchPath::Naive => "naive",
+            BenchPath::Chunked => "chunked",
         }
     }
 }
@@ -194,6 +200,7 @@ impl<E: KernelElement + DeviceRepr> BenchInputs<E> {
 enum Loss {
     Fused(Box<CudaAdaFace>),
     Naive(Box<NaiveCuda>),
+    Chunked(Box<ChunkedCuda>),
 }
 
 /// One path ready to launch steps on a stream (the benches' unit of work).
@@ -234,6 +241,11 @@ impl BenchRunner {
                 Loss::Fused(Box::new(fused))
             }
             BenchPath::Naive => Loss::Naive(Box::new(NaiveCuda::new(stream.clone(), cfg)?)),
+            BenchPath::Chunked => Loss::Chunked(Box::new(ChunkedCuda::new(
+                stream.clone(),
+                cfg,
+                DEFAULT_CHUNK,
+            )?)),
         };
         Ok(BenchRunner { path, loss })
     }
@@ -265,6 +277,14 @@ impl BenchRunner {
                 n.forward_backward(s, &inp.x, &inp.w, &inp.labels, &mut inp.dx, &mut inp.dw)?;
                 return Ok(());
             }
+            (Loss::Chunked(n), Pass::Forward) => {
+                n.forward(s, &inp.x, &inp.w, &inp.labels)?;
+                return Ok(());
+            }
+            (Loss::Chunked(n), Pass::ForwardBackward) => {
+                n.forward_backward(s, &inp.x, &inp.w, &inp.labels, &mut inp.dx, &mut inp.dw)?;
+                return Ok(());
+            }
         };
         Ok(())
     }
@@ -281,6 +301,9 @@ impl BenchRunner {
                     + 16
             }
             Loss::Naive(_) => NaiveLayout::new(shape, std::mem::size_of::<E>())?.extra_bytes(),
+            Loss::Chunked(_) => {
+                ChunkedLayout::new(shape, std::mem::size_of::<E>(), DEFAULT_CHUNK)?.extra_bytes()
+            }
         })
     }
 }
