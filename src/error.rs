@@ -142,6 +142,14 @@ pub enum Error {
         /// The transport's message.
         message: String,
     },
+    /// A margin policy this backend does not compute (the non-affine
+    /// policies run on the reference and the fast CPU backend only).
+    UnsupportedMargin {
+        /// The policy's name ([`MarginPolicy::name`](crate::MarginPolicy::name)).
+        policy: &'static str,
+        /// The backend that rejects it.
+        backend: &'static str,
+    },
     /// A failure reported by the CUDA driver or NVRTC.
     Backend {
         /// The driver's or compiler's message.
@@ -200,6 +208,11 @@ impl fmt::Display for Error {
             } => write!(f, "{tensor} must have {expected} dimensions, got {actual}"),
             Error::InvalidShard { reason } => write!(f, "invalid shard: {reason}"),
             Error::Communication { message } => write!(f, "communication error: {message}"),
+            Error::UnsupportedMargin { policy, backend } => write!(
+                f,
+                "the {policy} margin is not supported by the {backend} backend \
+                 (use the reference or the fast CPU backend)"
+            ),
             Error::Backend { message } => write!(f, "backend error: {message}"),
         }
     }

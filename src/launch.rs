@@ -748,10 +748,9 @@ impl StepSummary {
             loss: rec.loss,
             norm_mean: rec.norm_mean,
             norm_std: (rec.norm_std >= 0.0).then_some(rec.norm_std),
-            state_after: EmaState {
-                batch_mean: rec.state_mean,
-                batch_std: rec.state_std,
-            },
+            // The kernels compute the affine policies only, which never
+            // move CurricularFace's t: the loss objects fill in theirs.
+            state_after: EmaState::new(rec.state_mean, rec.state_std),
         })
     }
 }
