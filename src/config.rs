@@ -16,7 +16,9 @@ use crate::state::EmaState;
 /// SphereFace, CurricularFace and MagFace do not fit that formula (a
 /// multiplicative margin, modulated negatives, a norm-dependent margin with
 /// a regulariser); the reference and the fast CPU backend compute them, the
-/// other backends reject them with [`Error::UnsupportedMargin`].
+/// fused kernels (`sim`, `cuda`) SphereFace too
+/// ([`in_kernels`](Self::in_kernels)), and the other backends reject them
+/// with [`Error::UnsupportedMargin`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MarginPolicy {
     /// AdaFace: the margin adapts to the feature norm. `m` is the margin,
@@ -75,8 +77,9 @@ pub enum MarginPolicy {
         m: f64,
     },
     /// MagFace (Meng et al. 2021): ArcFace with a margin that grows with the
-    /// feature norm `a = ||x||`, `m(a) = (u_m - l_m) / (u_a - l_a) (a - l_a)
-    /// + l_m` for `a` clamped to `[l_a, u_a]`, target logit
+    /// feature norm `a = ||x||`,
+    /// `m(a) = (u_m - l_m) / (u_a - l_a) (a - l_a) + l_m` for `a` clamped to
+    /// `[l_a, u_a]`, target logit
     /// `s cos(clip(theta + m(a), eps, pi - eps))`, plus the norm regulariser
     /// `lambda_g g(a)`, `g(a) = a / u_a^2 + 1 / a`, averaged over the batch
     /// and added to the loss (as the official MagFace loss does). The norm is
@@ -139,7 +142,8 @@ impl MarginPolicy {
 
     /// Whether the policy is the one formula affine in the margin scaler
     /// (AdaFace, ArcFace, CosFace, Combined), which every backend computes.
-    /// The others run on the reference and the fast CPU backend only.
+    /// The others run on the reference and the fast CPU backend (and
+    /// SphereFace in the fused kernels, see [`in_kernels`](Self::in_kernels)).
     pub fn is_affine(&self) -> bool {
         matches!(
             self,
@@ -155,6 +159,27 @@ impl MarginPolicy {
     /// affine formula.
     pub fn require_affine(&self, backend: &'static str) -> Result<()> {
         if self.is_affine() {
+            Ok(())
+        } else {
+            Err(Error::UnsupportedMargin {
+                policy: self.name(),
+                backend,
+            })
+        }
+    }
+
+    /// Whether the fused kernels (the `sim` and `cuda` backends) compute the
+    /// policy: the affine ones and SphereFace. CurricularFace and MagFace run
+    /// on the reference and the fast CPU backend only.
+    pub fn in_kernels(&self) -> bool {
+        self.is_affine() || matches!(self, MarginPolicy::SphereFace { .. })
+    }
+
+    /// `Ok` when the fused kernels compute the policy
+    /// ([`in_kernels`](Self::in_kernels)), [`Error::UnsupportedMargin`]
+    /// naming `backend` otherwise.
+    pub fn require_in_kernels(&self, backend: &'static str) -> Result<()> {
+        if self.in_kernels() {
             Ok(())
         } else {
             Err(Error::UnsupportedMargin {

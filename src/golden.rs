@@ -342,6 +342,10 @@ pub fn write_eval_output(device: &str, dtype: Dtype, steps: &[EvalStep]) -> Stri
                 "batch_std_after".into(),
                 json_number(s.state_after.batch_std),
             );
+            m.insert(
+                "curricular_t_after".into(),
+                json_number(s.state_after.curricular_t),
+            );
             if let Some(l) = &s.logits {
                 m.insert("logits".into(), json_numbers(l));
             }
@@ -376,7 +380,14 @@ pub fn parse_eval_output(text: &str) -> Parsed<Vec<EvalStep>> {
                 margin_scaler: arr("margin_scaler")?,
                 grad_features: arr("grad_features")?,
                 grad_weight: arr("grad_weight")?,
-                state_after: EmaState::new(num("batch_mean_after")?, num("batch_std_after")?),
+                state_after: EmaState {
+                    // Optional: outputs written before CurricularFace lack it.
+                    curricular_t: match s.get("curricular_t_after") {
+                        Some(v) => number(v, &format!("{path}.curricular_t_after"))?,
+                        None => 0.0,
+                    },
+                    ..EmaState::new(num("batch_mean_after")?, num("batch_std_after")?)
+                },
                 logits: s.get("logits").map(|l| numbers(l, &path)).transpose()?,
             })
         })

@@ -65,6 +65,18 @@ fn sgd_steps_match_the_crate() {
             },
             3,
         ),
+        (MarginPolicy::SphereFace { m: 4, lambda: 5.0 }, 4),
+        (MarginPolicy::CurricularFace { m: 0.5 }, 5),
+        (
+            MarginPolicy::MagFace {
+                l_a: 1.0,
+                u_a: 20.0,
+                l_m: 0.3,
+                u_m: 0.6,
+                lambda_g: 2.0,
+            },
+            6,
+        ),
     ] {
         let (b, p, d, c) = (13, 10, 7, 19);
         let steps = 6;
@@ -132,6 +144,10 @@ fn sgd_steps_match_the_crate() {
         let (sa, sb) = (head.state().unwrap(), own.state());
         assert!((sa.batch_mean - sb.batch_mean).abs() < 1e-5 * sb.batch_mean.abs());
         assert!((sa.batch_std - sb.batch_std).abs() < 1e-5 * sb.batch_std.abs());
+        assert!((sa.curricular_t - sb.curricular_t).abs() < 1e-6);
+        if matches!(policy, MarginPolicy::CurricularFace { .. }) {
+            assert!(sb.curricular_t != 0.0, "t never moved");
+        }
         let diag = head.last_diagnostics().unwrap();
         assert_eq!(diag.norms.len(), b);
     }

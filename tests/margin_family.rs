@@ -576,7 +576,7 @@ fn backends_without_the_policy_reject_it_and_change_nothing() {
         );
         assert_eq!(shard.state(), st);
         #[cfg(feature = "sim")]
-        {
+        if !policy.in_kernels() {
             let mut sim = adaface::sim_backend::SimAdaFace::new(cfg);
             let (mut dx, mut dw) = (vec![7.0f32; x32.len()], vec![7.0f32; w32.len()]);
             let labels: Vec<i64> = inp.y.iter().map(|&v| v as i64).collect();
@@ -624,5 +624,96 @@ fn affine_policies_carry_t_through_every_backend_state() {
         .unwrap();
         assert_eq!(r.state_after.curricular_t, -0.3);
         assert_eq!(sim.state().unwrap().curricular_t, -0.3);
+    }
+}
+
+#[test]
+fn eval_case_files_name_the_new_policies_and_their_parameters() {
+    use adaface::eval::{run_case, Device};
+    use adaface::golden::{parse_case, parse_eval_output, write_eval_output};
+    use adaface::Dtype;
+    let inp = inputs(11, 3, 4, 5, 5.0, 60.0);
+    let nums = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:e}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let labels = inp
+        .y
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let case_json = |margin: &str| {
+        format!(
+            r#"{{"config": {{"B": 3, "D": 4, "C": 5, {margin}}}, "weight": [{}],
+               "steps": [{{"features": [{}], "labels": [{labels}]}},
+                         {{"features": [{}], "labels": [{labels}]}}]}}"#,
+            nums(&inp.w),
+            nums(&inp.x),
+            nums(&inp.x)
+        )
+    };
+    let cases = [
+        (
+            r#""margin": "sphereface", "m": 3, "lambda": 2.5"#,
+            MarginPolicy::SphereFace { m: 3, lambda: 2.5 },
+        ),
+        (
+            r#""margin": "curricularface", "m": 0.3, "curricular_t_init": 0.2"#,
+            MarginPolicy::CurricularFace { m: 0.3 },
+        ),
+        (r#""margin": "magface""#, MarginPolicy::mag_face()),
+        (
+            r#""margin": "magface", "l_a": 2, "u_a": 50, "l_m": 0.1, "u_m": 0.5, "lambda_g": 4"#,
+            MarginPolicy::MagFace {
+                l_a: 2.0,
+                u_a: 50.0,
+                l_m: 0.1,
+                u_m: 0.5,
+                lambda_g: 4.0,
+            },
+        ),
+    ];
+    for (margin, policy) in cases {
+        let case = parse_case(&case_json(margin)).expect("case");
+        assert_eq!(case.config.margin(), policy);
+        let exact = run_case(&case, Device::Reference, Dtype::F64).unwrap();
+        let fast = run_case(&case, Device::Cpu, Dtype::F32).unwrap();
+        let mut st = case.config.initial_state();
+        for (k, (e, f)) in exact.iter().zip(&fast).enumerate() {
+            let want =
+                reference::forward(&case.config, &st, inp.shape, &inp.x, &inp.w, &inp.y).unwrap();
+            assert_eq!(e.loss, want.loss, "{margin} step {k}");
+            assert_eq!(e.state_after, want.stats.state_after);
+            st = want.stats.state_after;
+            assert!((e.loss - f.loss).abs() < 1e-4 * e.loss.abs().max(1.0));
+        }
+        if matches!(policy, MarginPolicy::CurricularFace { .. }) {
+            assert_eq!(case.config.initial_state().curricular_t, 0.2);
+            assert!((exact[1].state_after.curricular_t - 0.2).abs() > 1e-6);
+        }
+        // The output carries t and reads back.
+        let text = write_eval_output("reference", Dtype::F64, &exact);
+        let back = parse_eval_output(&text).unwrap();
+        assert_eq!(back[1].state_after, exact[1].state_after);
+        #[cfg(feature = "sim")]
+        match run_case(&case, Device::Sim, Dtype::F32) {
+            Err(Error::UnsupportedMargin { .. }) => assert!(!policy.in_kernels()),
+            Ok(sim) => {
+                assert!(policy.in_kernels());
+                assert!((sim[1].loss - exact[1].loss).abs() < 1e-4 * exact[1].loss.abs());
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    for bad in [
+        r#""margin": "sphereface", "m": 2.5"#,
+        r#""margin": "sphereface", "m": -1"#,
+        r#""margin": "magface", "u_a": 5"#,
+        r#""margin": "curricularface", "curricular_t_init": 3"#,
+    ] {
+        assert!(parse_case(&case_json(bad)).is_err(), "{bad}");
     }
 }

@@ -325,7 +325,7 @@ impl CudaAdaFace {
             flash: self.limits.flash && flash_aligned(x_ptr, w_ptr),
             ..self.limits
         };
-        self.cfg.margin().require_affine("cuda")?;
+        self.cfg.margin().require_in_kernels("cuda")?;
         let plan = StepPlan::new(shape, pass, E::DTYPE, limits)?;
         let names = KernelNames::for_plan::<E, L>(&plan);
         let f_stats = self.function(&names.stats)?;

@@ -132,6 +132,7 @@ struct Pass<T> {
 }
 
 impl<T: Real> Pass<T> {
+    #[allow(clippy::too_many_arguments)]
     fn run<L: Label>(
         cfg: &AdaFaceConfig,
         state: &EmaState,

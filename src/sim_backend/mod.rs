@@ -181,7 +181,7 @@ impl SimAdaFace {
             flash: self.limits.flash && flash_aligned(x.as_ptr() as u64, w.as_ptr() as u64),
             ..self.limits
         };
-        self.cfg.margin().require_affine("sim")?;
+        self.cfg.margin().require_in_kernels("sim")?;
         let plan = StepPlan::new(shape, pass, E::DTYPE, limits)?;
         let entries = Entries::of::<E, L>()?;
         if self.workspace.len() < plan.workspace.len {
