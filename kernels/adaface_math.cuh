@@ -40,11 +40,46 @@ __device__ __forceinline__ float adaface_clamp_cosine(float dot, float eps, bool
     return adaface_clip_f32(dot, lo, hi);
 }
 
+/* SphereFace's target logit s (lambda c + psi(theta)) / (1 + lambda),
+ * psi(theta) = (-1)^k cos(m theta) - 2k on [k pi / m, (k + 1) pi / m], of a
+ * clamped target cosine c, and in *dlogit its derivative with respect to c
+ * (math::sphere_target_logit). cos(m theta) is the Chebyshev polynomial
+ * T_m(c), its derivative m U_{m-1}(c), both by their recurrence (no division
+ * by sin(theta)); m is 1..16 (validated by the config). */
+__device__ __forceinline__ float adaface_sphere_target_logit(float c, int m, float lambda, float s,
+                                                             float* dlogit) {
+    const float two_c = c + c;
+    float t_prev = 1.0f, t_cur = c;  /* T_0, T_1 */
+    float u_prev = 0.0f, u_cur = 1.0f; /* U_{-1}, U_0 */
+    for (int n = 1; n < m; ++n) {
+        const float t_next = two_c * t_cur - t_prev;
+        t_prev = t_cur;
+        t_cur = t_next;
+        const float u_next = two_c * u_cur - u_prev;
+        u_prev = u_cur;
+        u_cur = u_next;
+    }
+    int k = (int)floorf((float)m * acosf(c) / ADAFACE_PI_F);
+    k = k > m - 1 ? m - 1 : k;
+    const float sign = (k & 1) ? -1.0f : 1.0f;
+    const float psi = sign * t_cur - 2.0f * (float)k;
+    const float denom = 1.0f + lambda;
+    *dlogit = s * (lambda + sign * (float)m * u_cur) / denom;
+    return s * (lambda * c + psi) / denom;
+}
+
 /* The target logit s (cos(clip(m1 theta + a, eps, pi - eps)) - b) of a
  * clamped target cosine c, and in *dlogit its derivative with respect to c,
- * zero where the angle clip is active (math::target_logit). */
+ * zero where the angle clip is active (math::target_logit).
+ *
+ * A negative m1 selects SphereFace instead, with multiplier m = -m1 and
+ * annealing weight lambda = b (the launch plan encodes it so: see
+ * kernel_margin in src/launch.rs); no parameter struct changes. */
 __device__ __forceinline__ float adaface_target_logit(float c, float a, float b, float s,
                                                       float m1, float eps, float* dlogit) {
+    if (m1 < 0.0f) {
+        return adaface_sphere_target_logit(c, (int)(-m1), b, s, dlogit);
+    }
     const float theta = acosf(c);
     const float t = m1 * theta + a;
     const float hi = ADAFACE_PI_F - eps;

@@ -165,7 +165,10 @@ impl<E: crate::launch::KernelElement> AdaFaceBackend<E> for crate::sim_backend::
             loss: summary.loss,
             norms,
             margin_scaler,
-            state_after: summary.state_after,
+            state_after: EmaState {
+                curricular_t: self.curricular_t(),
+                ..summary.state_after
+            },
         })
     }
 
@@ -193,7 +196,10 @@ impl<E: crate::launch::KernelElement> AdaFaceBackend<E> for crate::sim_backend::
             loss: summary.loss,
             norms,
             margin_scaler,
-            state_after: summary.state_after,
+            state_after: EmaState {
+                curricular_t: self.curricular_t(),
+                ..summary.state_after
+            },
         })
     }
 }
@@ -234,7 +240,10 @@ where
             loss: summary.loss,
             norms,
             margin_scaler,
-            state_after: summary.state_after,
+            state_after: EmaState {
+                curricular_t: self.curricular_t(),
+                ..summary.state_after
+            },
         })
     }
 
@@ -285,7 +294,10 @@ where
             loss: summary.loss,
             norms,
             margin_scaler,
-            state_after: summary.state_after,
+            state_after: EmaState {
+                curricular_t: self.curricular_t(),
+                ..summary.state_after
+            },
         })
     }
 }

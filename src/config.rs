@@ -5,11 +5,20 @@ use crate::state::EmaState;
 
 /// How the target logit of each row is modified.
 ///
-/// Every policy is the same formula with different per-row constants: the
-/// target logit is `s * (cos(clip(m1 * theta + a_i, eps, pi - eps)) - b_i)`
-/// with `theta = acos(c_iy)`. AdaFace takes `a_i = -m z_i`, `b_i = m + m z_i`
+/// The four *affine* policies (AdaFace, ArcFace, CosFace, Combined; see
+/// [`is_affine`](Self::is_affine)) are one formula with different per-row
+/// constants: the target logit is
+/// `s * (cos(clip(m1 * theta + a_i, eps, pi - eps)) - b_i)` with
+/// `theta = acos(c_iy)`. AdaFace takes `a_i = -m z_i`, `b_i = m + m z_i`
 /// from the per-row margin scaler `z_i`; the fixed margins are constants.
 /// One formula means one code path in every backend.
+///
+/// SphereFace, CurricularFace and MagFace do not fit that formula (a
+/// multiplicative margin, modulated negatives, a norm-dependent margin with
+/// a regulariser); the reference and the fast CPU backend compute them, the
+/// fused kernels (`sim`, `cuda`) SphereFace too
+/// ([`in_kernels`](Self::in_kernels)), and the other backends reject them
+/// with [`Error::UnsupportedMargin`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MarginPolicy {
     /// AdaFace: the margin adapts to the feature norm. `m` is the margin,
@@ -41,10 +50,147 @@ pub enum MarginPolicy {
         /// Additive cosine margin.
         m3: f64,
     },
+    /// SphereFace (Liu et al. 2017), the multiplicative angular margin with
+    /// its annealing: the target logit is `s (lambda cos(theta) + psi(theta))
+    /// / (1 + lambda)` with `psi(theta) = (-1)^k cos(m theta) - 2k` on
+    /// `[k pi / m, (k + 1) pi / m]`, `k = 0..m-1`. `lambda` is the annealing
+    /// weight at this step (the paper starts it large and lowers it to 5 for
+    /// `m = 4`; a trainer anneals by changing the config). The angle comes
+    /// from the clamped cosine; it is not clipped again.
+    SphereFace {
+        /// Integer angular multiplier, 1 to [`MarginPolicy::SPHEREFACE_MAX_M`] (paper: 4).
+        m: u32,
+        /// Annealing weight `lambda >= 0` (0: pure `psi`).
+        lambda: f64,
+    },
+    /// CurricularFace (Huang et al. 2020): the target logit is
+    /// `s cos(clip(theta + m, eps, pi - eps))` (ArcFace), and every negative
+    /// cosine `c_ij` above that target cosine `cos(theta_y + m)` (a hard
+    /// negative) becomes `c_ij (t + c_ij)`. `t` is an EMA of the batch mean of
+    /// the (clamped) target cosines, `t <- t_alpha mean + (1 - t_alpha) t`,
+    /// updated before it is used in every step (forward or training) and
+    /// detached (no gradient flows through `t` or the hard-negative mask). It
+    /// is kept in [`EmaState::curricular_t`] and starts at 0; `t_alpha` is
+    /// the config's EMA weight (0.01, the paper's momentum).
+    CurricularFace {
+        /// Angular margin (paper: 0.5, with `s = 64`).
+        m: f64,
+    },
+    /// MagFace (Meng et al. 2021): ArcFace with a margin that grows with the
+    /// feature norm `a = ||x||`,
+    /// `m(a) = (u_m - l_m) / (u_a - l_a) (a - l_a) + l_m` for `a` clamped to
+    /// `[l_a, u_a]`, target logit
+    /// `s cos(clip(theta + m(a), eps, pi - eps))`, plus the norm regulariser
+    /// `lambda_g g(a)`, `g(a) = a / u_a^2 + 1 / a`, averaged over the batch
+    /// and added to the loss (as the official MagFace loss does). The norm is
+    /// not detached: the gradient through `m(a)` and `g(a)` reaches the raw
+    /// features (zero where the clamp is active).
+    MagFace {
+        /// Lower norm bound `l_a > 0` (paper: 10).
+        l_a: f64,
+        /// Upper norm bound `u_a > l_a` (paper: 110).
+        u_a: f64,
+        /// Margin at `l_a` (paper: 0.45).
+        l_m: f64,
+        /// Margin at `u_a`, `>= l_m` (paper: 0.8).
+        u_m: f64,
+        /// Weight of the regulariser (paper: 35; the official code's default
+        /// is 20).
+        lambda_g: f64,
+    },
 }
 
 impl MarginPolicy {
-    /// `m1`, the factor on the angle (1 for all but [`MarginPolicy::Combined`]).
+    /// The largest SphereFace multiplier accepted.
+    pub const SPHEREFACE_MAX_M: u32 = 16;
+
+    /// SphereFace with the paper's `m = 4` and the final annealing weight
+    /// `lambda = 5`.
+    pub const fn sphere_face() -> Self {
+        MarginPolicy::SphereFace { m: 4, lambda: 5.0 }
+    }
+
+    /// CurricularFace with the paper's `m = 0.5` (use it with `s = 64`).
+    pub const fn curricular_face() -> Self {
+        MarginPolicy::CurricularFace { m: 0.5 }
+    }
+
+    /// MagFace with the paper's `l_a = 10`, `u_a = 110`, `l_m = 0.45`,
+    /// `u_m = 0.8`, `lambda_g = 35` (use it with `s = 64`).
+    pub const fn mag_face() -> Self {
+        MarginPolicy::MagFace {
+            l_a: 10.0,
+            u_a: 110.0,
+            l_m: 0.45,
+            u_m: 0.8,
+            lambda_g: 35.0,
+        }
+    }
+
+    /// The policy's name, as the eval tool and the Python package spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MarginPolicy::AdaFace { .. } => "adaface",
+            MarginPolicy::ArcFace { .. } => "arcface",
+            MarginPolicy::CosFace { .. } => "cosface",
+            MarginPolicy::Combined { .. } => "combined",
+            MarginPolicy::SphereFace { .. } => "sphereface",
+            MarginPolicy::CurricularFace { .. } => "curricularface",
+            MarginPolicy::MagFace { .. } => "magface",
+        }
+    }
+
+    /// Whether the policy is the one formula affine in the margin scaler
+    /// (AdaFace, ArcFace, CosFace, Combined), which every backend computes.
+    /// The others run on the reference and the fast CPU backend (and
+    /// SphereFace in the fused kernels, see [`in_kernels`](Self::in_kernels)).
+    pub fn is_affine(&self) -> bool {
+        matches!(
+            self,
+            MarginPolicy::AdaFace { .. }
+                | MarginPolicy::ArcFace { .. }
+                | MarginPolicy::CosFace { .. }
+                | MarginPolicy::Combined { .. }
+        )
+    }
+
+    /// `Ok` for an affine policy, [`Error::UnsupportedMargin`] naming
+    /// `backend` otherwise: the check of the backends that only compute the
+    /// affine formula.
+    pub fn require_affine(&self, backend: &'static str) -> Result<()> {
+        if self.is_affine() {
+            Ok(())
+        } else {
+            Err(Error::UnsupportedMargin {
+                policy: self.name(),
+                backend,
+            })
+        }
+    }
+
+    /// Whether the fused kernels (the `sim` and `cuda` backends) compute the
+    /// policy: the affine ones and SphereFace. CurricularFace and MagFace run
+    /// on the reference and the fast CPU backend only.
+    pub fn in_kernels(&self) -> bool {
+        self.is_affine() || matches!(self, MarginPolicy::SphereFace { .. })
+    }
+
+    /// `Ok` when the fused kernels compute the policy
+    /// ([`in_kernels`](Self::in_kernels)), [`Error::UnsupportedMargin`]
+    /// naming `backend` otherwise.
+    pub fn require_in_kernels(&self, backend: &'static str) -> Result<()> {
+        if self.in_kernels() {
+            Ok(())
+        } else {
+            Err(Error::UnsupportedMargin {
+                policy: self.name(),
+                backend,
+            })
+        }
+    }
+
+    /// `m1`, the factor on the angle (1 for all but [`MarginPolicy::Combined`];
+    /// meaningful for the affine policies only).
     pub fn angle_scale(&self) -> f64 {
         match *self {
             MarginPolicy::Combined { m1, .. } => m1,
@@ -53,13 +199,17 @@ impl MarginPolicy {
     }
 
     /// The per-row `(a, b)`: angular offset and additive offset of the target
-    /// logit, for a row whose margin scaler is `z`.
+    /// logit, for a row whose margin scaler is `z` (meaningful for the affine
+    /// policies only: the others return `(0, 0)`).
     pub fn row_offsets(&self, z: f64) -> (f64, f64) {
         match *self {
             MarginPolicy::AdaFace { m, .. } => (-m * z, m + m * z),
             MarginPolicy::ArcFace { m } => (m, 0.0),
             MarginPolicy::CosFace { m } => (0.0, m),
             MarginPolicy::Combined { m2, m3, .. } => (m2, m3),
+            MarginPolicy::SphereFace { .. }
+            | MarginPolicy::CurricularFace { .. }
+            | MarginPolicy::MagFace { .. } => (0.0, 0.0),
         }
     }
 
@@ -87,6 +237,44 @@ impl MarginPolicy {
                 check("m1", m1, m1 > 0.0, "finite and > 0")?;
                 check("m2", m2, m2 >= 0.0, "finite and >= 0")?;
                 check("m3", m3, m3 >= 0.0, "finite and >= 0")
+            }
+            MarginPolicy::SphereFace { m, lambda } => {
+                check(
+                    "m",
+                    m as f64,
+                    (1..=Self::SPHEREFACE_MAX_M).contains(&m),
+                    "an integer in 1..=16",
+                )?;
+                check("lambda", lambda, lambda >= 0.0, "finite and >= 0")
+            }
+            MarginPolicy::CurricularFace { m } => check(
+                "m",
+                m,
+                (0.0..std::f64::consts::PI).contains(&m),
+                "finite, >= 0 and < pi",
+            ),
+            MarginPolicy::MagFace {
+                l_a,
+                u_a,
+                l_m,
+                u_m,
+                lambda_g,
+            } => {
+                check("l_a", l_a, l_a > 0.0, "finite and > 0")?;
+                check("u_a", u_a, u_a > l_a, "finite and > l_a")?;
+                check(
+                    "l_m",
+                    l_m,
+                    (0.0..std::f64::consts::PI).contains(&l_m),
+                    "finite, >= 0 and < pi",
+                )?;
+                check(
+                    "u_m",
+                    u_m,
+                    u_m >= l_m && u_m < std::f64::consts::PI,
+                    "finite, >= l_m and < pi",
+                )?;
+                check("lambda_g", lambda_g, lambda_g >= 0.0, "finite and >= 0")
             }
         }
     }
@@ -126,10 +314,7 @@ impl Default for AdaFaceConfig {
             eps: 1e-3,
             norm_clip_min: 1e-3,
             norm_clip_max: 100.0,
-            initial_state: EmaState {
-                batch_mean: 20.0,
-                batch_std: 100.0,
-            },
+            initial_state: EmaState::new(20.0, 100.0),
         }
     }
 }

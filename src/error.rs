@@ -158,6 +158,14 @@ pub enum Error {
         /// What the plan allows (local bytes, threads per block).
         requirement: String,
     },
+    /// A margin policy this backend does not compute (the non-affine
+    /// policies run on the reference and the fast CPU backend only).
+    UnsupportedMargin {
+        /// The policy's name ([`MarginPolicy::name`](crate::MarginPolicy::name)).
+        policy: &'static str,
+        /// The backend that rejects it.
+        backend: &'static str,
+    },
     /// A failure reported by the CUDA driver or NVRTC.
     Backend {
         /// The driver's or compiler's message.
@@ -227,6 +235,11 @@ impl fmt::Display for Error {
                 "kernel {kernel} loaded outside its plan ({registers} registers, \
                  {local_bytes} bytes of local memory, at most {max_threads} threads per block): \
                  must have {requirement}"
+            ),
+            Error::UnsupportedMargin { policy, backend } => write!(
+                f,
+                "the {policy} margin is not supported by the {backend} backend \
+                 (use the reference or the fast CPU backend)"
             ),
             Error::Backend { message } => write!(f, "backend error: {message}"),
         }

@@ -186,6 +186,26 @@ fn parse_config(cfg: &Map<String, Value>) -> Parsed<AdaFaceConfig> {
             m2: get("m2", 0.5)?,
             m3: get("m3", 0.0)?,
         },
+        "sphereface" => {
+            let m = get("m", 4.0)?;
+            if m.fract() != 0.0 || !(0.0..=u32::MAX as f64).contains(&m) {
+                return Err(FormatError(format!(
+                    "$.config.m: SphereFace's m must be a non-negative integer, got {m}"
+                )));
+            }
+            MarginPolicy::SphereFace {
+                m: m as u32,
+                lambda: get("lambda", 5.0)?,
+            }
+        }
+        "curricularface" => MarginPolicy::CurricularFace { m: get("m", 0.5)? },
+        "magface" => MarginPolicy::MagFace {
+            l_a: get("l_a", 10.0)?,
+            u_a: get("u_a", 110.0)?,
+            l_m: get("l_m", 0.45)?,
+            u_m: get("u_m", 0.8)?,
+            lambda_g: get("lambda_g", 35.0)?,
+        },
         other => {
             return Err(FormatError(format!(
                 "$.config.margin: unknown policy {other:?}"
@@ -202,8 +222,11 @@ fn parse_config(cfg: &Map<String, Value>) -> Parsed<AdaFaceConfig> {
             get("norm_clip_max", d.norm_clip_max())?,
         )
         .initial_state(EmaState {
-            batch_mean: get("batch_mean_init", d.initial_state().batch_mean)?,
-            batch_std: get("batch_std_init", d.initial_state().batch_std)?,
+            curricular_t: get("curricular_t_init", 0.0)?,
+            ..EmaState::new(
+                get("batch_mean_init", d.initial_state().batch_mean)?,
+                get("batch_std_init", d.initial_state().batch_std)?,
+            )
         })
         .build()
         .map_err(|e| FormatError(format!("$.config: {e}")))
@@ -224,14 +247,8 @@ fn parse_step(v: &Value, path: &str) -> Parsed<Step> {
         let num = |k: &str| number(field(s, k, path)?, &format!("{path}.{k}"));
         let arr = |k: &str| numbers(field(s, k, path)?, &format!("{path}.{k}"));
         Some(Expected {
-            state_before: EmaState {
-                batch_mean: num("batch_mean_before")?,
-                batch_std: num("batch_std_before")?,
-            },
-            state_after: EmaState {
-                batch_mean: num("batch_mean_after")?,
-                batch_std: num("batch_std_after")?,
-            },
+            state_before: EmaState::new(num("batch_mean_before")?, num("batch_std_before")?),
+            state_after: EmaState::new(num("batch_mean_after")?, num("batch_std_after")?),
             loss: num("loss")?,
             norms: arr("norms")?,
             margin_scaler: arr("margin_scaler")?,
@@ -325,6 +342,10 @@ pub fn write_eval_output(device: &str, dtype: Dtype, steps: &[EvalStep]) -> Stri
                 "batch_std_after".into(),
                 json_number(s.state_after.batch_std),
             );
+            m.insert(
+                "curricular_t_after".into(),
+                json_number(s.state_after.curricular_t),
+            );
             if let Some(l) = &s.logits {
                 m.insert("logits".into(), json_numbers(l));
             }
@@ -360,8 +381,12 @@ pub fn parse_eval_output(text: &str) -> Parsed<Vec<EvalStep>> {
                 grad_features: arr("grad_features")?,
                 grad_weight: arr("grad_weight")?,
                 state_after: EmaState {
-                    batch_mean: num("batch_mean_after")?,
-                    batch_std: num("batch_std_after")?,
+                    // Optional: outputs written before CurricularFace lack it.
+                    curricular_t: match s.get("curricular_t_after") {
+                        Some(v) => number(v, &format!("{path}.curricular_t_after"))?,
+                        None => 0.0,
+                    },
+                    ..EmaState::new(num("batch_mean_after")?, num("batch_std_after")?)
                 },
                 logits: s.get("logits").map(|l| numbers(l, &path)).transpose()?,
             })

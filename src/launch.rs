@@ -45,7 +45,7 @@
 //! partials) or 54.9 MB (tiled: 50.3 MB), against 2 GB for one `B x C` f32
 //! matrix.
 
-use crate::config::AdaFaceConfig;
+use crate::config::{AdaFaceConfig, MarginPolicy};
 use crate::element::{Dtype, Element, Label};
 use crate::error::{Error, Result, Tensor};
 use crate::kernel_params::{
@@ -440,9 +440,7 @@ impl StepPlan {
 
     /// Parameters of the stats kernel.
     pub fn stats_params(&self, cfg: &AdaFaceConfig, buf: &StepBuffers) -> AdafaceStatsParams {
-        let policy = cfg.margin();
-        let (a0, b0) = policy.row_offsets(0.0);
-        let (a1, b1) = policy.row_offsets(1.0);
+        let KernelMargin { a0, a1, b0, b1, .. } = kernel_margin(&cfg.margin());
         let l = &self.workspace;
         AdafaceStatsParams {
             x: buf.x,
@@ -462,9 +460,9 @@ impl StepPlan {
             clip_max: cfg.norm_clip_max(),
             h: cfg.h(),
             a0,
-            a1: a1 - a0,
+            a1,
             b0,
-            b1: b1 - b0,
+            b1,
         }
     }
 
@@ -500,7 +498,7 @@ impl StepPlan {
             class_offset: 0,
             s: cfg.s() as f32,
             eps: cfg.eps() as f32,
-            m1: cfg.margin().angle_scale() as f32,
+            m1: kernel_margin(&cfg.margin()).m1 as f32,
             inv_batch: (1.0 / self.shape.batch as f64) as f32,
         }
     }
@@ -759,11 +757,48 @@ impl StepSummary {
             loss: rec.loss,
             norm_mean: rec.norm_mean,
             norm_std: (rec.norm_std >= 0.0).then_some(rec.norm_std),
-            state_after: EmaState {
-                batch_mean: rec.state_mean,
-                batch_std: rec.state_std,
-            },
+            // The kernels compute the affine policies only, which never
+            // move CurricularFace's t: the loss objects fill in theirs.
+            state_after: EmaState::new(rec.state_mean, rec.state_std),
         })
+    }
+}
+
+/// The margin as the kernels take it: per-row offsets affine in the margin
+/// scaler, `a_i = a0 + a1 z_i` and `b_i = b0 + b1 z_i`, and the angle factor
+/// `m1` of `adaface_target_logit` (`kernels/adaface_math.cuh`). SphereFace
+/// travels in the same fields: `m1 = -m` (a negative factor selects it) and
+/// `b_i = lambda`. CurricularFace and MagFace have no kernel form (the
+/// kernel backends reject them before planning); they get the affine
+/// formula's neutral values here.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct KernelMargin {
+    pub a0: f64,
+    pub a1: f64,
+    pub b0: f64,
+    pub b1: f64,
+    pub m1: f64,
+}
+
+/// See [`KernelMargin`].
+pub(crate) fn kernel_margin(policy: &MarginPolicy) -> KernelMargin {
+    if let MarginPolicy::SphereFace { m, lambda } = *policy {
+        return KernelMargin {
+            a0: 0.0,
+            a1: 0.0,
+            b0: lambda,
+            b1: 0.0,
+            m1: -(m as f64),
+        };
+    }
+    let (a0, b0) = policy.row_offsets(0.0);
+    let (a1, b1) = policy.row_offsets(1.0);
+    KernelMargin {
+        a0,
+        a1: a1 - a0,
+        b0,
+        b1: b1 - b0,
+        m1: policy.angle_scale(),
     }
 }
 

@@ -11,7 +11,9 @@ pub struct Diagnostics<T> {
     pub margin_scaler: Vec<T>,
     /// The clamped target cosine `c_{i, y_i}`, before the margin.
     pub target_cosine: Vec<T>,
-    /// Per-row cross-entropy `logsumexp_j(logit_ij) - logit_{i, y_i}`.
+    /// Per-row cross-entropy `logsumexp_j(logit_ij) - logit_{i, y_i}`
+    /// (MagFace: plus the row's regulariser `lambda_g g(||x_i||)`, so the
+    /// loss is always the mean of these).
     pub sample_loss: Vec<T>,
 }
 

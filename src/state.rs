@@ -4,13 +4,18 @@ use crate::error::{Error, Result};
 use crate::real::Real;
 
 /// Exponential moving averages of the batch mean and std of the clipped
-/// feature norms. Plain data: read it, store it in a checkpoint, restore it.
+/// feature norms, and CurricularFace's `t`. Plain data: read it, store it in
+/// a checkpoint, restore it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EmaState {
     /// EMA of the batch mean of the clipped norms.
     pub batch_mean: f64,
     /// EMA of the unbiased batch std of the clipped norms.
     pub batch_std: f64,
+    /// CurricularFace's `t`: the EMA of the batch mean target cosine
+    /// (starts at 0). Only [`MarginPolicy::CurricularFace`](crate::MarginPolicy::CurricularFace)
+    /// reads and moves it; every other policy carries it through unchanged.
+    pub curricular_t: f64,
 }
 
 /// Statistics of one batch and the state they lead to.
@@ -26,11 +31,12 @@ pub struct BatchStats<T> {
 }
 
 impl Default for EmaState {
-    /// The official initial state, `(20, 100)`.
+    /// The official initial state, `(20, 100)`, and CurricularFace's `t = 0`.
     fn default() -> Self {
         EmaState {
             batch_mean: 20.0,
             batch_std: 100.0,
+            curricular_t: 0.0,
         }
     }
 }
@@ -42,9 +48,24 @@ impl EmaState {
     /// margin. Real states are feature norms, far below it.
     pub const MAX_MAGNITUDE: f64 = 1e30;
 
+    /// The state `(batch_mean, batch_std)` with CurricularFace's `t = 0`.
+    pub const fn new(batch_mean: f64, batch_std: f64) -> Self {
+        EmaState {
+            batch_mean,
+            batch_std,
+            curricular_t: 0.0,
+        }
+    }
+
     /// Checks that the state can be used: both values finite and at most
-    /// [`MAX_MAGNITUDE`](Self::MAX_MAGNITUDE) in magnitude, std >= 0.
+    /// [`MAX_MAGNITUDE`](Self::MAX_MAGNITUDE) in magnitude, std >= 0, and
+    /// `curricular_t` in `[-1, 1]` (an average of cosines).
     pub fn validate(&self) -> Result<()> {
+        if !(-1.0..=1.0).contains(&self.curricular_t) {
+            return Err(Error::InvalidState {
+                reason: "curricular_t must be in [-1, 1] (an average of cosines)",
+            });
+        }
         if !self.batch_mean.is_finite() || !self.batch_std.is_finite() {
             return Err(Error::InvalidState {
                 reason: "batch_mean and batch_std must be finite",
@@ -94,7 +115,17 @@ impl EmaState {
             state_after: EmaState {
                 batch_mean: batch_mean.to_f64(),
                 batch_std: batch_std.to_f64(),
+                curricular_t: self.curricular_t,
             },
         }
     }
+}
+
+/// CurricularFace's update of `t`, computed in `T`: the EMA moves towards
+/// the mean of this batch's clamped target cosines with weight `t_alpha`.
+/// `target_cosines` must not be empty.
+pub fn curricular_t_update<T: Real>(t: f64, target_cosines: &[T], t_alpha: f64) -> T {
+    let count = T::from_f64(target_cosines.len() as f64);
+    let mean = target_cosines.iter().copied().sum::<T>() / count;
+    mean * T::from_f64(t_alpha) + T::from_f64(1.0 - t_alpha) * T::from_f64(t)
 }

@@ -113,11 +113,6 @@ mod tests {
             .unwrap();
         assert_ne!(loss.state(), start);
         assert_eq!(loss.state(), out.state_after());
-        assert!(loss
-            .set_state(EmaState {
-                batch_mean: f64::NAN,
-                batch_std: 1.0
-            })
-            .is_err());
+        assert!(loss.set_state(EmaState::new(f64::NAN, 1.0)).is_err());
     }
 }

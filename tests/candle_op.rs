@@ -65,6 +65,18 @@ fn sgd_steps_match_the_crate() {
             },
             3,
         ),
+        (MarginPolicy::SphereFace { m: 4, lambda: 5.0 }, 4),
+        (MarginPolicy::CurricularFace { m: 0.5 }, 5),
+        (
+            MarginPolicy::MagFace {
+                l_a: 1.0,
+                u_a: 20.0,
+                l_m: 0.3,
+                u_m: 0.6,
+                lambda_g: 2.0,
+            },
+            6,
+        ),
     ] {
         let (b, p, d, c) = (13, 10, 7, 19);
         let steps = 6;
@@ -121,8 +133,16 @@ fn sgd_steps_match_the_crate() {
             e_loss < 1e-5,
             "{policy:?}: losses {candle_losses:?} vs {own_losses:?}"
         );
-        assert!(e_proj < 1e-5, "{policy:?}: projection rel err {e_proj:e}");
-        assert!(e_w < 1e-5, "{policy:?}: weight rel err {e_w:e}");
+        // CurricularFace's hard negatives (s c (t + c), slope up to 3s) amplify
+        // the rounding differences of the two feature products over the steps
+        // (measured 1.6e-5 on the projection); a wrong term is far above this.
+        let tol = if matches!(policy, MarginPolicy::CurricularFace { .. }) {
+            1e-4
+        } else {
+            1e-5
+        };
+        assert!(e_proj < tol, "{policy:?}: projection rel err {e_proj:e}");
+        assert!(e_w < tol, "{policy:?}: weight rel err {e_w:e}");
         // The parameters moved: the comparison is not vacuous.
         assert!(rel_err(&pj, &proj0) > 1e-3 && rel_err(&w, &weight0) > 1e-3);
         assert!(
@@ -132,6 +152,10 @@ fn sgd_steps_match_the_crate() {
         let (sa, sb) = (head.state().unwrap(), own.state());
         assert!((sa.batch_mean - sb.batch_mean).abs() < 1e-5 * sb.batch_mean.abs());
         assert!((sa.batch_std - sb.batch_std).abs() < 1e-5 * sb.batch_std.abs());
+        assert!((sa.curricular_t - sb.curricular_t).abs() < 1e-6);
+        if matches!(policy, MarginPolicy::CurricularFace { .. }) {
+            assert!(sb.curricular_t != 0.0, "t never moved");
+        }
         let diag = head.last_diagnostics().unwrap();
         assert_eq!(diag.norms.len(), b);
     }

@@ -99,10 +99,7 @@ fn problem(seed: u64, b: usize, d: usize, c: usize) -> Problem {
 fn check<E: CpuElement>(p: &Problem, options: CpuOptions) {
     let x: Vec<E> = narrow(&p.x);
     let w: Vec<E> = narrow(&p.w);
-    let state = EmaState {
-        batch_mean: 1.5,
-        batch_std: 0.7,
-    };
+    let state = EmaState::new(1.5, 0.7);
     let want =
         reference::forward_backward(&p.cfg, &state, p.shape, &widen(&x), &widen(&w), &p.labels)
             .unwrap();
@@ -397,12 +394,7 @@ fn errors_write_nothing_and_keep_the_state() {
         ),
         Err(Error::EmptyBatch)
     );
-    assert!(loss
-        .set_state(EmaState {
-            batch_mean: f64::NAN,
-            batch_std: 1.0
-        })
-        .is_err());
+    assert!(loss.set_state(EmaState::new(f64::NAN, 1.0)).is_err());
     assert_eq!(loss.state(), state);
     let zero_tiles = CpuOptions {
         class_tile: 0,

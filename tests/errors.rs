@@ -223,18 +223,9 @@ fn empty_shapes_are_rejected() {
 fn invalid_states_are_rejected() {
     let i = inputs();
     for state in [
-        EmaState {
-            batch_mean: f64::NAN,
-            batch_std: 1.0,
-        },
-        EmaState {
-            batch_mean: 1.0,
-            batch_std: f64::INFINITY,
-        },
-        EmaState {
-            batch_mean: 1.0,
-            batch_std: -0.5,
-        },
+        EmaState::new(f64::NAN, 1.0),
+        EmaState::new(1.0, f64::INFINITY),
+        EmaState::new(1.0, -0.5),
     ] {
         assert!(matches!(
             error_of(i.shape, &i.x, &i.w, &i.y, &state),
@@ -275,11 +266,7 @@ fn invalid_configs_are_rejected_when_made() {
         ),
         (
             "initial_state",
-            b().initial_state(EmaState {
-                batch_mean: f64::NAN,
-                batch_std: 1.0,
-            })
-            .build(),
+            b().initial_state(EmaState::new(f64::NAN, 1.0)).build(),
         ),
     ];
     for (param, result) in cases {

@@ -101,6 +101,7 @@ fn published_target(policy: MarginPolicy, theta: f64, z: f64) -> f64 {
         MarginPolicy::CosFace { m } => theta.cos() - m,
         MarginPolicy::Combined { m1, m2, m3 } => (m1 * theta + m2).cos() - m3,
         MarginPolicy::AdaFace { m, .. } => (theta - m * z).cos() - m - m * z,
+        other => unreachable!("{other:?}: tests/margin_family.rs checks the others"),
     }
 }
 
@@ -112,6 +113,7 @@ fn published_target_derivative(policy: MarginPolicy, theta: f64, z: f64) -> f64 
         MarginPolicy::CosFace { .. } => 1.0,
         MarginPolicy::Combined { m1, m2, .. } => m1 * (m1 * theta + m2).sin() / sin,
         MarginPolicy::AdaFace { m, .. } => (theta - m * z).sin() / sin,
+        other => unreachable!("{other:?}: tests/margin_family.rs checks the others"),
     }
 }
 

@@ -76,22 +76,10 @@ fn tiny_weight_rows_give_finite_gradients_on_every_backend() {
 fn states_f32_cannot_carry_are_rejected_everywhere() {
     let cfg = AdaFaceConfig::default();
     for bad in [
-        EmaState {
-            batch_mean: 1e39,
-            batch_std: 1e39,
-        },
-        EmaState {
-            batch_mean: 1e300,
-            batch_std: 1.0,
-        },
-        EmaState {
-            batch_mean: -1e31,
-            batch_std: 1.0,
-        },
-        EmaState {
-            batch_mean: 20.0,
-            batch_std: 1e31,
-        },
+        EmaState::new(1e39, 1e39),
+        EmaState::new(1e300, 1.0),
+        EmaState::new(-1e31, 1.0),
+        EmaState::new(20.0, 1e31),
     ] {
         let is_state_error = |r: adaface::Result<()>| matches!(r, Err(Error::InvalidState { .. }));
         assert!(is_state_error(bad.validate()), "{bad:?}");
@@ -119,10 +107,7 @@ fn states_f32_cannot_carry_are_rejected_everywhere() {
         );
     }
     // The largest accepted state still gives a finite step in f32.
-    let edge = EmaState {
-        batch_mean: -EmaState::MAX_MAGNITUDE,
-        batch_std: EmaState::MAX_MAGNITUDE,
-    };
+    let edge = EmaState::new(-EmaState::MAX_MAGNITUDE, EmaState::MAX_MAGNITUDE);
     let (shape, x, mut w, y) = tiny_row_problem();
     w[4..8].copy_from_slice(&[0.2, 0.4, -0.1, 0.3]);
     let mut cpu = CpuAdaFace::new(cfg);
@@ -188,16 +173,7 @@ fn naive_simulated_pipeline_rejects_what_the_other_backends_reject() {
     let mut zero = w.clone();
     zero[8..16].fill(0.0);
     bad_inputs.push((zero, state));
-    for bad_state in [
-        EmaState {
-            batch_mean: 20.0,
-            batch_std: f64::NAN,
-        },
-        EmaState {
-            batch_mean: 20.0,
-            batch_std: -1.0,
-        },
-    ] {
+    for bad_state in [EmaState::new(20.0, f64::NAN), EmaState::new(20.0, -1.0)] {
         bad_inputs.push((w.clone(), bad_state));
     }
     for (w2, st) in bad_inputs {

@@ -85,10 +85,7 @@ fn one_row_batch_keeps_the_std_and_stays_finite() {
     let shape = Shape::new(1, 8, 6);
     let (x, w, y) = problem(23, shape, 2.0);
     let cfg = AdaFaceConfig::builder().t_alpha(0.3).build().unwrap();
-    let before = EmaState {
-        batch_mean: 15.0,
-        batch_std: 4.0,
-    };
+    let before = EmaState::new(15.0, 4.0);
     let step = forward_backward(&cfg, &before, shape, &x, &w, &y).unwrap();
     let n = step.diagnostics.norms[0];
     let after = step.state_after();

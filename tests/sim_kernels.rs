@@ -290,12 +290,7 @@ fn state_carries_over_steps_and_forward_chooses_whether_it_updates() {
     // Restore for a checkpoint.
     sim.set_state(state).unwrap();
     assert_eq!(sim.state().unwrap(), state);
-    assert!(sim
-        .set_state(EmaState {
-            batch_mean: f64::NAN,
-            batch_std: 1.0
-        })
-        .is_err());
+    assert!(sim.set_state(EmaState::new(f64::NAN, 1.0)).is_err());
 }
 
 #[test]

@@ -396,12 +396,7 @@ fn bad_inputs_change_nothing() {
     assert!(dx.iter().chain(&dw).chain(&dw_short).all(|&v| v == 7.0));
     assert_eq!(shard.state(), before);
     // A pending from before a state change is refused.
-    shard
-        .set_state(EmaState {
-            batch_mean: 3.0,
-            batch_std: 1.0,
-        })
-        .unwrap();
+    shard.set_state(EmaState::new(3.0, 1.0)).unwrap();
     let e = shard
         .phase2(&pending, &x, wk, &labels, &ok, &mut dx, &mut dw)
         .unwrap_err();

@@ -161,10 +161,7 @@ impl StatePtrs {
     unsafe fn read(&self) -> Result<EmaState, Error> {
         let mean = self.mean.slice::<f64>(1, "batch_mean")?[0];
         let std = self.std.slice::<f64>(1, "batch_std")?[0];
-        let st = EmaState {
-            batch_mean: mean,
-            batch_std: std,
-        };
+        let st = EmaState::new(mean, std);
         st.validate()?;
         Ok(st)
     }

@@ -179,6 +179,7 @@ impl ChunkedCuda {
         labels: &CudaSlice<L>,
         grads: Option<(&mut CudaSlice<f32>, &mut CudaSlice<f32>)>,
     ) -> Result<ChunkedStep> {
+        self.cfg.margin().require_affine("chunked cuda")?;
         let plan = chunks(shape.classes, self.chunk)?;
         let eb = std::mem::size_of::<E>();
         let layout = ChunkedLayout::new(shape, eb, self.chunk)?;

@@ -21,6 +21,8 @@ pub(crate) struct Consts {
     pub hi: f32,
     /// `1 / B`.
     pub inv_b: f32,
+    /// CurricularFace's `t` of this step (`None` for the other policies).
+    pub curricular_t: Option<f32>,
 }
 
 /// The rows of one block, as the epilogues need them.
@@ -32,6 +34,9 @@ pub(crate) struct RowBlock<'a> {
     pub target_logit: &'a [f32],
     /// `d target_logit / d c` times the clamp gate.
     pub target_dlogit: &'a [f32],
+    /// CurricularFace's hard-negative threshold of each row (empty for the
+    /// other policies).
+    pub threshold: &'a [f32],
 }
 
 /// One tile of dot products `x_hat_i . w_j` (not yet divided by `||w_j||`),
@@ -133,8 +138,21 @@ fn pass1_body(
     let inv_r = &tile.inv_r[..tile.cols];
     for (i, label) in rows.labels.iter().enumerate() {
         let row = &mut tile.data[i * tile.ld..i * tile.ld + tile.cols];
-        for (v, &ir) in row.iter_mut().zip(inv_r) {
-            *v = k.s * clamp(*v * ir, k.lo, k.hi);
+        match k.curricular_t {
+            None => {
+                for (v, &ir) in row.iter_mut().zip(inv_r) {
+                    *v = k.s * clamp(*v * ir, k.lo, k.hi);
+                }
+            }
+            Some(t) => {
+                // CurricularFace: hard negatives (above the row's threshold)
+                // become c (t + c).
+                let th = rows.threshold[i];
+                for (v, &ir) in row.iter_mut().zip(inv_r) {
+                    let c = clamp(*v * ir, k.lo, k.hi);
+                    *v = if c > th { k.s * c * (t + c) } else { k.s * c };
+                }
+            }
         }
         if let Some(t) = target_col(*label, tile.first_class, tile.cols) {
             row[t] = rows.target_logit[i];
@@ -164,16 +182,41 @@ fn pass2_body(k: &Consts, tile: Tile<'_>, rows: RowBlock<'_>, lse: &[f32]) {
     for (i, label) in rows.labels.iter().enumerate() {
         let row = &mut tile.data[i * tile.ld..i * tile.ld + tile.cols];
         let l = lse[i];
-        for (v, &ir) in row.iter_mut().zip(inv_r) {
-            let d = *v * ir;
-            let p = fastexp::exp(k.s * clamp(d, k.lo, k.hi) - l);
-            // The clamp passes the gradient only inside its bounds.
-            let gate = if k.lo <= d && d <= k.hi {
-                coef * ir
-            } else {
-                0.0
-            };
-            *v = p * gate;
+        match k.curricular_t {
+            None => {
+                for (v, &ir) in row.iter_mut().zip(inv_r) {
+                    let d = *v * ir;
+                    let p = fastexp::exp(k.s * clamp(d, k.lo, k.hi) - l);
+                    // The clamp passes the gradient only inside its bounds.
+                    let gate = if k.lo <= d && d <= k.hi {
+                        coef * ir
+                    } else {
+                        0.0
+                    };
+                    *v = p * gate;
+                }
+            }
+            Some(t) => {
+                // CurricularFace: a hard negative's logit s c (t + c) has
+                // derivative s (t + 2c); t and the mask are detached.
+                let th = rows.threshold[i];
+                for (v, &ir) in row.iter_mut().zip(inv_r) {
+                    let d = *v * ir;
+                    let c = clamp(d, k.lo, k.hi);
+                    let (logit, slope) = if c > th {
+                        (k.s * c * (t + c), t + c + c)
+                    } else {
+                        (k.s * c, 1.0)
+                    };
+                    let p = fastexp::exp(logit - l);
+                    let gate = if k.lo <= d && d <= k.hi {
+                        coef * ir * slope
+                    } else {
+                        0.0
+                    };
+                    *v = p * gate;
+                }
+            }
         }
         if let Some(t) = target_col(*label, tile.first_class, tile.cols) {
             let p = (rows.target_logit[i] - l).exp();

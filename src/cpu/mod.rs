@@ -55,6 +55,7 @@ use crate::shape::{validate_inputs, Shape};
 use crate::state::{BatchStats, EmaState};
 use epilogue::Consts;
 use passes::Plan;
+use rayon::prelude::*;
 
 /// Block sizes and the class partitioning of the fast CPU backend.
 ///
@@ -337,6 +338,7 @@ pub fn forward_backward<E: CpuElement, L: Label>(
         grad_features,
         grad_weight,
     );
+    core.add_norm_gradient(shape.dim, grad_features);
     let (loss, diagnostics, stats) = core.finish();
     Ok(CpuStep {
         loss,
@@ -403,14 +405,15 @@ impl Core {
             classes,
         } = shape;
         let plan = Plan::new(batch, dim, classes, options);
+        let labels = labels.iter().map(|l| l.to_i64() as usize).collect();
+        let rows = rows::prepare(cfg, state, dim, features, weight, labels);
         let consts = Consts {
             s: cfg.s() as f32,
             lo: -1.0 + cfg.eps() as f32,
             hi: 1.0 - cfg.eps() as f32,
             inv_b: 1.0 / batch as f32,
+            curricular_t: rows.curricular_t,
         };
-        let labels = labels.iter().map(|l| l.to_i64() as usize).collect();
-        let rows = rows::prepare(cfg, state, dim, features, weight, labels);
         let mut inv_r = vec![0.0f32; classes];
         let lse = passes::log_sum_exp(&plan, &consts, &rows, weight, &mut inv_r);
         Ok(Core {
@@ -422,13 +425,37 @@ impl Core {
         })
     }
 
+    /// MagFace: the loss depends on `||x_i||` itself (margin and
+    /// regulariser), whose gradient is `x_hat_i`. Nothing for the others.
+    fn add_norm_gradient(&self, dim: usize, grad_features: &mut [f32]) {
+        let r = &self.rows;
+        if r.dtarget_dnorm.is_empty() {
+            return;
+        }
+        let inv_b = self.consts.inv_b;
+        grad_features
+            .par_chunks_mut(dim)
+            .zip(r.x_hat.par_chunks(dim))
+            .enumerate()
+            .for_each(|(i, (g, xh))| {
+                let p = (r.target_logit[i] - self.lse[i]).exp();
+                let dnorm = ((p - 1.0) * r.dtarget_dnorm[i] + r.dreg_dnorm[i]) * inv_b;
+                g.iter_mut().zip(xh).for_each(|(gv, &x)| *gv += dnorm * x);
+            });
+    }
+
     fn finish(self) -> (f32, Diagnostics<f32>, BatchStats<f32>) {
-        let sample_loss: Vec<f32> = self
+        let mut sample_loss: Vec<f32> = self
             .lse
             .iter()
             .zip(&self.rows.target_logit)
             .map(|(&l, &t)| l - t)
             .collect();
+        // MagFace's regulariser is part of each row's loss.
+        sample_loss
+            .iter_mut()
+            .zip(&self.rows.reg)
+            .for_each(|(v, &g)| *v += g);
         let loss =
             (sample_loss.iter().map(|&v| v as f64).sum::<f64>() / sample_loss.len() as f64) as f32;
         let r = self.rows;

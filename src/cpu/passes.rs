@@ -115,7 +115,12 @@ fn row_block<'a>(rows: &'a Rows, first: usize, count: usize) -> RowBlock<'a> {
     RowBlock {
         labels: &rows.labels[r.clone()],
         target_logit: &rows.target_logit[r.clone()],
-        target_dlogit: &rows.target_dlogit[r],
+        target_dlogit: &rows.target_dlogit[r.clone()],
+        threshold: if rows.threshold.is_empty() {
+            &[]
+        } else {
+            &rows.threshold[r]
+        },
     }
 }
 

@@ -7,7 +7,8 @@ use rayon::prelude::*;
 
 use super::input::{dot, sum_squares, CpuElement};
 use crate::config::AdaFaceConfig;
-use crate::math::{batch_scalers, clamp_cosine, target_logit, MarginConsts};
+use crate::config::MarginPolicy;
+use crate::math::{batch_scalers, clamp_cosine, row_target, MarginConsts};
 use crate::state::{BatchStats, EmaState};
 
 /// Everything per row that the passes and the diagnostics need.
@@ -29,6 +30,17 @@ pub(crate) struct Rows {
     pub target_dlogit: Vec<f32>,
     /// Batch statistics and the EMA state after them.
     pub stats: BatchStats<f32>,
+    /// CurricularFace: each row's hard-negative threshold (empty otherwise).
+    pub threshold: Vec<f32>,
+    /// CurricularFace: this step's `t` (after its update).
+    pub curricular_t: Option<f32>,
+    /// MagFace: `d target_logit / d ||x_i||`, `d reg_i / d ||x_i||` and the
+    /// regulariser `reg_i` of each row (empty otherwise).
+    pub dtarget_dnorm: Vec<f32>,
+    /// See `dtarget_dnorm`.
+    pub dreg_dnorm: Vec<f32>,
+    /// See `dtarget_dnorm`.
+    pub reg: Vec<f32>,
 }
 
 /// `||w||` of one class row, widened; the same function the tiles use, so
@@ -61,24 +73,45 @@ pub(crate) fn prepare<E: CpuElement>(
             out.iter_mut().for_each(|v| *v *= inv);
         });
 
-    let (stats, scaler) = batch_scalers(&norms, state, cfg, &k);
+    let (mut stats, scaler) = batch_scalers(&norms, state, cfg, &k);
 
     let policy = cfg.margin();
     let mut target_cosine = vec![0.0f32; batch];
     let mut target_logit_v = vec![0.0f32; batch];
     let mut target_dlogit = vec![0.0f32; batch];
+    let curricular = matches!(policy, MarginPolicy::CurricularFace { .. });
+    let magface = matches!(policy, MarginPolicy::MagFace { .. });
+    let per_row = |on: bool| vec![0.0f32; if on { batch } else { 0 }];
+    let mut threshold = per_row(curricular);
+    let (mut dtarget_dnorm, mut dreg_dnorm, mut reg) =
+        (per_row(magface), per_row(magface), per_row(magface));
     let mut w_row = vec![0.0f32; dim];
     for i in 0..batch {
         let y = labels[i];
         E::widen(&weight[y * dim..(y + 1) * dim], &mut w_row);
         let raw = dot(&x_hat[i * dim..(i + 1) * dim], &w_row) * (1.0 / class_norm(&w_row));
         let (c, passes) = clamp_cosine(raw, k.eps);
-        let (a, b) = policy.row_offsets(scaler[i] as f64);
-        let (l, dl) = target_logit(c, a as f32, b as f32, &k);
+        let t = row_target(&policy, c, scaler[i], norms[i], &k);
         target_cosine[i] = c;
-        target_logit_v[i] = l;
-        target_dlogit[i] = if passes { dl } else { 0.0 };
+        target_logit_v[i] = t.logit;
+        target_dlogit[i] = if passes { t.dlogit } else { 0.0 };
+        if curricular {
+            threshold[i] = t.threshold;
+        }
+        if magface {
+            dtarget_dnorm[i] = t.dlogit_dnorm;
+            dreg_dnorm[i] = t.dreg_dnorm;
+            reg[i] = t.reg;
+        }
     }
+    // CurricularFace: t moves towards this batch's mean target cosine
+    // before the negatives use it.
+    let curricular_t = curricular.then(|| {
+        let t =
+            crate::state::curricular_t_update(state.curricular_t, &target_cosine, cfg.t_alpha());
+        stats.state_after.curricular_t = t as f64;
+        t
+    });
     Rows {
         x_hat,
         norms,
@@ -88,5 +121,10 @@ pub(crate) fn prepare<E: CpuElement>(
         target_logit: target_logit_v,
         target_dlogit,
         stats,
+        threshold,
+        curricular_t,
+        dtarget_dnorm,
+        dreg_dnorm,
+        reg,
     }
 }

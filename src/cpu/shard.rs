@@ -116,6 +116,7 @@ impl ShardedCpuAdaFace {
         sampling: Option<(&PartialFc, u64)>,
     ) -> Result<(RowPartials<f32>, CpuPending<E>)> {
         self.options.validate()?;
+        self.cfg.margin().require_affine("sharded cpu")?;
         validate_shard(&self.spec, &shape, features, weight, labels)?;
         self.state.validate()?;
         let d = shape.dim;
@@ -145,6 +146,7 @@ impl ShardedCpuAdaFace {
             lo: -1.0 + self.cfg.eps() as f32,
             hi: 1.0 - self.cfg.eps() as f32,
             inv_b: 1.0 / b as f32,
+            curricular_t: None,
         };
         let rows = prepare(&self.cfg, &self.state, d, features, active_w, local);
         let mut inv_r = vec![0.0f32; active];
@@ -346,5 +348,11 @@ fn prepare<E: CpuElement>(
         target_logit: target_logit_v,
         target_dlogit,
         stats,
+        // The sharded backend computes the affine policies only.
+        threshold: Vec::new(),
+        curricular_t: None,
+        dtarget_dnorm: Vec::new(),
+        dreg_dnorm: Vec::new(),
+        reg: Vec::new(),
     }
 }

@@ -43,6 +43,9 @@ pub struct CudaAdaFace {
     /// Compute capability 9.0: the module has the wgmma kernels.
     wgmma_capable: bool,
     state: CudaSlice<f64>,
+    /// CurricularFace's t, carried for checkpoints (the kernels compute the
+    /// affine policies only, so it never moves here).
+    curricular_t: f64,
     workspace: Option<CudaSlice<f32>>,
     last_plan: Option<StepPlan>,
     /// A device copy of the latest step's record: a rejected step has no
@@ -160,6 +163,7 @@ impl CudaAdaFace {
             limits,
             wgmma_capable,
             state,
+            curricular_t: init.curricular_t,
             workspace: None,
             last_plan: None,
             last_record: None,
@@ -212,7 +216,13 @@ impl CudaAdaFace {
         Ok(EmaState {
             batch_mean: v[0],
             batch_std: v[1],
+            curricular_t: self.curricular_t,
         })
+    }
+
+    /// CurricularFace's t as held.
+    pub(crate) fn curricular_t(&self) -> f64 {
+        self.curricular_t
     }
 
     /// Restores the EMA state (validated first), e.g. from a checkpoint.
@@ -220,7 +230,9 @@ impl CudaAdaFace {
         state.validate()?;
         self.stream
             .memcpy_htod(&[state.batch_mean, state.batch_std], &mut self.state)
-            .map_err(backend("write EMA state"))
+            .map_err(backend("write EMA state"))?;
+        self.curricular_t = state.curricular_t;
+        Ok(())
     }
 
     /// The device buffer of the EMA state, `[batch_mean, batch_std]` in
@@ -332,6 +344,7 @@ impl CudaAdaFace {
             flash: self.limits.flash && flash_aligned(x_ptr, w_ptr),
             ..self.limits
         };
+        self.cfg.margin().require_in_kernels("cuda")?;
         let plan = StepPlan::new(shape, pass, E::DTYPE, limits)?;
         let names = KernelNames::for_plan::<E, L>(&plan);
         let f_stats = self.function(&names.stats, &plan.stats)?;

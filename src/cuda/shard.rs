@@ -161,10 +161,7 @@ impl ShardedCudaAdaFace {
             .stream
             .clone_dtoh(&self.state)
             .map_err(backend("read EMA state"))?;
-        Ok(EmaState {
-            batch_mean: v[0],
-            batch_std: v[1],
-        })
+        Ok(EmaState::new(v[0], v[1]))
     }
 
     /// Restores the EMA state (validated first); a pending phase 1 is void.
@@ -249,6 +246,7 @@ impl ShardedCudaAdaFace {
         w: &impl DevicePtr<E>,
         labels: &impl DevicePtr<L>,
     ) -> Result<CudaShardPending> {
+        self.cfg.margin().require_affine("sharded cuda")?;
         self.epoch += 1;
         check_call(&shape, x.len(), w.len(), labels.len(), None)?;
         let stream = self.stream.clone();

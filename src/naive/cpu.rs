@@ -97,6 +97,7 @@ impl Materialised {
         weight: &[E],
         labels: &[L],
     ) -> Result<Self> {
+        cfg.margin().require_affine("naive cpu")?;
         validate_inputs(&shape, features, weight, labels)?;
         state.validate()?;
         let Shape {

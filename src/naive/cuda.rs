@@ -183,6 +183,7 @@ impl NaiveCuda {
         labels: &CudaSlice<L>,
         grads: Option<(&mut CudaSlice<f32>, &mut CudaSlice<f32>)>,
     ) -> Result<NaiveStep> {
+        self.cfg.margin().require_affine("naive cuda")?;
         let gemms = NaiveGemms::new(shape)?;
         let layout = NaiveLayout::new(shape, std::mem::size_of::<E>())?;
         let (e, l) = (E::SUFFIX, L::SUFFIX);

@@ -126,6 +126,7 @@ pub fn forward_backward<E: KernelElement, L: KernelLabel>(
     dx: &mut [f32],
     dw: &mut [f32],
 ) -> Result<StepSummary> {
+    cfg.margin().require_affine("naive sim")?;
     check_call(
         &shape,
         x.len(),

@@ -12,9 +12,10 @@
 use rayon::prelude::*;
 
 use crate::config::AdaFaceConfig;
+use crate::config::MarginPolicy;
 use crate::element::Label;
 use crate::error::{Result, Tensor};
-use crate::math::{batch_scalers, clamp_cosine, target_logit, MarginConsts};
+use crate::math::{batch_scalers, clamp_cosine, curricular_negative, row_target, MarginConsts};
 use crate::output::{Diagnostics, ForwardOutput, StepOutput};
 use crate::real::Real;
 use crate::shape::{validate_inputs, Shape};
@@ -31,7 +32,7 @@ pub fn forward<T: Real, L: Label>(
     weight: &[T],
     labels: &[L],
 ) -> Result<ForwardOutput<T>> {
-    let p = Pass::run(cfg, state, shape, features, weight, labels, None)?;
+    let p = Pass::run(cfg, state, shape, features, weight, labels, None, None)?;
     Ok(ForwardOutput {
         loss: p.loss,
         logits: p.logits,
@@ -50,7 +51,7 @@ pub fn forward_backward<T: Real, L: Label>(
     weight: &[T],
     labels: &[L],
 ) -> Result<StepOutput<T>> {
-    let p = Pass::run(cfg, state, shape, features, weight, labels, None)?;
+    let p = Pass::run(cfg, state, shape, features, weight, labels, None, None)?;
     let (grad_features, grad_weight) = p.backward();
     Ok(StepOutput {
         loss: p.loss,
@@ -66,7 +67,9 @@ pub fn forward_backward<T: Real, L: Label>(
 ///
 /// This is the function the analytic gradient differentiates: nothing flows
 /// through the scaler, the norm clip or the batch statistics. Finite
-/// differences of it check [`forward_backward`]'s gradients.
+/// differences of it check [`forward_backward`]'s gradients. CurricularFace's
+/// `t` is held at the config's initial state's (see [`detached_loss_at`]);
+/// MagFace's norm is not detached (its margin and regulariser depend on it).
 pub fn detached_loss<T: Real, L: Label>(
     cfg: &AdaFaceConfig,
     shape: Shape,
@@ -75,8 +78,33 @@ pub fn detached_loss<T: Real, L: Label>(
     labels: &[L],
     scalers: &[T],
 ) -> Result<T> {
+    let t = cfg.initial_state().curricular_t;
+    detached_loss_at(cfg, shape, features, weight, labels, scalers, t)
+}
+
+/// [`detached_loss`] with CurricularFace's `t` held at `curricular_t` (the
+/// value a step uses, `stats.state_after.curricular_t`, is the one its
+/// gradient holds fixed). Other policies ignore `curricular_t`.
+pub fn detached_loss_at<T: Real, L: Label>(
+    cfg: &AdaFaceConfig,
+    shape: Shape,
+    features: &[T],
+    weight: &[T],
+    labels: &[L],
+    scalers: &[T],
+    curricular_t: f64,
+) -> Result<T> {
     let state = cfg.initial_state();
-    let p = Pass::run(cfg, &state, shape, features, weight, labels, Some(scalers))?;
+    let p = Pass::run(
+        cfg,
+        &state,
+        shape,
+        features,
+        weight,
+        labels,
+        Some(scalers),
+        Some(curricular_t),
+    )?;
     Ok(p.loss)
 }
 
@@ -95,12 +123,16 @@ struct Pass<T> {
     dlogit: Vec<T>,
     logits: Vec<T>,
     lse: Vec<T>,
+    /// `d target logit / d ||x_i||` and `d reg_i / d ||x_i||` (MagFace).
+    dtarget_dnorm: Vec<T>,
+    dreg_dnorm: Vec<T>,
     loss: T,
     diagnostics: Diagnostics<T>,
     stats: BatchStats<T>,
 }
 
 impl<T: Real> Pass<T> {
+    #[allow(clippy::too_many_arguments)]
     fn run<L: Label>(
         cfg: &AdaFaceConfig,
         state: &EmaState,
@@ -109,6 +141,7 @@ impl<T: Real> Pass<T> {
         weight: &[T],
         labels: &[L],
         scalers: Option<&[T]>,
+        fixed_t: Option<f64>,
     ) -> Result<Self> {
         validate_inputs(&shape, features, weight, labels)?;
         if let Some(z) = scalers {
@@ -127,38 +160,87 @@ impl<T: Real> Pass<T> {
         let (x_norm, x_hat) = normalize_rows(features, d);
         let (w_norm, w_hat) = normalize_rows(weight, d);
 
-        let (stats, computed) = batch_scalers(&x_norm, state, cfg, &k);
+        let (mut stats, computed) = batch_scalers(&x_norm, state, cfg, &k);
         let z = scalers.map_or(computed, <[T]>::to_vec);
+
+        // CurricularFace: t moves towards this batch's mean target cosine
+        // before it is used (detached: a constant of the step).
+        let curricular_t = match policy {
+            MarginPolicy::CurricularFace { .. } => {
+                let t = match fixed_t {
+                    Some(t) => T::from_f64(t),
+                    None => {
+                        let tc: Vec<T> = (0..b)
+                            .map(|i| {
+                                let y = labels[i];
+                                let xi = &x_hat[i * d..(i + 1) * d];
+                                clamp_cosine(dot(xi, &w_hat[y * d..(y + 1) * d]), k.eps).0
+                            })
+                            .collect();
+                        crate::state::curricular_t_update(state.curricular_t, &tc, cfg.t_alpha())
+                    }
+                };
+                stats.state_after.curricular_t = t.to_f64();
+                Some(t)
+            }
+            _ => None,
+        };
 
         let mut logits = vec![T::ZERO; b * c];
         let mut dlogit = vec![T::ZERO; b * c];
         let mut target_cosine = vec![T::ZERO; b];
+        let mut dtarget_dnorm = vec![T::ZERO; b];
+        let mut dreg_dnorm = vec![T::ZERO; b];
+        let mut reg = vec![T::ZERO; b];
         logits
             .par_chunks_mut(c)
             .zip(dlogit.par_chunks_mut(c))
             .zip(target_cosine.par_iter_mut())
+            .zip(dtarget_dnorm.par_iter_mut())
+            .zip(dreg_dnorm.par_iter_mut())
+            .zip(reg.par_iter_mut())
             .enumerate()
-            .for_each(|(i, ((logit_row, dlogit_row), tc))| {
+            .for_each(|(i, (((((logit_row, dlogit_row), tc), dtn), drn), rg))| {
                 let xi = &x_hat[i * d..(i + 1) * d];
-                let (a, bb) = policy.row_offsets(z[i].to_f64());
+                let y = labels[i];
+                let (cos_y, passes_y) = clamp_cosine(dot(xi, &w_hat[y * d..(y + 1) * d]), k.eps);
+                let target = row_target(&policy, cos_y, z[i], x_norm[i], &k);
                 for j in 0..c {
+                    if j == y {
+                        logit_row[j] = target.logit;
+                        let gate = if passes_y { T::ONE } else { T::ZERO };
+                        dlogit_row[j] = target.dlogit * gate;
+                        continue;
+                    }
                     let dot = dot(xi, &w_hat[j * d..(j + 1) * d]);
                     let (cos, passes) = clamp_cosine(dot, k.eps);
                     let gate = if passes { T::ONE } else { T::ZERO };
-                    if j == labels[i] {
-                        let (l, dl) = target_logit(cos, T::from_f64(a), T::from_f64(bb), &k);
-                        logit_row[j] = l;
-                        dlogit_row[j] = dl * gate;
-                        *tc = cos;
-                    } else {
-                        logit_row[j] = k.s * cos;
-                        dlogit_row[j] = k.s * gate;
+                    match curricular_t {
+                        Some(t) if cos > target.threshold => {
+                            let (l, dl) = curricular_negative(cos, t, k.s);
+                            logit_row[j] = l;
+                            dlogit_row[j] = dl * gate;
+                        }
+                        _ => {
+                            logit_row[j] = k.s * cos;
+                            dlogit_row[j] = k.s * gate;
+                        }
                     }
                 }
+                *tc = cos_y;
+                *dtn = target.dlogit_dnorm;
+                *drn = target.dreg_dnorm;
+                *rg = target.reg;
             });
 
         let lse: Vec<T> = logits.par_chunks(c).map(logsumexp).collect();
-        let sample_loss: Vec<T> = (0..b).map(|i| lse[i] - logits[i * c + labels[i]]).collect();
+        let sample_loss: Vec<T> = if matches!(policy, MarginPolicy::MagFace { .. }) {
+            (0..b)
+                .map(|i| lse[i] - logits[i * c + labels[i]] + reg[i])
+                .collect()
+        } else {
+            (0..b).map(|i| lse[i] - logits[i * c + labels[i]]).collect()
+        };
         let loss = sample_loss.iter().copied().sum::<T>() / T::from_f64(b as f64);
 
         Ok(Pass {
@@ -177,6 +259,8 @@ impl<T: Real> Pass<T> {
             dlogit,
             logits,
             lse,
+            dtarget_dnorm,
+            dreg_dnorm,
             loss,
             stats,
         })
@@ -207,7 +291,15 @@ impl<T: Real> Pass<T> {
             for j in 0..c {
                 axpy(a[i * c + j], &self.w_hat[j * d..(j + 1) * d], out);
             }
-            project_out(out, &self.x_hat[i * d..(i + 1) * d], self.x_norm[i]);
+            let xi = &self.x_hat[i * d..(i + 1) * d];
+            project_out(out, xi, self.x_norm[i]);
+            // MagFace: the loss depends on ||x_i|| itself, whose gradient
+            // is x_hat_i.
+            let p_target = (self.logits[i * c + self.labels[i]] - self.lse[i]).exp();
+            let dnorm = ((p_target - T::ONE) * self.dtarget_dnorm[i] + self.dreg_dnorm[i]) * inv_b;
+            if dnorm != T::ZERO {
+                axpy(dnorm, xi, out);
+            }
         });
 
         let mut grad_w = vec![T::ZERO; c * d];

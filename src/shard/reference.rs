@@ -91,6 +91,7 @@ impl ShardedReference {
         labels: &[L],
         sampling: Option<(&PartialFc, u64)>,
     ) -> Result<(RowPartials<T>, ReferencePending<T>)> {
+        self.cfg.margin().require_affine("sharded reference")?;
         validate_shard(&self.spec, &shape, features, weight, labels)?;
         self.state.validate()?;
         let sampled = match sampling {

@@ -28,6 +28,8 @@ pub struct SimAdaFace {
     cfg: AdaFaceConfig,
     limits: PlanLimits,
     state: [f64; 2],
+    /// CurricularFace's t, carried for checkpoints (the kernels never move it).
+    curricular_t: f64,
     workspace: Vec<f32>,
     last_plan: Option<StepPlan>,
     /// The latest step's record: a rejected step has no diagnostics.
@@ -66,6 +68,7 @@ impl SimAdaFace {
             cfg,
             limits: PlanLimits::default(),
             state: [init.batch_mean, init.batch_std],
+            curricular_t: init.curricular_t,
             workspace: Vec::new(),
             last_plan: None,
             last_record: None,
@@ -88,13 +91,21 @@ impl SimAdaFace {
         Ok(EmaState {
             batch_mean: self.state[0],
             batch_std: self.state[1],
+            curricular_t: self.curricular_t,
         })
+    }
+
+    /// CurricularFace's t as held (the kernels compute the affine policies
+    /// only, so it never moves here).
+    pub(crate) fn curricular_t(&self) -> f64 {
+        self.curricular_t
     }
 
     /// Restores the EMA state (validated first).
     pub fn set_state(&mut self, state: EmaState) -> Result<()> {
         state.validate()?;
         self.state = [state.batch_mean, state.batch_std];
+        self.curricular_t = state.curricular_t;
         Ok(())
     }
 
@@ -173,6 +184,7 @@ impl SimAdaFace {
             flash: self.limits.flash && flash_aligned(x.as_ptr() as u64, w.as_ptr() as u64),
             ..self.limits
         };
+        self.cfg.margin().require_in_kernels("sim")?;
         let plan = StepPlan::new(shape, pass, E::DTYPE, limits)?;
         let entries = Entries::of::<E, L>()?;
         if self.workspace.len() < plan.workspace.len {

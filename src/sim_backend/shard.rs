@@ -100,10 +100,7 @@ impl ShardedSimAdaFace {
 
     /// The EMA state (identical on every shard).
     pub fn state(&self) -> EmaState {
-        EmaState {
-            batch_mean: self.state[0],
-            batch_std: self.state[1],
-        }
+        EmaState::new(self.state[0], self.state[1])
     }
 
     /// Restores an EMA state (validated first); a pending phase 1 is void.
@@ -127,6 +124,7 @@ impl ShardedSimAdaFace {
         labels: &[L],
         sampling: Option<(&PartialFc, u64)>,
     ) -> Result<(RowPartials<f32>, SimShardPending<E>)> {
+        self.cfg.margin().require_affine("sharded sim")?;
         let pending = self.phase1_kernels(shape, features, weight, labels, sampling)?;
         let b = shape.batch;
         Ok((partials_from_rows(&self.rows[..5 * b], b), pending))
