@@ -20,7 +20,7 @@
 //! Every reduction has a fixed order and the chunks run in order, so two
 //! runs are bit-identical. The CUDA implementation is [`cuda`] (feature
 //! `cuda`), the same plan on the simulator with CPU GEMMs standing in for
-//! cuBLAS is [`sim`] (feature `sim`).
+//! cuBLAS is `sim` (feature `sim`).
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
