@@ -1,16 +1,20 @@
 //! Build script: the kernels in `kernels/` serve two builds.
 //!
-//! 1. The CPU simulator (feature `sim` only): every `kernels/*.cu` (not `kernels/sim/`) is compiled
-//!    by the host C++ compiler as C++20 with `-DADAFACE_SIM`, together with the
-//!    simulator runtime in `kernels/sim/*.cpp`, into one static library. Each
-//!    `ADAFACE_KERNEL` becomes an `extern "C"` `<name>_sim` entry. Only g++
-//!    (or clang++) is needed; no CUDA.
+//! 1. The CPU simulator (feature `sim` only): every `.cu` file under
+//!    `kernels/` (sub-folders included, the self-test kernels of
+//!    `kernels/sim/` too) is compiled by the host C++ compiler as C++20 with
+//!    `-DADAFACE_SIM`, together with the simulator runtime in
+//!    `kernels/sim/*.cpp`, into one static library. Each `ADAFACE_KERNEL`
+//!    becomes an `extern "C"` `<name>_sim` entry. Only g++ (or clang++) is
+//!    needed; no CUDA.
 //! 2. NVRTC: the kernel sources flattened into single translation units
-//!    (`#include "..."` of files in `kernels/` inlined once each, the
-//!    simulator-only `sim/` includes dropped) written to `OUT_DIR`:
-//!    * `adaface_kernels.cu`: every `kernels/*.cu` except the simulator's
-//!      self-test kernels (`sim_*.cu`);
-//!    * `adaface_sim_selftest.cu`: the self-test kernels alone.
+//!    (`#include "..."` of files in `kernels/` inlined once each, looked up
+//!    next to the including file, then from `kernels/`; the simulator-only
+//!    `sim/` includes dropped) written to `OUT_DIR`:
+//!    * `adaface_kernels.cu`: every `.cu` file under `kernels/` outside
+//!      `kernels/sim/`;
+//!    * `adaface_sim_selftest.cu`: the simulator's self-test kernels
+//!      (`kernels/sim/*.cu`) alone.
 //!
 //! `ADAFACE_SIM_WERROR=1` turns warnings of the simulator build into errors (CI).
 
@@ -26,10 +30,11 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
 
     println!("cargo:rerun-if-changed=build.rs");
+    // A directory: cargo rescans every file below it, sub-folders included.
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-env-changed=ADAFACE_SIM_WERROR");
 
-    let kernel_files = list_files(&kernels, "cu");
+    let kernel_files = list_files_recursive(&kernels, "cu");
     let runtime_files = list_files(&kernels.join("sim"), "cpp");
 
     #[cfg(feature = "sim")]
@@ -37,8 +42,10 @@ fn main() {
     #[cfg(not(feature = "sim"))]
     let _ = &runtime_files;
 
-    let (selftest, production): (Vec<PathBuf>, Vec<PathBuf>) =
-        kernel_files.iter().cloned().partition(|p| is_selftest(p));
+    let (selftest, production): (Vec<PathBuf>, Vec<PathBuf>) = kernel_files
+        .iter()
+        .cloned()
+        .partition(|p| is_selftest(&kernels, p));
     write_flattened(&kernels, &production, &out_dir.join("adaface_kernels.cu"));
     write_flattened(
         &kernels,
@@ -60,10 +67,29 @@ fn list_files(dir: &Path, extension: &str) -> Vec<PathBuf> {
     files
 }
 
-fn is_selftest(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("sim_"))
+/// Files under `dir`, in every sub-folder, with the given extension, sorted
+/// by path (deterministic builds).
+fn list_files_recursive(dir: &Path, extension: &str) -> Vec<PathBuf> {
+    let mut files = list_files(dir, extension);
+    let mut dirs: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    dirs.sort();
+    for sub in dirs {
+        files.extend(list_files_recursive(&sub, extension));
+    }
+    files.sort();
+    files
+}
+
+/// The simulator's self-test kernels: the `.cu` files of `kernels/sim/`.
+fn is_selftest(kernels: &Path, path: &Path) -> bool {
+    path.strip_prefix(kernels)
+        .is_ok_and(|rel| rel.starts_with("sim"))
 }
 
 #[cfg(feature = "sim")]

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use adaface::cpu::CpuAdaFace;
 use adaface::memory::CountingAllocator;
+use adaface::testing::Rng;
 use adaface::{naive, AdaFaceConfig, Shape};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -32,19 +33,17 @@ struct Inputs {
 }
 
 fn inputs(batch: usize, dim: usize, classes: usize) -> Inputs {
-    // A cheap deterministic generator is enough: timing does not depend on
-    // the values, only on them being finite and not degenerate.
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    };
+    // Timing does not depend on the values, only on them being finite and
+    // not degenerate.
+    let mut rng = Rng::new(7);
     Inputs {
         shape: Shape::new(batch, dim, classes),
-        x: (0..batch * dim).map(|_| 6.0 * next()).collect(),
-        w: (0..classes * dim).map(|_| next()).collect(),
+        x: (0..batch * dim)
+            .map(|_| rng.uniform_f32(-3.0, 3.0))
+            .collect(),
+        w: (0..classes * dim)
+            .map(|_| rng.uniform_f32(-0.5, 0.5))
+            .collect(),
         labels: (0..batch).map(|i| ((i * 7919) % classes) as i64).collect(),
     }
 }

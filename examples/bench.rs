@@ -35,6 +35,7 @@ use std::time::Instant;
 
 use adaface::cpu::{CpuAdaFace, CpuElement, CpuOptions};
 use adaface::memory::CountingAllocator;
+use adaface::testing::Rng;
 use adaface::{AdaFaceConfig, Dtype, Shape};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -121,23 +122,6 @@ struct Measurement {
     flops: f64,
 }
 
-/// SplitMix64, for reproducible random inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn normal(&mut self) -> f64 {
-        let mut u = || {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-        };
-        let (u1, u2) = (u().max(1e-300), u());
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-}
-
 /// Median wall time of `iters` runs after three warm-ups, which measure
 /// memory (all minus `returned_bytes`): heap peak of the first call
 /// (including one-off allocations such as the matrix-multiply crate's
@@ -198,7 +182,7 @@ fn rss_growth<R>(f: impl FnOnce() -> R) -> (R, Option<usize>) {
 
 fn bench_cpu<E: CpuElement>(args: &Args) -> Result<Vec<Measurement>, String> {
     let s = args.shape;
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let x: Vec<E> = (0..s.batch * s.dim)
         .map(|_| E::from_f64(3.0 * rng.normal()))
         .collect();

@@ -10,7 +10,7 @@
 
 use std::process::ExitCode;
 
-use adaface::launch::KernelNames;
+use adaface::launch::KernelId;
 
 fn run() -> Result<(), String> {
     let mut arch = None;
@@ -31,7 +31,7 @@ fn run() -> Result<(), String> {
     let arch = arch.ok_or("--arch is required")?;
     let out = out.ok_or("--out is required")?;
     let ptx = adaface::cuda::compile_ptx(&arch).map_err(|e| e.to_string())?;
-    for name in KernelNames::all() {
+    for name in KernelId::all().map(KernelId::name) {
         if !ptx.contains(&format!(".entry {name}(")) {
             return Err(format!("entry point {name} missing from the PTX"));
         }

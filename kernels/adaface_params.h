@@ -22,7 +22,7 @@ enum AdafaceTileSizes {
     ADAFACE_TILE_CLASSES = 64,
     /* Depth (embedding dimension) per staged tile. */
     ADAFACE_TILE_DEPTH = 32,
-    /* Flash kernels (bf16, tensor cores; kernels/adaface_flash.cu): rows and
+    /* Flash kernels (bf16 and f16, tensor cores; kernels/flash/): rows and
      * classes per tile, the largest embedding dimension they take (the
      * accumulators of a 64 x D output tile live in registers), and the
      * padding, in elements, of each staged row in shared memory. */
@@ -60,15 +60,20 @@ typedef struct AdafaceStepRecord {
      * the step asked for it and no error was recorded). */
     double state_mean;
     double state_std;
+    /* Blocks of the stats kernel that have finished their rows; the last
+     * one computes the statistics and sets it back to 0 (0 between steps). */
+    uint32_t stats_arrivals;
+    uint32_t reserved;
 } AdafaceStepRecord;
 
-/* Norm statistics: one block. Validates labels and x, computes row norms,
- * the batch statistics, the updated EMA state and the per-row margin terms. */
+/* Norm statistics: any grid (one warp per row), the last block to finish
+ * validates labels and x and computes the batch statistics, the updated EMA
+ * state and the per-row margin terms. */
 typedef struct AdafaceStatsParams {
     uint64_t x;            /* const T[B * D] */
     uint64_t labels;       /* const int32 or int64 [B] */
     uint64_t state;        /* const double[2]: EMA state before the step */
-    uint64_t record;       /* AdafaceStepRecord*, reset by this kernel */
+    uint64_t record;       /* AdafaceStepRecord*, its error set by this kernel */
     uint64_t row_norm;     /* float[B]: ||x_i|| */
     uint64_t row_a;        /* float[B]: angular offset a_i */
     uint64_t row_b;        /* float[B]: additive offset b_i */
@@ -154,7 +159,7 @@ typedef struct AdafaceDxParams {
     int64_t splits;
 } AdafaceDxParams;
 
-/* Row statistics of a class-sharded step (kernels/adaface_shard.cu, one
+/* Row statistics of a class-sharded step (kernels/shard.cu, one
  * block; src/shard/kernels.rs). `rows` is float[5 * B]:
  * [max | sum-exp | target logit | target cosine | owned], the layout of
  * adaface::shard::RowPartials, reduced across shards in place. Modes:
@@ -182,7 +187,7 @@ typedef struct AdafaceShardParams {
     int64_t mode;
 } AdafaceShardParams;
 
-/* Naive baseline (adaface::naive, kernels/adaface_naive.cu): the parameters
+/* Naive baseline (adaface::naive, kernels/naive.cu): the parameters
  * of every one of its kernels. */
 typedef struct AdafaceNaiveParams {
     uint64_t x;           /* const T[B * D] */

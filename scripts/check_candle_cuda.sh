@@ -4,7 +4,7 @@
 #
 # candle's CUDA backend runs nvcc in its build script, so this installs
 # nvcc 13.0 and the headers it needs from PyPI into the venv that
-# scripts/check_kernels.sh uses (default .venv/cuda13, git-ignored; override
+# scripts/check_kernels.sh uses (default ~/.cache/adaface/cuda13, shared by every checkout; override
 # with ADAFACE_CUDA_VENV), puts nvcc on PATH and sets CUDA_COMPUTE_CAP (no
 # nvidia-smi here). Nothing is linked: linking needs libcuda, libcublas,
 # libcublasLt, libcurand, libnvrtc and libcudart, i.e. a CUDA install
@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENV="${ADAFACE_CUDA_VENV:-$PWD/.venv/cuda13}"
+VENV="${ADAFACE_CUDA_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/adaface/cuda13}"
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
@@ -26,7 +26,7 @@ SITE="$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
 CU="$SITE/nvidia/cu13"
 # The same pinned 13.0 wheels as check_kernels.sh (nvcc rejects headers of
 # another version); pip leaves them alone when they are already there.
-"$VENV/bin/pip" install --quiet -r scripts/cuda13-requirements.txt
+"$VENV/bin/python" -m pip install --quiet -r scripts/cuda13-requirements.txt
 export PATH="$CU/bin:$PATH"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 nvcc --version | tail -2 | head -1

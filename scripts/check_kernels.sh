@@ -10,13 +10,13 @@
 #
 # Installs NVRTC and nvcc/ptxas 13.0 from PyPI (scripts/cuda13-requirements.txt)
 # into a venv (default
-# .venv/cuda13, git-ignored; override with ADAFACE_CUDA_VENV). 13.0 is
+# ~/.cache/adaface/cuda13, shared by every checkout; override with ADAFACE_CUDA_VENV). 13.0 is
 # pinned: the target machine's driver (580, CUDA 13.0) cannot load PTX from
 # a newer compiler, and the nvcc wheels must all be the same version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENV="${ADAFACE_CUDA_VENV:-$PWD/.venv/cuda13}"
+VENV="${ADAFACE_CUDA_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/adaface/cuda13}"
 ARCHES="${ADAFACE_ARCHES:-sm_80 sm_90a}"
 OUT="${ADAFACE_PTX_OUT:-$PWD/target/kernel-check}"
 
@@ -27,7 +27,7 @@ fi
 # brought up to date.
 MARK="$VENV/.adaface-$(sha256sum scripts/cuda13-requirements.txt | cut -c1-16)"
 if ! "$VENV/bin/python" -c "import nvidia" 2>/dev/null || [ ! -e "$MARK" ]; then
-    "$VENV/bin/pip" install --quiet -r scripts/cuda13-requirements.txt
+    "$VENV/bin/python" -m pip install --quiet -r scripts/cuda13-requirements.txt
     touch "$MARK"
 fi
 SITE="$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')"

@@ -6,7 +6,7 @@
 # libcublas, libcublasLt, libcurand, libnvrtc and libcudart as NEEDED. The
 # toolkit libraries come from the PyPI wheels of CUDA 13.0 (the toolkit of
 # the GPU machine), installed into the venv of scripts/check_candle_cuda.sh
-# (default .venv/cuda13, git-ignored; override with ADAFACE_CUDA_VENV; the
+# (default ~/.cache/adaface/cuda13, shared by every checkout; override with ADAFACE_CUDA_VENV; the
 # wheels take about 1.2 GiB there); the directory holds `libX.so ->
 # libX.so.N` links to them, so the binary records their real SONAMEs. The
 # driver API (libcuda) has no wheel: the directory gets a stub libcuda.so
@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENV="${ADAFACE_CUDA_VENV:-$PWD/.venv/cuda13}"
+VENV="${ADAFACE_CUDA_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/adaface/cuda13}"
 OUTDIR="${ADAFACE_CUDA_LINK_DIR:-$VENV/link}"
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV" >&2
@@ -30,7 +30,7 @@ LIB="$SITE/nvidia/cu13/lib"
 if [ ! -e "$LIB/libcublas.so.13" ] || [ ! -e "$LIB/libcublasLt.so.13" ] \
     || [ ! -e "$LIB/libcurand.so.10" ] || [ ! -e "$LIB/libnvrtc.so.13" ] \
     || [ ! -e "$LIB/libcudart.so.13" ]; then
-    "$VENV/bin/pip" install --quiet --no-deps \
+    "$VENV/bin/python" -m pip install --quiet --no-deps \
         "nvidia-cublas==13.0.*" "nvidia-curand==10.4.0.*" \
         "nvidia-cuda-nvrtc==13.0.*" "nvidia-cuda-runtime==13.0.*" >&2
 fi

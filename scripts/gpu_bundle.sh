@@ -49,7 +49,7 @@ for line in sys.stdin:
 # Only what gpu_check.sh runs: the bundle must stay under the device tool's
 # limit of 64 MiB.
 cargo test --release --no-run --message-format=json 2>/dev/null \
-    | copy_artifacts "$BUNDLE/tests" test gpu_kernels sim_gpu_crosscheck naive_baseline chunked_path gates gpu_sharding
+    | copy_artifacts "$BUNDLE/tests" test gpu_kernels sim_gpu_crosscheck naive_baseline chunked_path gates gpu_sharding backends
 cargo build --release --examples --message-format=json 2>/dev/null \
     | copy_artifacts "$BUNDLE/examples" example adaface_eval bench
 # The criterion bench (GPU fused vs naive); the bench profile, like --release.
@@ -61,7 +61,7 @@ strip "$BUNDLE"/tests/* "$BUNDLE"/examples/* "$BUNDLE"/benches/* 2>/dev/null || 
 
 
 if [ "${ADAFACE_BUNDLE_CANDLE_CUDA:-0}" = 1 ]; then
-    VENV="${ADAFACE_CUDA_VENV:-$ROOT/.venv/cuda13}"
+    VENV="${ADAFACE_CUDA_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/adaface/cuda13}"
     NVCC_BIN="$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)/nvidia/cu13/bin"
     [ -x "$NVCC_BIN/nvcc" ] || { echo "error: no nvcc in $VENV: run scripts/check_candle_cuda.sh first" >&2; exit 1; }
     LINK_DIR="$(bash scripts/cuda_link_dir.sh)"

@@ -96,6 +96,12 @@ if want tests; then
         step gpu_sharding 90 ./tests/gpu_sharding --include-ignored --test-threads=1 --nocapture
     fi
 
+    # The checks every backend runs (tests/backends.rs), on the CUDA
+    # backend, if bundled.
+    if [ -x tests/backends ]; then
+        step backends_cuda 60 ./tests/backends --include-ignored --test-threads=1 --nocapture ::cuda
+    fi
+
     # The simulator's self-tests cross-checked on the GPU (sim branch), if bundled.
     if [ -x tests/sim_gpu_crosscheck ]; then
         step sim_gpu_crosscheck 60 ./tests/sim_gpu_crosscheck --include-ignored --test-threads=1 --nocapture

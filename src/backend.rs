@@ -134,13 +134,13 @@ impl<E: crate::cpu::CpuElement> AdaFaceBackend<E> for crate::cpu::CpuAdaFace {
 }
 
 #[cfg(feature = "sim")]
-impl<E: crate::launch::KernelElement> AdaFaceBackend<E> for crate::sim_backend::SimAdaFace {
+impl<E: crate::launch::KernelElement> AdaFaceBackend<E> for crate::sim::SimAdaFace {
     fn state(&self) -> Result<EmaState> {
-        crate::sim_backend::SimAdaFace::state(self)
+        crate::sim::SimAdaFace::state(self)
     }
 
     fn set_state(&mut self, state: EmaState) -> Result<()> {
-        crate::sim_backend::SimAdaFace::set_state(self, state)
+        crate::sim::SimAdaFace::set_state(self, state)
     }
 
     fn forward(
@@ -151,15 +151,9 @@ impl<E: crate::launch::KernelElement> AdaFaceBackend<E> for crate::sim_backend::
         labels: &[i64],
         update_state: bool,
     ) -> Result<StepResult> {
-        let summary = crate::sim_backend::SimAdaFace::forward(
-            self,
-            shape,
-            features,
-            weight,
-            labels,
-            update_state,
-        )?
-        .summary()?;
+        let summary =
+            crate::sim::SimAdaFace::forward(self, shape, features, weight, labels, update_state)?
+                .summary()?;
         let (norms, margin_scaler) = self.row_diagnostics()?;
         Ok(StepResult {
             loss: summary.loss,
@@ -181,7 +175,7 @@ impl<E: crate::launch::KernelElement> AdaFaceBackend<E> for crate::sim_backend::
         grad_features: &mut [f32],
         grad_weight: &mut [f32],
     ) -> Result<StepResult> {
-        let summary = crate::sim_backend::SimAdaFace::forward_backward(
+        let summary = crate::sim::SimAdaFace::forward_backward(
             self,
             shape,
             features,

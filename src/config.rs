@@ -100,6 +100,26 @@ pub enum MarginPolicy {
     },
 }
 
+/// A margin in the form the kernels take it: per-row offsets affine in the
+/// margin scaler, `a_i = a0 + a1 z_i` (angular) and `b_i = b0 + b1 z_i`
+/// (additive), and the angle factor `m1` of `adaface_target_logit`
+/// (`kernels/math.cuh`). SphereFace travels in the same fields:
+/// `m1 = -m` (a negative factor selects it) and `b_i = lambda`. See
+/// [`MarginPolicy::affine_in_z`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AffineMargin {
+    /// Angular offset at `z = 0`.
+    pub a0: f64,
+    /// Angular offset per unit of `z`.
+    pub a1: f64,
+    /// Additive offset at `z = 0`.
+    pub b0: f64,
+    /// Additive offset per unit of `z`.
+    pub b1: f64,
+    /// Factor on the angle; negative for SphereFace's multiplier.
+    pub m1: f64,
+}
+
 impl MarginPolicy {
     /// The largest SphereFace multiplier accepted.
     pub const SPHEREFACE_MAX_M: u32 = 16;
@@ -169,24 +189,53 @@ impl MarginPolicy {
     }
 
     /// Whether the fused kernels (the `sim` and `cuda` backends) compute the
-    /// policy: the affine ones and SphereFace. CurricularFace and MagFace run
-    /// on the reference and the fast CPU backend only.
+    /// policy: those with an [`affine_in_z`](Self::affine_in_z) form, the
+    /// affine ones and SphereFace. CurricularFace and MagFace run on the
+    /// reference and the fast CPU backend only.
     pub fn in_kernels(&self) -> bool {
-        self.is_affine() || matches!(self, MarginPolicy::SphereFace { .. })
+        self.affine_in_z().is_some()
     }
 
-    /// `Ok` when the fused kernels compute the policy
-    /// ([`in_kernels`](Self::in_kernels)), [`Error::UnsupportedMargin`]
-    /// naming `backend` otherwise.
-    pub fn require_in_kernels(&self, backend: &'static str) -> Result<()> {
-        if self.in_kernels() {
-            Ok(())
-        } else {
-            Err(Error::UnsupportedMargin {
-                policy: self.name(),
-                backend,
-            })
+    /// The policy as the kernels take it, when it has that form: every
+    /// policy the kernels support gives per-row offsets affine in the margin
+    /// scaler `z_i` ([`AffineMargin`]), so one parameter layout carries all
+    /// of them. `None` for CurricularFace and MagFace, whose target logit
+    /// depends on more than `z_i` (a batch EMA of target cosines, the raw
+    /// feature norm).
+    pub fn affine_in_z(&self) -> Option<AffineMargin> {
+        match *self {
+            // A constant additive term and a negative angle factor, which
+            // selects the SphereFace branch of the kernels' target logit.
+            MarginPolicy::SphereFace { m, lambda } => Some(AffineMargin {
+                a0: 0.0,
+                a1: 0.0,
+                b0: lambda,
+                b1: 0.0,
+                m1: -(m as f64),
+            }),
+            _ if self.is_affine() => {
+                let (a0, b0) = self.row_offsets(0.0);
+                let (a1, b1) = self.row_offsets(1.0);
+                Some(AffineMargin {
+                    a0,
+                    a1: a1 - a0,
+                    b0,
+                    b1: b1 - b0,
+                    m1: self.angle_scale(),
+                })
+            }
+            _ => None,
         }
+    }
+
+    /// [`affine_in_z`](Self::affine_in_z), or [`Error::UnsupportedMargin`]
+    /// naming `backend` when the kernels do not compute the policy: the
+    /// check of the fused-kernel backends before they plan a step.
+    pub fn require_affine_in_z(&self, backend: &'static str) -> Result<AffineMargin> {
+        self.affine_in_z().ok_or(Error::UnsupportedMargin {
+            policy: self.name(),
+            backend,
+        })
     }
 
     /// `m1`, the factor on the angle (1 for all but [`MarginPolicy::Combined`];

@@ -16,7 +16,7 @@ pub enum Device {
     /// The fast CPU backend ([`crate::cpu`]): `f32`, `bf16` or `f16`
     /// inputs, `f32` results; the case's `f64` inputs are rounded to the dtype.
     Cpu,
-    /// The kernels on the CPU simulator (`adaface::sim_backend`, feature `sim`), `f32`, `bf16` or `f16` inputs.
+    /// The kernels on the CPU simulator (`adaface::sim`, feature `sim`), `f32`, `bf16` or `f16` inputs.
     Sim,
     /// The kernels on GPU 0 ([`crate::cuda`]), `f32`, `bf16` or `f16` inputs.
     Cuda,
@@ -69,11 +69,11 @@ pub fn run_case(case: &Case, device: Device, dtype: Dtype) -> Result<Vec<EvalSte
             reason: format!("the fast CPU backend reads f32, bf16 or f16, not {other}"),
         }),
         #[cfg(feature = "sim")]
-        (Device::Sim, Dtype::F32) => crate::sim_backend::eval_case::<f32>(case),
+        (Device::Sim, Dtype::F32) => crate::sim::eval_case::<f32>(case),
         #[cfg(feature = "sim")]
-        (Device::Sim, Dtype::BF16) => crate::sim_backend::eval_case::<half::bf16>(case),
+        (Device::Sim, Dtype::BF16) => crate::sim::eval_case::<half::bf16>(case),
         #[cfg(feature = "sim")]
-        (Device::Sim, Dtype::F16) => crate::sim_backend::eval_case::<half::f16>(case),
+        (Device::Sim, Dtype::F16) => crate::sim::eval_case::<half::f16>(case),
         #[cfg(not(feature = "sim"))]
         (Device::Sim, Dtype::F32 | Dtype::BF16 | Dtype::F16) => Err(Error::DeviceUnavailable {
             reason: "built without the `sim` feature".into(),

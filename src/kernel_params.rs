@@ -32,10 +32,12 @@ pub struct AdafaceStepRecord {
     pub norm_std: f64,
     pub state_mean: f64,
     pub state_std: f64,
+    pub stats_arrivals: u32,
+    pub reserved: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of AdafaceStepRecord"][::core::mem::size_of::<AdafaceStepRecord>() - 56usize];
+    ["Size of AdafaceStepRecord"][::core::mem::size_of::<AdafaceStepRecord>() - 64usize];
     ["Alignment of AdafaceStepRecord"][::core::mem::align_of::<AdafaceStepRecord>() - 8usize];
     ["Offset of field: AdafaceStepRecord::error_key"]
         [::core::mem::offset_of!(AdafaceStepRecord, error_key) - 0usize];
@@ -51,6 +53,10 @@ const _: () = {
         [::core::mem::offset_of!(AdafaceStepRecord, state_mean) - 40usize];
     ["Offset of field: AdafaceStepRecord::state_std"]
         [::core::mem::offset_of!(AdafaceStepRecord, state_std) - 48usize];
+    ["Offset of field: AdafaceStepRecord::stats_arrivals"]
+        [::core::mem::offset_of!(AdafaceStepRecord, stats_arrivals) - 56usize];
+    ["Offset of field: AdafaceStepRecord::reserved"]
+        [::core::mem::offset_of!(AdafaceStepRecord, reserved) - 60usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

@@ -14,10 +14,10 @@
 //!
 //! * [`AdaFaceBackend`]: the one interface of the stateful backends (CPU,
 //!   simulator, CUDA), returning one [`StepResult`] type.
-//! * `sim_backend` (feature `sim`): the kernels on a CPU simulator.
+//! * `sim` (feature `sim`): the kernels on a CPU simulator.
 //!
-//! The modules `eval`, `golden`, `launch`, `kernel_params`, `math`, `memory`
-//! and `sim` are hidden from the documentation: they serve this crate's own
+//! The modules `eval`, `golden`, `launch`, `kernel_params`, `math` and
+//! `memory` are hidden from the documentation: they serve this crate's own
 //! tools and tests and are not part of its stable API.
 //!
 //! See `README.md` for the semantics, including where this crate defines
@@ -59,11 +59,9 @@ pub mod reference;
 pub mod shape;
 pub mod shard;
 #[cfg(feature = "sim")]
-#[doc(hidden)]
 pub mod sim;
-#[cfg(feature = "sim")]
-pub mod sim_backend;
 pub mod state;
+pub mod testing;
 pub mod trainer;
 
 pub use backend::{AdaFaceBackend, StepResult};

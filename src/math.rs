@@ -1,5 +1,5 @@
 //! Scalar formulas of the loss, shared by the CPU paths so that there is one
-//! definition of each (the kernels mirror them in `kernels/adaface_math.cuh`).
+//! definition of each (the kernels mirror them in `kernels/math.cuh`).
 
 use crate::config::AdaFaceConfig;
 use crate::real::Real;

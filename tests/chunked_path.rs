@@ -8,83 +8,24 @@
 //! normalised inputs and, for 16-bit inputs, the logit gradient to the
 //! input type, so its tolerances are the naive path's.
 
-mod kernels_common;
+mod common;
 
 use adaface::chunked::{self, ChunkedLayout};
-use adaface::launch::{KernelElement, KernelLabel};
 use adaface::{naive, AdaFaceConfig, Dtype, EmaState, Error, Shape};
+use common::*;
 use half::{bf16, f16};
-use kernels_common::*;
 
-/// (loss, dX, dW) relative-error bounds per dtype. Measured on the
-/// simulator: f32 below 8e-8 / 5e-7; bf16 below 1.5e-3 / 9e-3; f16 below
-/// 1.1e-4 / 1.4e-3. f32 is held ten times tighter than the naive path,
-/// 16-bit inputs at the naive path's
-/// (tests/naive_baseline.rs): they leave room for the rounding of the
-/// normalised inputs and of the 16-bit logit gradient, yet catch a wrong
-/// chunk offset, beta or merge (errors of order 1e-1 and more).
-fn bounds(dtype: Dtype) -> (f64, f64) {
-    match dtype {
-        Dtype::F32 => (1e-6, 1e-5),
-        Dtype::BF16 => (5e-3, 3e-2),
-        _ => (3e-3, 5e-3),
-    }
-}
-
-fn labels_as<L: KernelLabel + TryFrom<i64>>(labels: &[i64]) -> Vec<L> {
-    labels
-        .iter()
-        .map(|&l| L::try_from(l).ok().expect("label fits"))
-        .collect()
-}
-
-struct Run {
-    loss: f64,
-    state: EmaState,
-    dx: Vec<f32>,
-    dw: Vec<f32>,
-}
-
-fn run_chunked<E: KernelElement, L: KernelLabel + TryFrom<i64>>(
+/// One chunked step on the simulator from `state` (gradients start as NaN,
+/// so an unwritten element shows).
+fn run_chunked<E: StepElement, L: StepLabel>(
     cfg: &AdaFaceConfig,
     state: EmaState,
     inp: &Inputs,
     chunk: usize,
-) -> Run {
-    let x = round::<E>(&inp.x);
-    let w = round::<E>(&inp.w);
-    let labels: Vec<L> = labels_as(&inp.labels);
-    let mut dx = vec![f32::NAN; x.len()];
-    let mut dw = vec![f32::NAN; w.len()];
-    let s = chunked::sim::forward_backward(
-        cfg, state, inp.shape, chunk, &x, &w, &labels, &mut dx, &mut dw,
-    )
-    .expect("chunked step");
-    Run {
-        loss: s.loss,
-        state: s.state_after,
-        dx,
-        dw,
-    }
-}
-
-fn errors<E: KernelElement, L: KernelLabel + TryFrom<i64>>(
-    cfg: &AdaFaceConfig,
-    inp: &Inputs,
-    chunk: usize,
-) -> StepErrors {
-    let state = cfg.initial_state();
-    let r = run_chunked::<E, L>(cfg, state, inp, chunk);
-    let reference = reference_step::<E>(cfg, &state, inp);
-    StepErrors::new(r.loss, &r.dx, &r.dw, r.state, &reference)
-}
-
-fn check(e: &StepErrors, dtype: Dtype, what: &str) {
-    let (l, g) = bounds(dtype);
-    assert!(e.loss < l, "{what}: loss rel err {:e}", e.loss);
-    assert!(e.dx < g, "{what}: dX rel err {:e}", e.dx);
-    assert!(e.dw < g, "{what}: dW rel err {:e}", e.dw);
-    assert!(e.state < 1e-6, "{what}: state rel err {:e}", e.state);
+) -> StepOut {
+    Backend::SimChunked(chunk)
+        .step_as::<E, L>(cfg, state, inp)
+        .expect("chunked step")
 }
 
 #[test]
@@ -102,18 +43,20 @@ fn chunked_pipeline_on_the_simulator_matches_the_reference() {
     ];
     for (n, &(b, d, c, chunk)) in cases.iter().enumerate() {
         let inp = random_inputs(8100 + n as u64, b, d, c);
+        let labels = if n % 2 == 0 {
+            LabelType::I64
+        } else {
+            LabelType::I32
+        };
         for dtype in [Dtype::F32, Dtype::BF16, Dtype::F16] {
-            let e = match (dtype, n % 2 == 0) {
-                (Dtype::F32, true) => errors::<f32, i64>(&cfg, &inp, chunk),
-                (Dtype::F32, false) => errors::<f32, i32>(&cfg, &inp, chunk),
-                (Dtype::BF16, true) => errors::<bf16, i64>(&cfg, &inp, chunk),
-                (Dtype::BF16, false) => errors::<bf16, i32>(&cfg, &inp, chunk),
-                (_, true) => errors::<f16, i64>(&cfg, &inp, chunk),
-                (_, false) => errors::<f16, i32>(&cfg, &inp, chunk),
-            };
-            let what = format!("chunked B={b} D={d} C={c} chunk={chunk} {dtype}");
-            println!("{what}: {e:?}");
-            check(&e, dtype, &what);
+            // Bounds: `Bounds::chunked`.
+            Backend::SimChunked(chunk).check(
+                dtype,
+                labels,
+                &cfg,
+                &inp,
+                &format!("B={b} D={d} C={c} chunk={chunk}"),
+            );
         }
     }
 }
@@ -142,11 +85,8 @@ fn chunked_steps_are_bit_identical() {
     let state = cfg.initial_state();
     let a = run_chunked::<bf16, i32>(&cfg, state, &inp, 16);
     let b = run_chunked::<bf16, i32>(&cfg, state, &inp, 16);
-    assert_eq!(a.loss.to_bits(), b.loss.to_bits());
+    assert_eq!(a.bits(), b.bits());
     assert_eq!(a.state, b.state);
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-    assert_eq!(bits(&a.dx), bits(&b.dx));
-    assert_eq!(bits(&a.dw), bits(&b.dw));
     assert!(a.dx.iter().chain(&a.dw).all(|v| v.is_finite()));
 }
 
@@ -159,8 +99,8 @@ fn the_ema_state_carries_over_steps() {
         let inp = random_inputs(8400 + step, 15, 24, 61);
         let r = run_chunked::<f32, i64>(&cfg, state, &inp, 20);
         let reference = reference_step::<f32>(&cfg, &ref_state, &inp);
-        let e = StepErrors::new(r.loss, &r.dx, &r.dw, r.state, &reference);
-        e.assert_f32_accuracy(&format!("chunked step {step}"));
+        r.errors(&reference)
+            .assert_f32_accuracy(&format!("chunked step {step}"));
         state = r.state;
         ref_state = reference.state_after();
         assert!(rel(state.batch_mean, ref_state.batch_mean) < 1e-9);
@@ -369,7 +309,7 @@ fn chunked_cublas_path_on_a_gpu_matches_the_reference() {
                 );
                 let what = format!("cuBLAS chunked B={b} D={d} C={c} chunk={chunk} {}", $dtype);
                 println!("{what}: {e:?} extra {} bytes", step.extra_bytes);
-                check(&e, $dtype, &what);
+                e.assert_within(Bounds::chunked($dtype), &what);
             }};
         }
         run!(f32, Dtype::F32);

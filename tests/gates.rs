@@ -22,9 +22,9 @@
 mod common;
 
 use adaface::cpu::CpuAdaFace;
-use adaface::sim_backend::SimAdaFace;
 use adaface::{naive, reference, AdaFaceConfig, EmaState, MarginPolicy, Shape};
 use common::Rng;
+use common::SimAdaFace;
 use half::{bf16, f16};
 
 const B: usize = 4;

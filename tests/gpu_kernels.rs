@@ -5,7 +5,7 @@
 //! (scripts/gpu_check.sh does), where a missing GPU is a failure.
 #![cfg(feature = "cuda")]
 
-mod kernels_common;
+mod common;
 
 use std::sync::Arc;
 
@@ -14,10 +14,10 @@ use adaface::eval::{run_case, Device};
 use adaface::golden::parse_case;
 use adaface::launch::{KernelElement, KernelLabel, Pass, PlanLimits, StepPlan};
 use adaface::shape::validate_inputs;
-use adaface::{AdaFaceConfig, Dtype, EmaState, Error, Shape, Tensor};
+use adaface::{AdaFaceConfig, Dtype, Error, Shape, Tensor};
+use common::*;
 use cudarc::driver::{CudaStream, DeviceRepr};
 use half::{bf16, f16};
-use kernels_common::*;
 use rayon::prelude::*;
 
 fn gpu(test: &str) -> Option<Arc<CudaStream>> {
@@ -31,35 +31,25 @@ fn gpu(test: &str) -> Option<Arc<CudaStream>> {
     }
 }
 
-struct GpuStep {
-    loss: f64,
-    dx: Vec<f32>,
-    dw: Vec<f32>,
-    state: EmaState,
-}
-
 fn gpu_step<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr + TryFrom<i64>>(
     stream: &Arc<CudaStream>,
     loss: &mut CudaAdaFace,
     inp: &Inputs,
-) -> Result<GpuStep, Error> {
+) -> Result<StepOut, Error> {
     let up = |e| Error::Backend {
         message: format!("{e}"),
     };
     let x = stream.clone_htod(&round::<E>(&inp.x)).map_err(up)?;
     let w = stream.clone_htod(&round::<E>(&inp.w)).map_err(up)?;
-    let labels: Vec<L> = inp
-        .labels
-        .iter()
-        .map(|&l| L::try_from(l).ok().expect("label fits"))
-        .collect();
-    let labels = stream.clone_htod(&labels).map_err(up)?;
+    let labels = stream
+        .clone_htod(&labels_as::<L>(&inp.labels))
+        .map_err(up)?;
     let mut dx = stream.alloc_zeros::<f32>(x.len()).map_err(up)?;
     let mut dw = stream.alloc_zeros::<f32>(w.len()).map_err(up)?;
     let summary = loss
         .forward_backward(inp.shape, &x, &w, &labels, &mut dx, &mut dw)?
         .summary()?;
-    Ok(GpuStep {
+    Ok(StepOut {
         loss: summary.loss,
         dx: stream.clone_dtoh(&dx).map_err(up)?,
         dw: stream.clone_dtoh(&dw).map_err(up)?,
@@ -75,8 +65,7 @@ fn compare<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr + TryFrom<
     let mut loss = CudaAdaFace::new(stream.clone(), *cfg).expect("loss object");
     let s = gpu_step::<E, L>(stream, &mut loss, inp).expect("gpu step");
     assert_eq!(loss.state().unwrap(), s.state);
-    let r = reference_step::<E>(cfg, &cfg.initial_state(), inp);
-    StepErrors::new(s.loss, &s.dx, &s.dw, s.state, &r)
+    s.errors(&reference_step::<E>(cfg, &cfg.initial_state(), inp))
 }
 
 #[test]
@@ -89,15 +78,9 @@ fn gpu_golden_files_match_the_reference() {
         let case = parse_case(&read_golden(&path)).unwrap();
         let reference = run_case(&case, Device::Reference, Dtype::F64).unwrap();
         let gpu = run_case(&case, Device::Cuda, Dtype::F32).unwrap();
+        assert_eval_steps_close(&path.display().to_string(), &gpu, &reference);
         for (k, (g, r)) in gpu.iter().zip(&reference).enumerate() {
             let what = format!("{} step {k}", path.display());
-            let (gx, gw) = (
-                rel_norm(&g.grad_features, &r.grad_features),
-                rel_norm(&g.grad_weight, &r.grad_weight),
-            );
-            println!("{what}: loss {:e} dX {gx:e} dW {gw:e}", rel(g.loss, r.loss));
-            assert!(rel(g.loss, r.loss) < 1e-5, "{what}: loss");
-            assert!(gx < 1e-4 && gw < 1e-4, "{what}: dX {gx:e} dW {gw:e}");
             assert!(
                 rel(g.state_after.batch_mean, r.state_after.batch_mean) < 1e-6,
                 "{what}: EMA"
@@ -245,12 +228,9 @@ fn gpu_same_inputs_same_bits() {
     let inp = random_inputs(11, 129, 512, 5000);
     let run = || {
         let mut loss = CudaAdaFace::new(stream.clone(), cfg).unwrap();
-        let s = gpu_step::<bf16, i64>(&stream, &mut loss, &inp).unwrap();
-        (
-            s.loss.to_bits(),
-            s.dx.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            s.dw.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-        )
+        gpu_step::<bf16, i64>(&stream, &mut loss, &inp)
+            .unwrap()
+            .bits()
     };
     assert!(run() == run(), "two runs differ");
 }
@@ -335,7 +315,7 @@ fn gpu_training_shape_b512_d512_c1m_bf16_runs_deterministically() {
             .forward_backward(shape, &x, &w, &labels, &mut dx, &mut dw)
             .unwrap();
         let summary = step.summary().unwrap();
-        let s = GpuStep {
+        let s = StepOut {
             loss: summary.loss,
             dx: stream.clone_dtoh(&dx).unwrap(),
             dw: stream.clone_dtoh(&dw).unwrap(),
@@ -509,7 +489,7 @@ fn gpu_wgmma_kernels_match_the_reference_and_mma_sync() {
                     gpu_step::<bf16, i32>(&stream, &mut wg, &inp).expect("wgmma step")
                 };
                 let r = reference_step::<bf16>(&cfg, &cfg.initial_state(), &inp);
-                let e = StepErrors::new(s.loss, &s.dx, &s.dw, s.state, &r);
+                let e = s.errors(&r);
                 let what = format!("wgmma B={b} D={d} C={c}");
                 println!("{what}: {e:?}");
                 e.assert_f32_accuracy(&what);

@@ -202,7 +202,7 @@ fn gpu_sharded_equals_unsharded_bf16_f16() {
 #[ignore = "needs a GPU (scripts/gpu_check.sh)"]
 fn gpu_partial_fc() {
     use adaface::shard::PartialFc;
-    use adaface::sim_backend::ShardedSimAdaFace;
+    use common::ShardedSimAdaFace;
     let (b, d, c) = (13, 9, 23);
     let sizes = [5, 18];
     let specs = ShardSpec::split(&sizes).unwrap();

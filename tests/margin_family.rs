@@ -13,73 +13,25 @@
 //! Then finite differences in `f64` through the whole loss, the fast CPU
 //! backend against the reference, and bad parameters rejected.
 
+mod common;
+
 use adaface::cpu::{self, CpuAdaFace, CpuOptions};
 use adaface::math::sphere_psi;
 use adaface::{reference, AdaFaceConfig, EmaState, Error, MarginPolicy, Shape};
+use common::{margin_cfg as cfg, Inputs, RowNorms};
 use std::f64::consts::PI;
 
-/// SplitMix64 with Box-Muller: seeded, never zeros.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-}
-
-struct Inputs {
-    shape: Shape,
-    x: Vec<f64>,
-    w: Vec<f64>,
-    y: Vec<u32>,
-}
-
-/// Rows lean towards their class rows (target cosines spread over (0, 1));
-/// row norms spread over `norm_lo..norm_hi`.
+/// Rows leaning towards their class rows (target cosines spread over
+/// (0, 1)); row norms spread over `norm_lo..norm_hi`.
 fn inputs(seed: u64, b: usize, d: usize, c: usize, norm_lo: f64, norm_hi: f64) -> Inputs {
-    let mut rng = Rng(seed);
-    let w: Vec<f64> = (0..c * d).map(|_| rng.normal()).collect();
-    let y: Vec<u32> = (0..b).map(|_| (rng.next_u64() % c as u64) as u32).collect();
-    let mut x = vec![0.0; b * d];
-    for i in 0..b {
-        let pull = 0.2 + 1.5 * rng.uniform();
-        let row: Vec<f64> = (0..d)
-            .map(|k| rng.normal() + pull * w[y[i] as usize * d + k])
-            .collect();
-        let n = row.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let target = norm_lo + (norm_hi - norm_lo) * rng.uniform();
-        for k in 0..d {
-            x[i * d + k] = row[k] / n * target;
-        }
-    }
-    Inputs {
-        shape: Shape::new(b, d, c),
-        x,
-        w,
-        y,
-    }
+    Inputs::leaning(
+        seed,
+        Shape::new(b, d, c),
+        RowNorms::Between(norm_lo, norm_hi),
+    )
 }
 
 const EPS: f64 = 1e-3;
-
-fn cfg(policy: MarginPolicy, s: f64) -> AdaFaceConfig {
-    AdaFaceConfig::builder()
-        .margin(policy)
-        .s(s)
-        .build()
-        .expect("valid config")
-}
 
 fn cosines(x: &[f64], w: &[f64], shape: Shape) -> Vec<f64> {
     let (b, d, c) = (shape.batch, shape.dim, shape.classes);
@@ -104,7 +56,7 @@ fn published(policy: MarginPolicy, s: f64, inp: &Inputs, x: &[f64], t: f64) -> (
     let mut logits = vec![0.0; b * c];
     let mut reg = 0.0;
     for i in 0..b {
-        let y = inp.y[i] as usize;
+        let y = inp.labels[i] as usize;
         let cy = cos[i * c + y];
         let theta = cy.acos();
         let norm = x[i * d..(i + 1) * d]
@@ -147,7 +99,7 @@ fn published(policy: MarginPolicy, s: f64, inp: &Inputs, x: &[f64], t: f64) -> (
         .map(|(i, row)| {
             let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-            lse - row[inp.y[i] as usize]
+            lse - row[inp.labels[i] as usize]
         })
         .sum();
     (logits, (ce + reg) / b as f64)
@@ -159,7 +111,7 @@ fn published_t(inp: &Inputs, t0: f64) -> f64 {
     let c = inp.shape.classes;
     let cos = cosines(&inp.x, &inp.w, inp.shape);
     let mean = (0..inp.shape.batch)
-        .map(|i| cos[i * c + inp.y[i] as usize])
+        .map(|i| cos[i * c + inp.labels[i] as usize])
         .sum::<f64>()
         / inp.shape.batch as f64;
     0.01 * mean + 0.99 * t0
@@ -259,7 +211,7 @@ fn logits_loss_and_state_match_the_published_formulas() {
                 ..EmaState::default()
             };
             let inp = inputs(300 + n as u64, b, d, c, 2.0, 130.0);
-            let out = reference::forward(&cfg, &state, inp.shape, &inp.x, &inp.w, &inp.y)
+            let out = reference::forward(&cfg, &state, inp.shape, &inp.x, &inp.w, &inp.labels)
                 .expect("forward");
             let t = if matches!(policy, MarginPolicy::CurricularFace { .. }) {
                 let t = published_t(&inp, 0.25);
@@ -298,8 +250,8 @@ fn hard_negatives(policy: MarginPolicy, inp: &Inputs) -> usize {
     let cos = cosines(&inp.x, &inp.w, inp.shape);
     let mut hard = 0;
     for i in 0..inp.shape.batch {
-        let th = (cos[i * c + inp.y[i] as usize].acos() + m).cos();
-        for j in (0..c).filter(|&j| j != inp.y[i] as usize) {
+        let th = (cos[i * c + inp.labels[i] as usize].acos() + m).cos();
+        for j in (0..c).filter(|&j| j != inp.labels[i] as usize) {
             let gap = cos[i * c + j] - th;
             assert!(
                 gap.abs() > 1e-4,
@@ -322,8 +274,9 @@ fn gradients_match_finite_differences_of_the_whole_loss() {
             curricular_t: 0.4,
             ..EmaState::default()
         };
-        let step = reference::forward_backward(&cfg, &state, inp.shape, &inp.x, &inp.w, &inp.y)
-            .expect("step");
+        let step =
+            reference::forward_backward(&cfg, &state, inp.shape, &inp.x, &inp.w, &inp.labels)
+                .expect("step");
         if matches!(policy, MarginPolicy::CurricularFace { .. }) {
             assert!(hard_negatives(policy, &inp) > 0, "no hard negative to test");
         }
@@ -333,11 +286,11 @@ fn gradients_match_finite_differences_of_the_whole_loss() {
         let t = step.stats.state_after.curricular_t;
         let z = step.diagnostics.margin_scaler.clone();
         let loss = |x: &[f64], w: &[f64]| -> f64 {
-            let whole = reference::forward(&cfg, &state, inp.shape, x, w, &inp.y)
+            let whole = reference::forward(&cfg, &state, inp.shape, x, w, &inp.labels)
                 .expect("forward")
                 .loss;
-            let detached =
-                reference::detached_loss_at(&cfg, inp.shape, x, w, &inp.y, &z, t).expect("loss");
+            let detached = reference::detached_loss_at(&cfg, inp.shape, x, w, &inp.labels, &z, t)
+                .expect("loss");
             if matches!(policy, MarginPolicy::CurricularFace { .. }) {
                 detached
             } else {
@@ -381,7 +334,7 @@ fn magface_regulariser_gradient_reaches_the_raw_features_along_the_norm() {
         }
     }
     let st = EmaState::default();
-    let out = reference::forward_backward(&cfg, &st, inp.shape, &x, &inp.w, &inp.y).unwrap();
+    let out = reference::forward_backward(&cfg, &st, inp.shape, &x, &inp.w, &inp.labels).unwrap();
     let mut want_loss = 0.0;
     for i in 0..b {
         let a = norms[i];
@@ -421,10 +374,10 @@ fn fast_cpu_backend_agrees_with_the_reference_over_steps() {
             let mut state = cfg.initial_state();
             for step in 0..3 {
                 let exact =
-                    reference::forward_backward(&cfg, &state, inp.shape, &x64, &w64, &inp.y)
+                    reference::forward_backward(&cfg, &state, inp.shape, &x64, &w64, &inp.labels)
                         .unwrap();
                 let got = fast
-                    .forward_backward_alloc(inp.shape, &x32, &w32, &inp.y)
+                    .forward_backward_alloc(inp.shape, &x32, &w32, &inp.labels)
                     .unwrap();
                 let tag = format!("{policy:?} {b}x{d}x{c} step {step}");
                 assert!(
@@ -458,11 +411,14 @@ fn fast_cpu_forward_agrees_and_can_leave_t_alone() {
     let w32: Vec<f32> = inp.w.iter().map(|&v| v as f32).collect();
     let mut fast = CpuAdaFace::new(cfg);
     let before = fast.state();
-    let out = fast.forward(inp.shape, &x32, &w32, &inp.y, false).unwrap();
+    let out = fast
+        .forward(inp.shape, &x32, &w32, &inp.labels, false)
+        .unwrap();
     assert_eq!(fast.state(), before);
     let t = published_t(&inp, 0.0);
     assert!((out.stats.state_after.curricular_t - t).abs() < 1e-6);
-    fast.forward(inp.shape, &x32, &w32, &inp.y, true).unwrap();
+    fast.forward(inp.shape, &x32, &w32, &inp.labels, true)
+        .unwrap();
     assert!((fast.state().curricular_t - t).abs() < 1e-6);
     // The stateless entry point agrees.
     let again = cpu::forward(
@@ -472,7 +428,7 @@ fn fast_cpu_forward_agrees_and_can_leave_t_alone() {
         inp.shape,
         &x32,
         &w32,
-        &inp.y,
+        &inp.labels,
     )
     .unwrap();
     assert_eq!(again.loss, out.loss);
@@ -542,7 +498,7 @@ fn bad_parameters_are_rejected() {
                 inp.shape,
                 &inp.x,
                 &inp.w,
-                &inp.y
+                &inp.labels
             ),
             Err(Error::InvalidState { .. })
         ));
@@ -564,30 +520,30 @@ fn backends_without_the_policy_reject_it_and_change_nothing() {
             )
         };
         unsupported(
-            adaface::naive::cpu::forward_backward(&cfg, &st, inp.shape, &x32, &w32, &inp.y)
+            adaface::naive::cpu::forward_backward(&cfg, &st, inp.shape, &x32, &w32, &inp.labels)
                 .unwrap_err(),
         );
         let spec = adaface::shard::ShardSpec::new(0, 10, 10).unwrap();
         let shard = adaface::cpu::ShardedCpuAdaFace::new(cfg, spec);
         unsupported(
             shard
-                .phase1(inp.shape, &x32, &w32, &inp.y, None)
+                .phase1(inp.shape, &x32, &w32, &inp.labels, None)
                 .unwrap_err(),
         );
         assert_eq!(shard.state(), st);
         #[cfg(feature = "sim")]
         if !policy.in_kernels() {
-            let mut sim = adaface::sim_backend::SimAdaFace::new(cfg);
+            let mut sim = common::SimAdaFace::new(cfg);
             let (mut dx, mut dw) = (vec![7.0f32; x32.len()], vec![7.0f32; w32.len()]);
-            let labels: Vec<i64> = inp.y.iter().map(|&v| v as i64).collect();
+            let labels = &inp.labels;
             unsupported(
-                sim.forward_backward(inp.shape, &x32, &w32, &labels, &mut dx, &mut dw)
+                sim.forward_backward(inp.shape, &x32, &w32, labels, &mut dx, &mut dw)
                     .unwrap_err(),
             );
             assert!(dx.iter().chain(&dw).all(|&v| v == 7.0), "outputs written");
             assert_eq!(sim.state().unwrap(), st);
             unsupported(
-                sim.forward(inp.shape, &x32, &w32, &labels, true)
+                sim.forward(inp.shape, &x32, &w32, labels, true)
                     .unwrap_err(),
             );
             assert_eq!(sim.state().unwrap(), st);
@@ -607,19 +563,19 @@ fn affine_policies_carry_t_through_every_backend_state() {
     };
     let mut fast = CpuAdaFace::new(cfg);
     fast.set_state(st).unwrap();
-    fast.forward_backward_alloc(inp.shape, &x32, &w32, &inp.y)
+    fast.forward_backward_alloc(inp.shape, &x32, &w32, &inp.labels)
         .unwrap();
     assert_eq!(fast.state().curricular_t, -0.3);
     assert_ne!(fast.state().batch_mean, st.batch_mean);
     #[cfg(feature = "sim")]
     {
         use adaface::AdaFaceBackend;
-        let mut sim = adaface::sim_backend::SimAdaFace::new(cfg);
+        let mut sim = common::SimAdaFace::new(cfg);
         sim.set_state(st).unwrap();
         let (mut dx, mut dw) = (vec![0.0f32; x32.len()], vec![0.0f32; w32.len()]);
-        let labels: Vec<i64> = inp.y.iter().map(|&v| v as i64).collect();
+        let labels = &inp.labels;
         let r = AdaFaceBackend::<f32>::forward_backward(
-            &mut sim, inp.shape, &x32, &w32, &labels, &mut dx, &mut dw,
+            &mut sim, inp.shape, &x32, &w32, labels, &mut dx, &mut dw,
         )
         .unwrap();
         assert_eq!(r.state_after.curricular_t, -0.3);
@@ -629,10 +585,20 @@ fn affine_policies_carry_t_through_every_backend_state() {
 
 #[test]
 fn eval_case_files_name_the_new_policies_and_their_parameters() {
+    // The checks below compare values read back from text bit for bit: case
+    // files must carry every double exactly, on any inputs.
+    for seed in [11u64, 17, 29, 41] {
+        eval_case_files_round_trip(seed);
+    }
+}
+
+/// One case file per new policy on the inputs of `seed`: parsed, run on the
+/// reference and the CPU backend, written and read back exactly.
+fn eval_case_files_round_trip(seed: u64) {
     use adaface::eval::{run_case, Device};
     use adaface::golden::{parse_case, parse_eval_output, write_eval_output};
     use adaface::Dtype;
-    let inp = inputs(11, 3, 4, 5, 5.0, 60.0);
+    let inp = inputs(seed, 3, 4, 5, 5.0, 60.0);
     let nums = |v: &[f64]| {
         v.iter()
             .map(|x| format!("{x:e}"))
@@ -640,7 +606,7 @@ fn eval_case_files_name_the_new_policies_and_their_parameters() {
             .join(",")
     };
     let labels = inp
-        .y
+        .labels
         .iter()
         .map(|v| v.to_string())
         .collect::<Vec<_>>()
@@ -684,7 +650,8 @@ fn eval_case_files_name_the_new_policies_and_their_parameters() {
         let mut st = case.config.initial_state();
         for (k, (e, f)) in exact.iter().zip(&fast).enumerate() {
             let want =
-                reference::forward(&case.config, &st, inp.shape, &inp.x, &inp.w, &inp.y).unwrap();
+                reference::forward(&case.config, &st, inp.shape, &inp.x, &inp.w, &inp.labels)
+                    .unwrap();
             assert_eq!(e.loss, want.loss, "{margin} step {k}");
             assert_eq!(e.state_after, want.stats.state_after);
             st = want.stats.state_after;

@@ -9,70 +9,19 @@
 //! and the fixed margins as AdaFace at `z = -1` (ArcFace) and `z = 0` (CosFace).
 //! Everything runs in `f64`, where the reference is exact to rounding.
 
+mod common;
+
 use adaface::math::{target_logit, MarginConsts};
 use adaface::{reference, AdaFaceConfig, EmaState, MarginPolicy, Shape};
+use common::{margin_cfg as cfg, Inputs, Rng, RowNorms};
 
-/// SplitMix64 with Box-Muller: seeded, never zeros.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-    fn normals(&mut self, n: usize, scale: f64) -> Vec<f64> {
-        (0..n).map(|_| scale * self.normal()).collect()
-    }
-}
-
-/// A step's inputs: features whose rows lean towards their class rows, so
-/// that the target cosines spread over (0, 1) and the loss is not flat.
-struct Inputs {
-    shape: Shape,
-    x: Vec<f64>,
-    w: Vec<f64>,
-    y: Vec<u32>,
-}
-
+/// Rows leaning towards their class rows (target cosines spread over
+/// (0, 1), so the loss is not flat), scaled by `feature_scale`.
 fn inputs(seed: u64, b: usize, d: usize, c: usize, feature_scale: f64) -> Inputs {
-    let mut rng = Rng(seed);
-    let w = rng.normals(c * d, 1.0);
-    let y: Vec<u32> = (0..b).map(|_| (rng.next_u64() % c as u64) as u32).collect();
-    let mut x = rng.normals(b * d, 1.0);
-    for i in 0..b {
-        let pull = 0.3 + 1.2 * rng.uniform();
-        let yi = y[i] as usize;
-        for k in 0..d {
-            x[i * d + k] = feature_scale * (x[i * d + k] + pull * w[yi * d + k]);
-        }
-    }
-    Inputs {
-        shape: Shape::new(b, d, c),
-        x,
-        w,
-        y,
-    }
+    Inputs::leaning(seed, Shape::new(b, d, c), RowNorms::Scaled(feature_scale))
 }
 
 const EPS: f64 = 1e-3;
-
-fn cfg(policy: MarginPolicy, s: f64) -> AdaFaceConfig {
-    AdaFaceConfig::builder()
-        .margin(policy)
-        .s(s)
-        .build()
-        .expect("valid config")
-}
 
 fn policies() -> Vec<MarginPolicy> {
     vec![
@@ -180,7 +129,7 @@ fn published_logits(
     for (i, row) in logits.chunks_mut(c).enumerate() {
         for (j, v) in row.iter_mut().enumerate() {
             let cos = v.clamp(-1.0 + EPS, 1.0 - EPS);
-            *v = if j == inp.y[i] as usize {
+            *v = if j == inp.labels[i] as usize {
                 s * published_target(policy, cos.acos(), z[i])
             } else {
                 s * cos
@@ -206,7 +155,7 @@ fn published_loss(
         .map(|(i, row)| {
             let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-            lse - row[inp.y[i] as usize]
+            lse - row[inp.labels[i] as usize]
         })
         .sum();
     total / inp.shape.batch as f64
@@ -231,7 +180,7 @@ fn assert_smooth(policy: MarginPolicy, inp: &Inputs, z: &[f64]) {
                 "cosine {v} too close to the clamp"
             );
         }
-        let theta = row[inp.y[i] as usize].acos();
+        let theta = row[inp.labels[i] as usize].acos();
         let (a, _) = policy.row_offsets(z[i]);
         let t = policy.angle_scale() * theta + a;
         assert!(
@@ -249,7 +198,7 @@ fn logits_and_loss_match_the_published_formulas() {
             let cfg = cfg(policy, s);
             let state = EmaState::default();
             let inp = inputs(100 + k as u64, b, d, c, 3.0);
-            let out = reference::forward(&cfg, &state, inp.shape, &inp.x, &inp.w, &inp.y)
+            let out = reference::forward(&cfg, &state, inp.shape, &inp.x, &inp.w, &inp.labels)
                 .expect("forward");
             // B = 1 has no unbiased std: the crate keeps the old one (documented),
             // so the scaler is computed here from the crate's own state after.
@@ -286,7 +235,7 @@ fn logits_and_loss_match_the_published_formulas() {
 
 #[test]
 fn target_logit_and_its_derivative_match_the_published_formulas() {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     for policy in policies() {
         let cfg = cfg(policy, 30.0);
         let k = MarginConsts::<f64>::new(&cfg);
@@ -352,7 +301,7 @@ fn finite_differences_of_the_published_loss_match_the_gradients() {
         let inp = inputs(200 + k as u64, 5, 7, 11, 2.0);
         let z = published_scaler(&cfg, &state, &inp);
         assert_smooth(policy, &inp, &z);
-        let out = reference::forward_backward(&cfg, &state, inp.shape, &inp.x, &inp.w, &inp.y)
+        let out = reference::forward_backward(&cfg, &state, inp.shape, &inp.x, &inp.w, &inp.labels)
             .expect("step");
 
         let h = 1e-6;
@@ -389,8 +338,10 @@ fn finite_differences_of_the_published_loss_match_the_gradients() {
 
 fn assert_same_step(a: &AdaFaceConfig, b: &AdaFaceConfig, inp: &Inputs) -> Vec<f64> {
     let state = EmaState::default();
-    let oa = reference::forward_backward(a, &state, inp.shape, &inp.x, &inp.w, &inp.y).unwrap();
-    let ob = reference::forward_backward(b, &state, inp.shape, &inp.x, &inp.w, &inp.y).unwrap();
+    let oa =
+        reference::forward_backward(a, &state, inp.shape, &inp.x, &inp.w, &inp.labels).unwrap();
+    let ob =
+        reference::forward_backward(b, &state, inp.shape, &inp.x, &inp.w, &inp.labels).unwrap();
     assert!(
         (oa.loss - ob.loss).abs() <= 1e-12 * ob.loss.abs(),
         "loss {} vs {}",
@@ -440,14 +391,14 @@ fn adaface_at_z_plus_one_is_a_negative_angular_margin_with_twice_the_additive_on
         inp.shape,
         &inp.x,
         &inp.w,
-        &inp.y,
+        &inp.labels,
     )
     .unwrap();
     assert!(out.diagnostics.margin_scaler.iter().all(|&v| v == 1.0));
     let c = inp.shape.classes;
     for (i, &tc) in out.diagnostics.target_cosine.iter().enumerate() {
         let want = s * ((tc.acos() - m).cos() - 2.0 * m);
-        let got = out.logits[i * c + inp.y[i] as usize];
+        let got = out.logits[i * c + inp.labels[i] as usize];
         assert!((got - want).abs() < 1e-12 * want.abs().max(1.0));
     }
 }
@@ -462,8 +413,8 @@ fn fixed_margins_ignore_the_norms() {
         let mut b = inputs(400, 8, 12, 19, 1.0);
         b.x.iter_mut().for_each(|v| *v *= 7.0);
         let state = EmaState::default();
-        let oa = reference::forward_backward(&cfg, &state, a.shape, &a.x, &a.w, &a.y).unwrap();
-        let ob = reference::forward_backward(&cfg, &state, b.shape, &b.x, &b.w, &b.y).unwrap();
+        let oa = reference::forward_backward(&cfg, &state, a.shape, &a.x, &a.w, &a.labels).unwrap();
+        let ob = reference::forward_backward(&cfg, &state, b.shape, &b.x, &b.w, &b.labels).unwrap();
         assert!((oa.loss - ob.loss).abs() < 1e-12 * oa.loss.abs());
         let scaled: Vec<f64> = ob.grad_features.iter().map(|v| v * 7.0).collect();
         assert!(rel_err(&scaled, &oa.grad_features) < 1e-12);

@@ -5,53 +5,12 @@
 //! 16-bit inputs, the logit gradient to the input type (as a mixed-precision
 //! framework would), so its tolerances are looser than the fused kernels'.
 
-mod kernels_common;
+mod common;
 
-use adaface::launch::{KernelElement, KernelLabel};
-use adaface::naive::{self, NaiveLayout};
+use adaface::naive::NaiveLayout;
 use adaface::{AdaFaceConfig, Dtype, Shape};
+use common::*;
 use half::{bf16, f16};
-use kernels_common::*;
-
-/// (loss, dX, dW) relative-error bounds per dtype. Measured on the
-/// simulator: f32 about 2e-8 / 1e-6; bf16 about 6e-4 / 6e-3; f16 about
-/// 3e-4 / 1e-3. Bounds leave room yet catch a wrong GEMM layout (errors of
-/// order 1).
-fn bounds(dtype: Dtype) -> (f64, f64) {
-    match dtype {
-        Dtype::F32 => (1e-5, 1e-4),
-        Dtype::BF16 => (5e-3, 3e-2),
-        _ => (3e-3, 5e-3),
-    }
-}
-
-fn sim_naive<E: KernelElement, L: KernelLabel + TryFrom<i64>>(
-    cfg: &AdaFaceConfig,
-    inp: &Inputs,
-) -> StepErrors {
-    let x = round::<E>(&inp.x);
-    let w = round::<E>(&inp.w);
-    let labels: Vec<L> = inp
-        .labels
-        .iter()
-        .map(|&l| L::try_from(l).ok().expect("label fits"))
-        .collect();
-    let mut dx = vec![0.0f32; x.len()];
-    let mut dw = vec![0.0f32; w.len()];
-    let state = cfg.initial_state();
-    let s = naive::sim::forward_backward(cfg, state, inp.shape, &x, &w, &labels, &mut dx, &mut dw)
-        .expect("naive step");
-    let r = reference_step::<E>(cfg, &state, inp);
-    StepErrors::new(s.loss, &dx, &dw, s.state_after, &r)
-}
-
-fn check(e: &StepErrors, dtype: Dtype, what: &str) {
-    let (l, g) = bounds(dtype);
-    assert!(e.loss < l, "{what}: loss rel err {:e}", e.loss);
-    assert!(e.dx < g, "{what}: dX rel err {:e}", e.dx);
-    assert!(e.dw < g, "{what}: dW rel err {:e}", e.dw);
-    assert!(e.state < 1e-6, "{what}: state rel err {:e}", e.state);
-}
 
 #[test]
 fn naive_pipeline_on_the_simulator_matches_the_reference() {
@@ -61,18 +20,14 @@ fn naive_pipeline_on_the_simulator_matches_the_reference() {
         .enumerate()
     {
         let inp = random_inputs(7000 + n as u64, b, d, c);
+        let labels = if n % 2 == 0 {
+            LabelType::I64
+        } else {
+            LabelType::I32
+        };
         for dtype in [Dtype::F32, Dtype::BF16, Dtype::F16] {
-            let e = match (dtype, n % 2 == 0) {
-                (Dtype::F32, true) => sim_naive::<f32, i64>(&cfg, &inp),
-                (Dtype::F32, false) => sim_naive::<f32, i32>(&cfg, &inp),
-                (Dtype::BF16, true) => sim_naive::<bf16, i64>(&cfg, &inp),
-                (Dtype::BF16, false) => sim_naive::<bf16, i32>(&cfg, &inp),
-                (_, true) => sim_naive::<f16, i64>(&cfg, &inp),
-                (_, false) => sim_naive::<f16, i32>(&cfg, &inp),
-            };
-            let what = format!("naive B={b} D={d} C={c} {dtype}");
-            println!("{what}: {e:?}");
-            check(&e, dtype, &what);
+            // Bounds: `Bounds::naive`.
+            Backend::SimNaive.check(dtype, labels, &cfg, &inp, &format!("B={b} D={d} C={c}"));
         }
     }
 }
@@ -135,7 +90,7 @@ fn naive_cublas_path_on_a_gpu_matches_the_reference() {
                 );
                 let what = format!("cuBLAS naive B={b} D={d} C={c} {}", $dtype);
                 println!("{what}: {e:?}");
-                check(&e, $dtype, &what);
+                e.assert_within(Bounds::naive($dtype), &what);
             }};
         }
         run!(f32, Dtype::F32);

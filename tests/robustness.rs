@@ -6,8 +6,8 @@ mod common;
 
 use adaface::cpu::{CpuAdaFace, CpuOptions};
 use adaface::golden::parse_case;
-use adaface::sim_backend::SimAdaFace;
 use adaface::{naive, reference, AdaFaceConfig, EmaState, Error, Shape, Tensor};
+use common::SimAdaFace;
 use common::{rel_norm, Rng};
 use half::f16;
 

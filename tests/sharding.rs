@@ -10,80 +10,20 @@ use adaface::cpu::{CpuOptions, ShardedCpuAdaFace};
 use adaface::shard::reference::ShardedReference;
 use adaface::shard::{
     reduce_partials, Communicator, GlobalRows, PartialFc, ReduceOp, ShardSpec, ShardStepOutput,
-    ThreadComm,
 };
-use adaface::{AdaFaceConfig, EmaState, Error, Real, Shape};
-use common::{rel, rel_norm, Rng};
+use adaface::{EmaState, Error, Shape};
+use common::{
+    cast, f64s, fast_ema_cfg as cfg, on_shards, rel, rel_norm, shard_layouts as layouts,
+    shard_problem, Rng,
+};
 
 const B: usize = 13;
 const D: usize = 9;
 const C: usize = 23;
 
-/// The shard layouts tested: K = 1..4, uneven, with one-class shards.
-fn layouts() -> Vec<Vec<usize>> {
-    vec![vec![23], vec![5, 18], vec![1, 10, 12], vec![7, 1, 9, 6]]
-}
-
-fn cfg() -> AdaFaceConfig {
-    // A larger t_alpha so the EMA moves visibly from step to step.
-    AdaFaceConfig::builder().t_alpha(0.3).build().unwrap()
-}
-
-/// Features with norms spread over 0.5..30 (so margin scalers differ) and
-/// weights; labels hit every shard boundary, avoid the classes in `skip`
-/// (so that a shard holds no label) and are otherwise random.
+/// `common::shard_problem` at B x D, C classes.
 fn problem(seed: u64, specs: &[ShardSpec], skip: Option<usize>) -> (Vec<f64>, Vec<f64>, Vec<i64>) {
-    let mut rng = Rng::new(seed);
-    let mut x = rng.normals(B * D, 1.0);
-    for row in x.chunks_mut(D) {
-        let scale = 0.5 + 30.0 * rng.uniform();
-        row.iter_mut().for_each(|v| *v *= scale);
-    }
-    let w = rng.normals(C * D, 0.3);
-    let skipped = |l: usize| skip.is_some_and(|k| specs[k].local(l as i64).is_some());
-    let mut boundary: Vec<usize> = specs
-        .iter()
-        .flat_map(|s| [s.offset, s.offset + s.classes - 1])
-        .filter(|&l| !skipped(l))
-        .collect();
-    boundary.dedup();
-    let mut labels = Vec::with_capacity(B);
-    for i in 0..B {
-        let l = if i < boundary.len() {
-            boundary[i]
-        } else {
-            loop {
-                let l = rng.below(C);
-                if !skipped(l) {
-                    break l;
-                }
-            }
-        };
-        labels.push(l as i64);
-    }
-    (x, w, labels)
-}
-
-fn cast<T: Real>(v: &[f64]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f64(x)).collect()
-}
-
-fn f64s<T: Real>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|x| x.to_f64()).collect()
-}
-
-/// Runs `f(rank, comm)` on one thread per shard.
-fn on_shards<R: Send>(k: usize, f: impl Fn(usize, &ThreadComm) -> R + Sync) -> Vec<R> {
-    let comms = ThreadComm::group(k);
-    std::thread::scope(|s| {
-        let f = &f;
-        let handles: Vec<_> = comms
-            .iter()
-            .enumerate()
-            .map(|(r, c)| s.spawn(move || f(r, c)))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
+    shard_problem(seed, Shape::new(B, D, C), specs, skip)
 }
 
 /// `steps` reference steps of every shard, carrying the state; returns the

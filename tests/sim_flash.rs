@@ -1,4 +1,4 @@
-//! The flash kernels (kernels/adaface_flash.cu: bf16, 64 x 64 tensor-core
+//! The flash kernels (kernels/flash/: bf16, 64 x 64 tensor-core
 //! tiles, dX accumulated in the forward) on the simulator, against the f64
 //! reference on the same bf16-rounded inputs: awkward shapes (B odd and
 //! below, at and above the 64-row tile; C not a multiple of 64; D from 32 to
@@ -14,17 +14,19 @@
 //! that refills an operand tile or reads the accumulators before the wait
 //! gets wrong numbers here.
 //!
-//! One test function: the instruction counters are process-wide, so no
-//! other simulated launch may run while they count.
+//! The instruction counters are process-wide: every test here holds the
+//! harness's `counter_lock` while it launches kernels, so that no other
+//! simulated launch runs while one counts, and each check still reports on
+//! its own.
 
-mod kernels_common;
+mod common;
 
-use adaface::launch::{KernelElement, Pass, PlanLimits, StepPlan, Variant};
-use adaface::sim::{mma_count, wgmma_count};
-use adaface::sim_backend::SimAdaFace;
+use adaface::launch::{KernelElement, KernelLabel, Pass, PlanLimits, StepPlan, Variant};
+
 use adaface::{AdaFaceConfig, Dtype, Error, Tensor};
+use common::SimAdaFace;
+use common::*;
 use half::{bf16, f16};
-use kernels_common::*;
 
 /// mma instructions per (row tile, class tile) pair of 64 x 64, 8 warps:
 /// the logit product is 4 fragments x D/16 k-steps per warp = 2D per pair
@@ -82,29 +84,14 @@ struct Run {
     wgmma_step: u64,
 }
 
-/// Labels as the kernels' two label types.
-trait TestLabel: adaface::launch::KernelLabel {
-    fn from(v: i64) -> Self;
-}
-impl TestLabel for i32 {
-    fn from(v: i64) -> Self {
-        v as i32
-    }
-}
-impl TestLabel for i64 {
-    fn from(v: i64) -> Self {
-        v
-    }
-}
-
-fn run<E: KernelElement, L: TestLabel>(
+fn run<E: KernelElement, L: KernelLabel + TryFrom<i64>>(
     cfg: &AdaFaceConfig,
     inp: &Inputs,
     limits: PlanLimits,
 ) -> Run {
     let x = round::<E>(&inp.x);
     let w = round::<E>(&inp.w);
-    let labels: Vec<L> = inp.labels.iter().map(|&l| L::from(l)).collect();
+    let labels: Vec<L> = labels_as(&inp.labels);
     let mut sim = SimAdaFace::new(*cfg).with_limits(limits);
     let (before, wg_before) = (mma_count(), wgmma_count());
     let loss_forward = sim
@@ -113,20 +100,14 @@ fn run<E: KernelElement, L: TestLabel>(
         .loss()
         .expect("forward loss");
     let (after_forward, wg_forward) = (mma_count(), wgmma_count());
-    let mut dx = vec![0.0f32; x.len()];
-    let mut dw = vec![0.0f32; w.len()];
-    let summary = sim
-        .forward_backward(inp.shape, &x, &w, &labels, &mut dx, &mut dw)
-        .expect("step")
-        .summary()
-        .expect("summary");
+    let step = sim_step::<E, L>(&mut sim, inp).expect("step");
     let (after_step, wg_step) = (mma_count(), wgmma_count());
     let r = reference_step::<E>(cfg, &cfg.initial_state(), inp);
     Run {
         loss_forward: rel(loss_forward, r.loss),
-        errors: StepErrors::new(summary.loss, &dx, &dw, summary.state_after, &r),
-        dx,
-        dw,
+        errors: step.errors(&r),
+        dx: step.dx,
+        dw: step.dw,
         mma_forward: after_forward - before,
         mma_step: after_step - after_forward,
         wgmma_forward: wg_forward - wg_before,
@@ -195,17 +176,19 @@ fn assert_counted(r: &Run, what: &str, split: bool, wgmma: bool, want: (u64, u64
     assert_eq!(other, 0, "{what}: the other instruction set executed");
 }
 
+const SHAPES: [(usize, usize, usize); 5] = [
+    (33, 32, 130),
+    (65, 96, 200),
+    (1, 64, 70),
+    (130, 160, 77),
+    (7, 512, 65),
+];
+
 #[test]
 fn flash_kernels_match_the_reference_with_the_exact_mma_count() {
+    let _counting = counter_lock();
     let cfg = AdaFaceConfig::default();
-    let shapes = [
-        (33usize, 32usize, 130usize),
-        (65, 96, 200),
-        (1, 64, 70),
-        (130, 160, 77),
-        (7, 512, 65),
-    ];
-    for (n, &(b, d, c)) in shapes.iter().enumerate() {
+    for (n, &(b, d, c)) in SHAPES.iter().enumerate() {
         let inp = random_inputs(7000 + n as u64, b, d, c);
         for splits in [1usize, 3] {
             let lim = limits(splits, b);
@@ -225,10 +208,15 @@ fn flash_kernels_match_the_reference_with_the_exact_mma_count() {
             assert_counted(&r, &what, true, false, want);
         }
     }
+}
 
-    // Gradient products from a once-rounded bf16 softmax gradient: the loss
-    // is unchanged, dX and dW carry bf16's 2^-9 relative rounding of A.
-    for (n, &(b, d, c)) in shapes.iter().enumerate().skip(1) {
+/// Gradient products from a once-rounded bf16 softmax gradient: the loss
+/// is unchanged, dX and dW carry bf16's 2^-9 relative rounding of A.
+#[test]
+fn single_rounded_gradient_products_take_half_the_mma() {
+    let _counting = counter_lock();
+    let cfg = AdaFaceConfig::default();
+    for (n, &(b, d, c)) in SHAPES.iter().enumerate().skip(1) {
         let inp = random_inputs(7000 + n as u64, b, d, c);
         let lim = PlanLimits {
             split_gradients: false,
@@ -244,27 +232,41 @@ fn flash_kernels_match_the_reference_with_the_exact_mma_count() {
             "{what}: step mma"
         );
     }
+}
 
-    // Same inputs, same bits (fixed reduction orders everywhere).
+/// Same inputs, same bits (fixed reduction orders everywhere).
+#[test]
+fn same_inputs_same_bits() {
+    let _counting = counter_lock();
+    let cfg = AdaFaceConfig::default();
     let inp = random_inputs(7100, 65, 96, 200);
     let a = run::<bf16, i64>(&cfg, &inp, limits(3, 65));
     let b = run::<bf16, i64>(&cfg, &inp, limits(3, 65));
     assert_bit_identical(&a, &b);
+}
 
-    wgmma_kernels_match_the_reference_with_the_exact_count(&cfg);
-    f16_kernels_match_the_reference_with_the_exact_count(&cfg);
-
-    // After the counted runs: errors launch kernels too.
+/// Errors launch kernels too: a typed error that writes nothing, on the
+/// mma.sync kernels and on their wgmma twins.
+#[test]
+fn errors_write_nothing_on_mma_sync() {
+    let _counting = counter_lock();
     errors_write_nothing(limits(3, 33), 64);
+}
+
+#[test]
+fn errors_write_nothing_on_wgmma() {
+    let _counting = counter_lock();
     errors_write_nothing(wgmma_limits(3, 33, true), 128);
-    misaligned_inputs_take_the_tiled_family();
 }
 
 /// f16 takes the same kernels (mma.sync) with P and A scaled by powers of
 /// two per tile before the split. One class row of W is shrunk 30 000-fold,
 /// so its `dlogit / ||w||` (about 1e5 and more) overflows f16 without the
 /// scale.
-fn f16_kernels_match_the_reference_with_the_exact_count(cfg: &AdaFaceConfig) {
+#[test]
+fn f16_kernels_match_the_reference_with_the_exact_count() {
+    let _counting = counter_lock();
+    let cfg = &AdaFaceConfig::default();
     let shapes = [
         (33usize, 32usize, 130usize),
         (65, 96, 200),
@@ -297,7 +299,10 @@ fn f16_kernels_match_the_reference_with_the_exact_count(cfg: &AdaFaceConfig) {
     }
 }
 
-fn wgmma_kernels_match_the_reference_with_the_exact_count(cfg: &AdaFaceConfig) {
+#[test]
+fn wgmma_kernels_match_the_reference_with_the_exact_count() {
+    let _counting = counter_lock();
+    let cfg = &AdaFaceConfig::default();
     let shapes = [
         (33usize, 128usize, 130usize),
         (65, 256, 200),
@@ -325,9 +330,14 @@ fn wgmma_kernels_match_the_reference_with_the_exact_count(cfg: &AdaFaceConfig) {
             assert_counted(&r, &what, split, true, want);
         }
     }
+}
 
-    // The same step on mma.sync and on wgmma: both near the reference (the
-    // products' summation orders differ, so not bit-identical).
+/// The same step on mma.sync and on wgmma: both near the reference (the
+/// products' summation orders differ, so not bit-identical).
+#[test]
+fn wgmma_and_mma_sync_agree() {
+    let _counting = counter_lock();
+    let cfg = &AdaFaceConfig::default();
     let inp = random_inputs(9100, 65, 256, 200);
     let wg = run::<bf16, i64>(cfg, &inp, wgmma_limits(3, 65, true));
     let sm80 = run::<bf16, i64>(cfg, &inp, limits(3, 65));
@@ -340,7 +350,9 @@ fn wgmma_kernels_match_the_reference_with_the_exact_count(cfg: &AdaFaceConfig) {
 /// cp.async moves 16 bytes at a time (the simulator, like the hardware,
 /// rejects a misaligned copy): features starting 2 bytes into an allocation
 /// go through the tiled kernels, with the same results.
+#[test]
 fn misaligned_inputs_take_the_tiled_family() {
+    let _counting = counter_lock();
     let cfg = AdaFaceConfig::default();
     let inp = random_inputs(7300, 33, 64, 150);
     let mut x_buf = vec![bf16::ZERO];

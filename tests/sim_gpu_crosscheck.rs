@@ -1,10 +1,11 @@
 //! The simulator against the hardware: the self-test kernels of
-//! `kernels/sim_selftest.cu`, compiled by NVRTC, run on a GPU and on the
+//! `kernels/sim/selftest.cu`, compiled by NVRTC, run on a GPU and on the
 //! simulator with the same inputs, and their outputs compared (bit for bit
 //! where CUDA defines the result, closely for tensor-core sums whose internal
 //! rounding order the hardware does not document).
 //!
-//! Both tests are `#[ignore]`d (they need libnvrtc, and a GPU): run them with
+//! One test per kernel family, so that each reports on its own. All are
+//! `#[ignore]`d (they need libnvrtc, and a GPU): run them with
 //! `--include-ignored` where those exist (scripts/gpu_check.sh does); there,
 //! a missing library or device is a failure.
 #![cfg(feature = "cuda")]
@@ -174,13 +175,12 @@ fn run_gpu<P: DeviceRepr>(
         .collect()
 }
 
+// Shuffles and votes: bit-exact.
 #[test]
 #[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
-fn simulator_matches_gpu() {
+fn warp_collectives_are_bit_exact() {
     let Some(gpu) = gpu() else { return };
-    let mut rng = Rng(77);
-
-    // Shuffles and votes: bit-exact.
+    let mut rng = Rng::from_state(77);
     {
         let (blocks, threads) = (3usize, 80usize);
         let n = blocks * threads;
@@ -198,8 +198,13 @@ fn simulator_matches_gpu() {
         let g = run_gpu(&gpu, "selftest_warp_i32", launch, &bufs, make);
         assert_eq!(s, g, "warp collectives");
     }
+}
 
-    // Grid coordinates: bit-exact.
+// Grid coordinates: bit-exact.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn grid_coordinates_are_bit_exact() {
+    let Some(gpu) = gpu() else { return };
     {
         let (grid, block) = ((3, 2, 2), (4, 3, 2));
         let n = 12 * 24 * 8;
@@ -210,8 +215,14 @@ fn simulator_matches_gpu() {
         let g = run_gpu(&gpu, "selftest_grid_u32", launch, &bufs, make);
         assert_eq!(s, g, "grid coordinates");
     }
+}
 
-    // Conversions: bit-exact.
+// Conversions: bit-exact.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn conversions_are_bit_exact() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::from_state(79);
     {
         let n = 65536usize;
         let floats: Vec<f32> = (0..n)
@@ -219,7 +230,7 @@ fn simulator_matches_gpu() {
                 if i % 2 == 0 {
                     f32::from_bits(rng.next_u64() as u32)
                 } else {
-                    rng.uniform(-7e4, 7e4)
+                    rng.uniform_f32(-7e4, 7e4)
                 }
             })
             .collect();
@@ -247,8 +258,14 @@ fn simulator_matches_gpu() {
         let g = run_gpu(&gpu, "selftest_convert_all", launch, &bufs, make);
         assert_eq!(s, g, "conversions");
     }
+}
 
-    // Barriers, static and dynamic shared memory, reducing barriers.
+// Barriers, static and dynamic shared memory, reducing barriers.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn barriers_and_shared_memory_match() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::from_state(80);
     {
         let (blocks, threads) = (4usize, 100usize);
         let bufs = vec![vec![0; blocks * threads / 2]];
@@ -263,7 +280,9 @@ fn simulator_matches_gpu() {
         assert_eq!(s, g, "barrier loop");
 
         let (blocks, threads, n) = (5usize, 96usize, 1000usize);
-        let input: Vec<f32> = (0..blocks * n).map(|_| rng.uniform(-0.5, 1.5)).collect();
+        let input: Vec<f32> = (0..blocks * n)
+            .map(|_| rng.uniform_f32(-0.5, 1.5))
+            .collect();
         let bufs = vec![words(&input), vec![0; blocks], vec![0; 2 * blocks]];
         let make = |p: &[u64]| BlockSumParams {
             input: p[0],
@@ -290,7 +309,7 @@ fn simulator_matches_gpu() {
 
         let (blocks, threads) = (4usize, 64usize);
         let input: Vec<f32> = (0..blocks * threads)
-            .map(|_| rng.uniform(-3.0, 3.0))
+            .map(|_| rng.uniform_f32(-3.0, 3.0))
             .collect();
         let bufs = vec![
             words(&input),
@@ -309,8 +328,13 @@ fn simulator_matches_gpu() {
         let g = run_gpu(&gpu, "selftest_dyn_smem_f32", launch, &bufs, make);
         assert_eq!(s, g, "dynamic shared memory");
     }
+}
 
-    // Atomics: every order-independent result bit-exact.
+// Atomics: every order-independent result bit-exact.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn atomics_match() {
+    let Some(gpu) = gpu() else { return };
     {
         let (blocks, threads) = (37u32, 64u32);
         let bufs = vec![
@@ -345,8 +369,14 @@ fn simulator_matches_gpu() {
             "last-block total"
         );
     }
+}
 
-    // Tensor cores: close (the hardware's accumulation order is its own).
+// Tensor cores: close (the hardware's accumulation order is its own).
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn mma_sums_are_close() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::from_state(82);
     for is_bf16 in [true, false] {
         let (m, n, k) = (32usize, 24usize, 48usize);
         let enc = |x: f32| {
@@ -356,10 +386,14 @@ fn simulator_matches_gpu() {
                 f16::from_f32(x).to_bits()
             }
         };
-        let a: Vec<u16> = (0..m * k).map(|_| enc(rng.uniform(-2.0, 2.0))).collect();
-        let b_nk: Vec<u16> = (0..n * k).map(|_| enc(rng.uniform(-2.0, 2.0))).collect();
+        let a: Vec<u16> = (0..m * k)
+            .map(|_| enc(rng.uniform_f32(-2.0, 2.0)))
+            .collect();
+        let b_nk: Vec<u16> = (0..n * k)
+            .map(|_| enc(rng.uniform_f32(-2.0, 2.0)))
+            .collect();
         let b_kn: Vec<u16> = (0..k * n).map(|i| b_nk[(i % n) * k + i / n]).collect();
-        let c: Vec<f32> = (0..m * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let c: Vec<f32> = (0..m * n).map(|_| rng.uniform_f32(-1.0, 1.0)).collect();
         let (entry, name): (SimEntry<MmaParams>, &str) = if is_bf16 {
             (selftest_mma_bf16_sim, "selftest_mma_bf16")
         } else {
@@ -395,19 +429,25 @@ fn simulator_matches_gpu() {
             );
         }
     }
+}
 
-    // wgmma from 128-byte-swizzled shared memory, B K-major and MN-major:
-    // the simulator's model of the descriptors, the swizzle and the
-    // accumulator layout against the hardware.
+// wgmma from 128-byte-swizzled shared memory, B K-major and MN-major:
+// the simulator's model of the descriptors, the swizzle and the
+// accumulator layout against the hardware.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn wgmma_sums_are_close() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::from_state(83);
     if !gpu.wgmma {
         eprintln!("skipped wgmma: not compute capability 9.0");
         return;
     }
     let a: Vec<u16> = (0..64 * 64)
-        .map(|_| bf16::from_f32(rng.uniform(-2.0, 2.0)).to_bits())
+        .map(|_| bf16::from_f32(rng.uniform_f32(-2.0, 2.0)).to_bits())
         .collect();
     let b: Vec<u16> = (0..64 * 64)
-        .map(|_| bf16::from_f32(rng.uniform(-2.0, 2.0)).to_bits())
+        .map(|_| bf16::from_f32(rng.uniform_f32(-2.0, 2.0)).to_bits())
         .collect();
     for mode in 0..2u32 {
         let bufs = vec![words(&a), words(&b), vec![0; 64 * 64 / 2]];

@@ -3,13 +3,13 @@
 //! several class tiles per split, and the policies the kernels do not
 //! compute (CurricularFace, MagFace) rejected before anything is written.
 
-mod kernels_common;
+mod common;
 
 use adaface::launch::{KernelElement, KernelLabel, PlanLimits};
-use adaface::sim_backend::SimAdaFace;
 use adaface::{AdaFaceConfig, Dtype, EmaState, Error, MarginPolicy};
+use common::SimAdaFace;
+use common::*;
 use half::{bf16, f16};
-use kernels_common::*;
 
 fn step<E: KernelElement, L: KernelLabel + TryFrom<i64>>(
     cfg: &AdaFaceConfig,
@@ -22,23 +22,10 @@ fn step<E: KernelElement, L: KernelLabel + TryFrom<i64>>(
         ..cfg.initial_state()
     };
     sim.set_state(state).unwrap();
-    let x = round::<E>(&inp.x);
-    let w = round::<E>(&inp.w);
-    let labels: Vec<L> = inp
-        .labels
-        .iter()
-        .map(|&l| L::try_from(l).ok().expect("label fits"))
-        .collect();
-    let (mut dx, mut dw) = (vec![0.0f32; x.len()], vec![0.0f32; w.len()]);
-    let summary = sim
-        .forward_backward(inp.shape, &x, &w, &labels, &mut dx, &mut dw)
-        .expect("sim step")
-        .summary()
-        .unwrap();
+    let step = sim_step::<E, L>(&mut sim, inp).expect("sim step");
     // The kernels never move CurricularFace's t; the object carries it.
     assert_eq!(sim.state().unwrap().curricular_t, 0.125);
-    let r = reference_step::<E>(cfg, &state, inp);
-    StepErrors::new(summary.loss, &dx, &dw, summary.state_after, &r)
+    step.errors(&reference_step::<E>(cfg, &state, inp))
 }
 
 fn sphere_policies() -> Vec<MarginPolicy> {

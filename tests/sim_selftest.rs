@@ -1,4 +1,4 @@
-//! Self-tests of the CPU simulator: the kernels of `kernels/sim_selftest.cu`
+//! Self-tests of the CPU simulator: the kernels of `kernels/sim/selftest.cu`
 //! run through `adaface::sim::launch` and are checked against plain Rust
 //! computations of what CUDA specifies.
 
@@ -13,14 +13,14 @@ use sim_common::*;
 // Shared memory, barriers and the reducing barriers.
 // ---------------------------------------------------------------------------
 fn check_block_sum(blocks: u32, threads: u32, n: u32, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_state(seed);
     let mut input: Vec<f32> = (0..blocks * n)
         .map(|i| {
             // Block 2 (when present) is all negative: count 0, or 0.
             if i / n == 2 {
-                rng.uniform(-1.0, -0.01)
+                rng.uniform_f32(-1.0, -0.01)
             } else {
-                rng.uniform(-0.5, 1.5)
+                rng.uniform_f32(-0.5, 1.5)
             }
         })
         .collect();
@@ -78,9 +78,9 @@ fn block_reduction_with_static_shared_memory() {
 #[test]
 fn dynamic_shared_memory_and_zero_fill() {
     let (blocks, threads) = (4usize, 64usize);
-    let mut rng = Rng(11);
+    let mut rng = Rng::from_state(11);
     let mut input: Vec<f32> = (0..blocks * threads)
-        .map(|_| rng.uniform(-3.0, 3.0))
+        .map(|_| rng.uniform_f32(-3.0, 3.0))
         .collect();
     let mut output = vec![f32::NAN; blocks * threads];
     let mut zfill = vec![0xaau8; blocks * 16];
@@ -156,7 +156,7 @@ fn run_warp_kernel(blocks: usize, threads: usize, input: &mut [i32]) -> (Vec<i32
 }
 
 fn check_warp(blocks: usize, threads: usize, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_state(seed);
     let total = blocks * threads;
     let mut input: Vec<i32> = (0..total)
         .map(|_| (rng.next_u64() % 2001) as i32 - 1000)
@@ -341,7 +341,7 @@ fn three_dimensional_grid_and_block() {
 // Tensor-core mma (with direct fragments, ldmatrix and ldmatrix .trans).
 // ---------------------------------------------------------------------------
 fn check_mma(is_bf16: bool, m: usize, n: usize, k: usize, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_state(seed);
     let encode = |x: f32| -> u16 {
         if is_bf16 {
             bf16::from_f32(x).to_bits()
@@ -356,10 +356,14 @@ fn check_mma(is_bf16: bool, m: usize, n: usize, k: usize, seed: u64) {
             f16::from_bits(h).to_f64()
         }
     };
-    let mut a: Vec<u16> = (0..m * k).map(|_| encode(rng.uniform(-2.0, 2.0))).collect();
-    let mut b_nk: Vec<u16> = (0..n * k).map(|_| encode(rng.uniform(-2.0, 2.0))).collect();
+    let mut a: Vec<u16> = (0..m * k)
+        .map(|_| encode(rng.uniform_f32(-2.0, 2.0)))
+        .collect();
+    let mut b_nk: Vec<u16> = (0..n * k)
+        .map(|_| encode(rng.uniform_f32(-2.0, 2.0)))
+        .collect();
     let mut b_kn: Vec<u16> = (0..k * n).map(|i| b_nk[(i % n) * k + i / n]).collect();
-    let mut c: Vec<f32> = (0..m * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let mut c: Vec<f32> = (0..m * n).map(|_| rng.uniform_f32(-1.0, 1.0)).collect();
     let want: Vec<f64> = (0..m * n)
         .map(|idx| {
             let (i, j) = (idx / n, idx % n);
@@ -421,12 +425,12 @@ fn mma_m16n8k16_matches_plain_matmul() {
 // ---------------------------------------------------------------------------
 #[test]
 fn wgmma_m64n64k16_matches_plain_matmul() {
-    let mut rng = Rng(41);
+    let mut rng = Rng::from_state(41);
     let mut a: Vec<u16> = (0..64 * 64)
-        .map(|_| bf16::from_f32(rng.uniform(-2.0, 2.0)).to_bits())
+        .map(|_| bf16::from_f32(rng.uniform_f32(-2.0, 2.0)).to_bits())
         .collect();
     let mut b: Vec<u16> = (0..64 * 64)
-        .map(|_| bf16::from_f32(rng.uniform(-2.0, 2.0)).to_bits())
+        .map(|_| bf16::from_f32(rng.uniform_f32(-2.0, 2.0)).to_bits())
         .collect();
     let v = |h: u16| bf16::from_bits(h).to_f64();
     let want: Vec<f64> = (0..64 * 64)
@@ -468,7 +472,7 @@ fn same_float(got: f32, want: f32) -> bool {
 
 #[test]
 fn bf16_and_f16_conversions_round_to_nearest_even() {
-    let mut rng = Rng(41);
+    let mut rng = Rng::from_state(41);
     let mut floats: Vec<f32> = vec![
         0.0,
         -0.0,
@@ -502,8 +506,8 @@ fn bf16_and_f16_conversions_round_to_nearest_even() {
     while floats.len() < 4096 {
         let bits = rng.next_u64() as u32;
         floats.push(f32::from_bits(bits));
-        floats.push(rng.uniform(-70000.0, 70000.0));
-        floats.push(rng.uniform(-1e-4, 1e-4));
+        floats.push(rng.uniform_f32(-70000.0, 70000.0));
+        floats.push(rng.uniform_f32(-1e-4, 1e-4));
     }
     let n = 65536usize;
     floats.resize(n, 0.5);

@@ -1,5 +1,5 @@
 //! The class-sharded step on the simulated kernels
-//! (`adaface::sim_backend::ShardedSimAdaFace`, the launches of the CUDA
+//! (`ShardedSimAdaFace`, the launches of the CUDA
 //! sharded step): K in {1, 2, 3, 4} uneven shards over the in-process
 //! communicator equal the unsharded simulated step (loss, dX, dW
 //! concatenated, EMA state) and the f64 reference (an independent oracle),
@@ -12,23 +12,26 @@ mod common;
 
 use adaface::launch::{KernelElement, PlanLimits};
 use adaface::shard::reference::ShardedReference;
-use adaface::shard::{reduce_partials, PartialFc, ShardSpec, ThreadComm};
-use adaface::sim_backend::{ShardedSimAdaFace, SimAdaFace, SimShardStep};
-use adaface::{AdaFaceConfig, EmaState, Error, Real, Shape};
-use common::{rel, rel_norm, Rng};
+use adaface::shard::{reduce_partials, PartialFc, ShardSpec};
+use adaface::{EmaState, Error, Shape};
+use common::{
+    f64s, fast_ema_cfg as cfg, on_shards, rel, rel_norm, round, shard_layouts as layouts,
+    shard_problem, Rng,
+};
+use common::{ShardedSimAdaFace, SimAdaFace, SimShardStep};
 use half::{bf16, f16};
 
 const B: usize = 13;
 const C: usize = 23;
 
-/// The shard layouts tested: K = 1..4, uneven, with one-class shards.
-fn layouts() -> Vec<Vec<usize>> {
-    vec![vec![23], vec![5, 18], vec![1, 10, 12], vec![7, 1, 9, 6]]
-}
-
-fn cfg() -> AdaFaceConfig {
-    // A larger t_alpha so the EMA moves visibly from step to step.
-    AdaFaceConfig::builder().t_alpha(0.3).build().unwrap()
+/// `common::shard_problem` at B x d, C classes.
+fn problem(
+    seed: u64,
+    d: usize,
+    specs: &[ShardSpec],
+    skip: Option<usize>,
+) -> (Vec<f64>, Vec<f64>, Vec<i64>) {
+    shard_problem(seed, Shape::new(B, d, C), specs, skip)
 }
 
 /// Small limits: several forward splits (and backward splits) per shard.
@@ -38,67 +41,6 @@ fn small_limits() -> PlanLimits {
         max_backward_splits: 2,
         ..PlanLimits::default()
     }
-}
-
-/// Features with norms spread over 0.5..30, weights, and labels that hit
-/// every shard boundary and avoid the classes of shard `skip`.
-fn problem(
-    seed: u64,
-    d: usize,
-    specs: &[ShardSpec],
-    skip: Option<usize>,
-) -> (Vec<f64>, Vec<f64>, Vec<i64>) {
-    let mut rng = Rng::new(seed);
-    let mut x = rng.normals(B * d, 1.0);
-    for row in x.chunks_mut(d) {
-        let scale = 0.5 + 30.0 * rng.uniform();
-        row.iter_mut().for_each(|v| *v *= scale);
-    }
-    let w = rng.normals(C * d, 0.3);
-    let skipped = |l: usize| skip.is_some_and(|k| specs[k].local(l as i64).is_some());
-    let mut boundary: Vec<usize> = specs
-        .iter()
-        .flat_map(|s| [s.offset, s.offset + s.classes - 1])
-        .filter(|&l| !skipped(l))
-        .collect();
-    boundary.dedup();
-    let labels = (0..B)
-        .map(|i| {
-            if i < boundary.len() {
-                boundary[i] as i64
-            } else {
-                loop {
-                    let l = rng.below(C);
-                    if !skipped(l) {
-                        break l as i64;
-                    }
-                }
-            }
-        })
-        .collect();
-    (x, w, labels)
-}
-
-fn round<E: KernelElement>(v: &[f64]) -> Vec<E> {
-    v.iter().map(|&x| E::from_f64(x)).collect()
-}
-
-fn f64s<T: Real>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|x| x.to_f64()).collect()
-}
-
-/// Runs `f(rank, comm)` on one thread per shard.
-fn on_shards<R: Send>(k: usize, f: impl Fn(usize, &ThreadComm) -> R + Sync) -> Vec<R> {
-    let comms = ThreadComm::group(k);
-    std::thread::scope(|s| {
-        let f = &f;
-        let handles: Vec<_> = comms
-            .iter()
-            .enumerate()
-            .map(|(r, c)| s.spawn(move || f(r, c)))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
 }
 
 struct ShardRun {

@@ -5,17 +5,18 @@
 //! of the 64-class tile, D not a multiple of 16, so the K tail is zero
 //! padding in shared memory).
 //!
-//! One test function on purpose: the mma counter is process-wide, so no
-//! other simulated launch may run while it measures.
+//! The mma counter is process-wide: each test holds the harness's
+//! `counter_lock`, so that no other simulated launch runs while one
+//! measures, and each dtype still reports on its own.
 
-mod kernels_common;
+mod common;
 
 use adaface::launch::{KernelElement, PlanLimits};
-use adaface::sim::mma_count;
-use adaface::sim_backend::SimAdaFace;
+
 use adaface::{AdaFaceConfig, Dtype};
+use common::SimAdaFace;
+use common::*;
 use half::{bf16, f16};
-use kernels_common::*;
 
 /// mma instructions of one step: every (class tile, row tile) pair meets
 /// ceil(D / 32) depth slices. Per slice: the logit product is 8 warps x 2
@@ -43,13 +44,7 @@ fn step<E: KernelElement>(
         .summary()
         .expect("forward summary");
     let after_forward = mma_count();
-    let mut dx = vec![0.0f32; x.len()];
-    let mut dw = vec![0.0f32; w.len()];
-    let summary = sim
-        .forward_backward(inp.shape, &x, &w, &inp.labels, &mut dx, &mut dw)
-        .expect("step")
-        .summary()
-        .expect("summary");
+    let step = sim_step::<E, i64>(&mut sim, inp).expect("step");
     let after_step = mma_count();
     let r = reference_step::<E>(cfg, &cfg.initial_state(), inp);
     assert!(
@@ -58,12 +53,17 @@ fn step<E: KernelElement>(
         fwd.loss,
         r.loss
     );
-    let e = StepErrors::new(summary.loss, &dx, &dw, summary.state_after, &r);
-    (e, after_forward - before, after_step - after_forward)
+    (
+        step.errors(&r),
+        after_forward - before,
+        after_step - after_forward,
+    )
 }
 
-#[test]
-fn bf16_and_f16_take_the_mma_path_and_match_the_reference() {
+/// The checks of one dtype: the f32 accuracy on every shape and split
+/// count, and the exact mma count (none for f32).
+fn check_dtype(dtype: Dtype) {
+    let _counting = counter_lock();
     let cfg = AdaFaceConfig::default();
     // (B, D, C): odd B, several row tiles; D = 7, 40, 100 leave K tails of
     // 25, 24 and 28 zero columns in the last 32-deep slice (none a multiple
@@ -86,23 +86,36 @@ fn bf16_and_f16_take_the_mma_path_and_match_the_reference() {
                 flash: false,
                 ..PlanLimits::default()
             };
-            for dtype in [Dtype::BF16, Dtype::F16, Dtype::F32] {
-                let (e, fwd, bwd) = match dtype {
-                    Dtype::BF16 => step::<bf16>(&cfg, &inp, limits),
-                    Dtype::F16 => step::<f16>(&cfg, &inp, limits),
-                    _ => step::<f32>(&cfg, &inp, limits),
-                };
-                let what = format!("B={b} D={d} C={c} splits={splits} {dtype}");
-                println!("{what}: {e:?} mma forward {fwd} step {bwd}");
-                e.assert_f32_accuracy(&what);
-                let (want_fwd, want_step) = if dtype == Dtype::F32 {
-                    (0, 0)
-                } else {
-                    (expected_mma(b, d, c, false), expected_mma(b, d, c, true))
-                };
-                assert_eq!(fwd, want_fwd, "{what}: mma count of the forward");
-                assert_eq!(bwd, want_step, "{what}: mma count of the training step");
-            }
+            let (e, fwd, bwd) = match dtype {
+                Dtype::BF16 => step::<bf16>(&cfg, &inp, limits),
+                Dtype::F16 => step::<f16>(&cfg, &inp, limits),
+                _ => step::<f32>(&cfg, &inp, limits),
+            };
+            let what = format!("B={b} D={d} C={c} splits={splits} {dtype}");
+            println!("{what}: {e:?} mma forward {fwd} step {bwd}");
+            e.assert_f32_accuracy(&what);
+            let (want_fwd, want_step) = if dtype == Dtype::F32 {
+                (0, 0)
+            } else {
+                (expected_mma(b, d, c, false), expected_mma(b, d, c, true))
+            };
+            assert_eq!(fwd, want_fwd, "{what}: mma count of the forward");
+            assert_eq!(bwd, want_step, "{what}: mma count of the training step");
         }
     }
+}
+
+#[test]
+fn bf16_takes_the_mma_path_and_matches_the_reference() {
+    check_dtype(Dtype::BF16);
+}
+
+#[test]
+fn f16_takes_the_mma_path_and_matches_the_reference() {
+    check_dtype(Dtype::F16);
+}
+
+#[test]
+fn f32_takes_no_mma_and_matches_the_reference() {
+    check_dtype(Dtype::F32);
 }

@@ -15,6 +15,13 @@
 //! Last, every sample is scaled to a random RMS in [0.9, 1.1], so that its
 //! norm carries no information about its quality: a model whose feature
 //! norm tracks quality has learned it.
+//!
+//! The training set ([`TrainSet`]) is finite, as a face data set is, and
+//! mixes high-quality samples, recognisable low-quality ones, and
+//! *destroyed* low-quality ones: rendered exactly like a low-quality sample
+//! but from a fresh prototype that belongs to no identity, so the label
+//! they carry cannot be inferred from them (the unrecognisable images of
+//! the AdaFace paper's figure 1). A model can only fit those by memorising.
 
 /// SplitMix64 with Box-Muller normals: small, seeded, reproducible.
 #[derive(Clone)]
@@ -88,6 +95,8 @@ pub struct Identities {
     pub dim: usize,
     prototypes: Vec<f64>,
     pose: Vec<f64>,
+    /// The identity subspace: `dim / 4` directions, each `dim` long.
+    basis: Vec<f64>,
 }
 
 impl Identities {
@@ -102,14 +111,9 @@ impl Identities {
         let mut srng = Rng::new(pose_seed ^ 0xA5A5);
         let k = (dim / 4).max(2);
         let basis: Vec<f64> = (0..k * dim).map(|_| srng.normal()).collect();
-        let mut prototypes = vec![0.0; count * dim];
-        for p in prototypes.chunks_mut(dim) {
-            for b in basis.chunks(dim) {
-                let c = rng.normal();
-                p.iter_mut().zip(b).for_each(|(v, bv)| *v += c * bv);
-            }
-            let rms = (p.iter().map(|v| v * v).sum::<f64>() / dim as f64).sqrt();
-            p.iter_mut().for_each(|v| *v /= rms);
+        let mut prototypes = Vec::with_capacity(count * dim);
+        for _ in 0..count {
+            prototypes.extend(prototype(&basis, dim, rng));
         }
         let mut prng = Rng::new(pose_seed);
         let pose = (0..POSE_DIRS * dim).map(|_| prng.normal()).collect();
@@ -117,6 +121,7 @@ impl Identities {
             dim,
             prototypes,
             pose,
+            basis,
         }
     }
 
@@ -127,7 +132,22 @@ impl Identities {
     /// One sample of identity `id` at quality `q`, written to `out`.
     pub fn sample(&self, id: usize, q: f64, rng: &mut Rng, out: &mut [f32]) -> Corruption {
         let d = self.dim;
-        let mut x: Vec<f64> = self.prototypes[id * d..(id + 1) * d].to_vec();
+        let x = self.prototypes[id * d..(id + 1) * d].to_vec();
+        self.render(x, q, rng, out)
+    }
+
+    /// A sample at quality `q` whose identity is destroyed: rendered like
+    /// any other, but from a fresh prototype of the identity subspace that
+    /// belongs to no identity, so it says nothing about any label.
+    pub fn sample_destroyed(&self, q: f64, rng: &mut Rng, out: &mut [f32]) -> Corruption {
+        let x = prototype(&self.basis, self.dim, rng);
+        self.render(x, q, rng, out)
+    }
+
+    /// Nuisance, corruption to quality `q` and contrast normalisation of
+    /// the clean signal `x`.
+    fn render(&self, mut x: Vec<f64>, q: f64, rng: &mut Rng, out: &mut [f32]) -> Corruption {
+        let d = self.dim;
         for k in 0..POSE_DIRS {
             let a = POSE_SCALE * rng.normal();
             for (v, p) in x.iter_mut().zip(&self.pose[k * d..(k + 1) * d]) {
@@ -150,6 +170,109 @@ impl Identities {
             *o = (gain * v / rms) as f32;
         }
         c
+    }
+}
+
+/// A random prototype: a normal mix of the `basis` directions, scaled to
+/// unit RMS.
+fn prototype(basis: &[f64], dim: usize, rng: &mut Rng) -> Vec<f64> {
+    let mut p = vec![0.0; dim];
+    for b in basis.chunks(dim) {
+        let c = rng.normal();
+        p.iter_mut().zip(b).for_each(|(v, bv)| *v += c * bv);
+    }
+    let rms = (p.iter().map(|v| v * v).sum::<f64>() / dim as f64)
+        .sqrt()
+        .max(1e-12);
+    p.iter_mut().for_each(|v| *v /= rms);
+    p
+}
+
+/// Quality range of the high-quality training and evaluation samples.
+pub const HIGH_Q: (f64, f64) = (0.5, 1.0);
+/// Quality range of the low-quality ones, recognisable or destroyed.
+pub const LOW_Q: (f64, f64) = (0.05, 0.3);
+
+/// The composition of a training set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mix {
+    /// Share of the samples that are low quality (`q` in [`LOW_Q`]).
+    pub low: f64,
+    /// Share of the low-quality samples whose identity is destroyed.
+    pub destroyed: f64,
+}
+
+/// What one training sample is (the discriminant indexes per-kind tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    High = 0,
+    Low = 1,
+    Destroyed = 2,
+}
+
+/// A finite training set: `n` rows of `ids.dim` values with their labels,
+/// true qualities and kinds.
+pub struct TrainSet {
+    pub x: Vec<f32>,
+    pub labels: Vec<u32>,
+    pub quality: Vec<f64>,
+    pub kind: Vec<Kind>,
+}
+
+impl TrainSet {
+    /// `per_class` samples of each identity of `ids`, composed as `mix`
+    /// says: exactly `round(low n)` low-quality samples, of which exactly
+    /// `round(destroyed * low n)` destroyed, spread at random over the
+    /// identities. A destroyed sample keeps its label but is rendered from
+    /// a prototype of nobody.
+    pub fn new(ids: &Identities, per_class: usize, mix: Mix, rng: &mut Rng) -> TrainSet {
+        let d = ids.dim;
+        let n = ids.count() * per_class;
+        let n_low = ((mix.low.clamp(0.0, 1.0) * n as f64).round() as usize).min(n);
+        let n_destroyed =
+            ((mix.destroyed.clamp(0.0, 1.0) * n_low as f64).round() as usize).min(n_low);
+        // Kinds in a random order (Fisher-Yates).
+        let mut kind: Vec<Kind> = (0..n)
+            .map(|i| {
+                if i < n_destroyed {
+                    Kind::Destroyed
+                } else if i < n_low {
+                    Kind::Low
+                } else {
+                    Kind::High
+                }
+            })
+            .collect();
+        for i in (1..n).rev() {
+            kind.swap(i, rng.below(i + 1));
+        }
+        let mut set = TrainSet {
+            x: vec![0f32; n * d],
+            labels: Vec::with_capacity(n),
+            quality: Vec::with_capacity(n),
+            kind,
+        };
+        for (i, row) in set.x.chunks_mut(d).enumerate() {
+            let id = i % ids.count();
+            let (lo, hi) = if set.kind[i] == Kind::High {
+                HIGH_Q
+            } else {
+                LOW_Q
+            };
+            let q = lo + (hi - lo) * rng.uniform();
+            if set.kind[i] == Kind::Destroyed {
+                ids.sample_destroyed(q, rng, row);
+            } else {
+                ids.sample(id, q, rng, row);
+            }
+            set.labels.push(id as u32);
+            set.quality.push(q);
+        }
+        set
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
     }
 }
 
@@ -255,5 +378,73 @@ mod tests {
         };
         let (hi, mid, lo) = (dist(0.95), dist(0.5), dist(0.1));
         assert!(hi < mid && mid < lo, "{hi} {mid} {lo}");
+    }
+
+    fn cos(a: &[f32], b: &[f64]) -> f64 {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * y).sum();
+        let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let nb: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+        dot / (na * nb)
+    }
+
+    #[test]
+    fn the_mix_is_honoured_exactly() {
+        let mut rng = Rng::new(4);
+        let ids = Identities::new(10, 32, &mut rng, 7);
+        for (low, destroyed) in [(0.4, 0.5), (0.0, 0.5), (1.0, 1.0), (0.3, 0.0)] {
+            let set = TrainSet::new(&ids, 20, Mix { low, destroyed }, &mut rng);
+            assert_eq!(set.len(), 200);
+            let count = |k: Kind| set.kind.iter().filter(|&&v| v == k).count();
+            let n_low = (low * 200.0_f64).round() as usize;
+            let n_destroyed = (destroyed * n_low as f64).round() as usize;
+            assert_eq!(count(Kind::Destroyed), n_destroyed, "{low} {destroyed}");
+            assert_eq!(count(Kind::Low), n_low - n_destroyed);
+            for (q, k) in set.quality.iter().zip(&set.kind) {
+                let (lo, hi) = if *k == Kind::High { HIGH_Q } else { LOW_Q };
+                assert!(*q >= lo && *q <= hi, "{q} {k:?}");
+            }
+            // Every identity keeps its share of labels.
+            for id in 0..10u32 {
+                assert_eq!(set.labels.iter().filter(|&&l| l == id).count(), 20);
+            }
+        }
+    }
+
+    /// A destroyed sample is no closer to its label's prototype than to any
+    /// other identity's; a recognisable sample of the same quality is.
+    #[test]
+    fn destroyed_samples_carry_no_identity_signal() {
+        let mut rng = Rng::new(9);
+        let (n_ids, d) = (20, 96);
+        let ids = Identities::new(n_ids, d, &mut rng, 5);
+        let set = TrainSet::new(
+            &ids,
+            100,
+            Mix {
+                low: 1.0,
+                destroyed: 0.5,
+            },
+            &mut rng,
+        );
+        // Mean cosine with the own prototype minus the mean with the others.
+        let (mut own, mut other) = ([0.0; 2], [0.0; 2]);
+        let mut count = [0usize; 2];
+        for (i, row) in set.x.chunks(d).enumerate() {
+            let k = usize::from(set.kind[i] == Kind::Destroyed);
+            let y = set.labels[i] as usize;
+            for id in 0..n_ids {
+                let c = cos(row, &ids.prototypes[id * d..(id + 1) * d]);
+                if id == y {
+                    own[k] += c;
+                } else {
+                    other[k] += c / (n_ids - 1) as f64;
+                }
+            }
+            count[k] += 1;
+        }
+        let gap = |k: usize| (own[k] - other[k]) / count[k] as f64;
+        assert!(gap(0) > 0.15, "recognisable low quality: gap {}", gap(0));
+        // 1000 destroyed samples: the standard error of the gap is ~0.01.
+        assert!(gap(1).abs() < 0.04, "destroyed: gap {}", gap(1));
     }
 }

@@ -44,6 +44,8 @@ pub struct Step {
     pub loss: f32,
     pub grad_features: Vec<f32>,
     pub grad_weight: Vec<f32>,
+    /// Compared between the devices in the tests.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub margin_scaler: Vec<f32>,
 }
 
@@ -62,6 +64,15 @@ impl Head {
             Device::Cuda => gpu::GpuLoss::new(cfg).map(|g| Head::Cuda(Box::new(g))),
             #[cfg(not(feature = "cuda"))]
             Device::Cuda => Err(gpu::UNAVAILABLE.into()),
+        }
+    }
+
+    /// The EMA norm statistics the next step would start from.
+    pub fn state(&self) -> Result<adaface::state::EmaState, adaface::Error> {
+        match self {
+            Head::Cpu(loss) => Ok(loss.state()),
+            #[cfg(feature = "cuda")]
+            Head::Cuda(loss) => loss.state(),
         }
     }
 
@@ -139,6 +150,11 @@ mod gpu {
                 buffers: None,
                 labels: Vec::new(),
             })
+        }
+
+        /// The EMA state, read back from the device.
+        pub fn state(&self) -> Result<adaface::state::EmaState, Error> {
+            self.loss.state()
         }
 
         /// Upload, one fused step, download (the download waits for it).

@@ -9,8 +9,17 @@ pub type Rgb = [u8; 3];
 pub const WHITE: Rgb = [255, 255, 255];
 pub const BLACK: Rgb = [20, 20, 20];
 pub const GREY: Rgb = [225, 225, 225];
-/// Series colours (colour-blind friendly: blue, orange, green, purple).
-pub const PALETTE: [Rgb; 4] = [[0, 114, 178], [230, 159, 0], [0, 158, 115], [150, 80, 160]];
+/// Series colours (colour-blind friendly, after Okabe and Ito: blue,
+/// orange, green, purple, vermilion, sky blue, grey).
+pub const PALETTE: [Rgb; 7] = [
+    [0, 114, 178],
+    [230, 159, 0],
+    [0, 158, 115],
+    [150, 80, 160],
+    [213, 94, 0],
+    [86, 180, 233],
+    [110, 110, 110],
+];
 
 /// A raster image.
 pub struct Canvas {
@@ -137,6 +146,7 @@ pub struct Chart {
     top: f64,
     bottom: f64,
     legend: Vec<(String, Rgb)>,
+    legend_bottom: bool,
 }
 
 impl Chart {
@@ -157,6 +167,7 @@ impl Chart {
             top: 50.0,
             bottom: h as f64 - 70.0,
             legend: vec![],
+            legend_bottom: false,
         };
         chart.frame(title, x_label, y_label);
         chart
@@ -251,7 +262,13 @@ impl Chart {
         self.legend.push((name.to_string(), c));
     }
 
-    /// Draws the legend in the top-right corner and writes the PNG.
+    /// Puts the legend in the bottom-right corner instead of the top-right
+    /// (for data that fills the top).
+    pub fn legend_bottom_right(&mut self) {
+        self.legend_bottom = true;
+    }
+
+    /// Draws the legend in its corner and writes the PNG.
     pub fn save(mut self, path: &Path) -> std::io::Result<()> {
         let width = self
             .legend
@@ -261,9 +278,13 @@ impl Chart {
             .unwrap_or(0)
             + 44;
         let x0 = self.right as i64 - width - 8;
-        let mut y = self.top as i64 + 8;
+        let h = self.legend.len() as i64 * 22 + 8;
+        let mut y = if self.legend_bottom {
+            self.bottom as i64 - h - 2
+        } else {
+            self.top as i64 + 8
+        };
         if !self.legend.is_empty() {
-            let h = self.legend.len() as i64 * 22 + 8;
             self.canvas
                 .fill_rect(x0 - 6, y - 6, x0 + width, y + h - 6, WHITE);
             for (name, c) in std::mem::take(&mut self.legend) {

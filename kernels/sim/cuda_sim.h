@@ -27,7 +27,15 @@
 #include <cstring>
 #include <type_traits>
 
-struct adaface_sim_launch;
+// ---------------------------------------------------------------------------
+// Launch geometry record passed to every `_sim` entry. The Rust mirror
+// (`adaface::sim::SimLaunch`) follows this layout.
+// ---------------------------------------------------------------------------
+struct adaface_sim_launch {
+    unsigned grid_x, grid_y, grid_z;
+    unsigned block_x, block_y, block_z;
+    unsigned shared_bytes;
+};
 
 // Kernel bodies are compiled twice on x86-64: for x86-64-v3 (AVX2, FMA) and
 // for the baseline, picked at load time by the CPU. Without it every fmaf is

@@ -16,7 +16,7 @@
 #include <thread>
 #include <vector>
 
-#include "../adaface_portable.cuh"
+#include "../portable.cuh"
 
 // Error codes returned by every `_sim` entry (mirrored in src/sim/mod.rs).
 #define ADAFACE_SIM_OK 0

@@ -10,8 +10,59 @@ from torch import Tensor, nn
 
 from . import _native
 
-#: The margin policies (the crate's ``MarginPolicy``).
-MARGINS = ("adaface", "arcface", "cosface", "combined")
+#: The margin policies (the crate's ``MarginPolicy``). The first four are
+#: affine in AdaFace's scaler and run on every backend; SphereFace runs on the
+#: CPU backends and CUDA; CurricularFace and MagFace on the CPU backends.
+MARGINS = ("adaface", "arcface", "cosface", "combined", "sphereface", "curricularface", "magface")
+
+#: ``m`` when it is not given: the AdaFace paper's 0.4, and CurricularFace's
+#: own 0.5.
+_DEFAULT_M = {"curricularface": 0.5}
+
+
+def _margin_repr(module: Any) -> str:
+    """The policy's parameters, as ``extra_repr`` lists them."""
+    if module.margin == "combined":
+        return f"m1={module.m1}, m2={module.m2}, m3={module.m3}"
+    if module.margin == "adaface":
+        return f"m={module.m}, h={module.h}"
+    if module.margin == "sphereface":
+        return f"sphere_m={module.sphere_m}, sphere_lambda={module.sphere_lambda}"
+    if module.margin == "magface":
+        return (
+            f"l_a={module.l_a}, u_a={module.u_a}, l_m={module.l_m}, u_m={module.u_m}, "
+            f"lambda_g={module.lambda_g}"
+        )
+    return f"m={module.m}"
+
+
+def _margin_params(module: Any, sphere_m: int, sphere_lambda: float, mag: Tuple[float, ...]) -> None:
+    """Stores the keyword-only policy parameters on ``module``."""
+    if isinstance(sphere_m, bool) or not isinstance(sphere_m, int):
+        raise ValueError(f"sphere_m must be an int, got {sphere_m!r}")
+    module.sphere_m, module.sphere_lambda = sphere_m, float(sphere_lambda)
+    module.l_a, module.u_a, module.l_m, module.u_m, module.lambda_g = (float(v) for v in mag)
+
+
+def _native_config(module: Any) -> Any:
+    """The validated native config of a module's hyper-parameters."""
+    return _native.Config(
+        module.margin,
+        module.m,
+        module.h,
+        module.s,
+        module.t_alpha,
+        module.m1,
+        module.m2,
+        module.m3,
+        sphere_m=module.sphere_m,
+        sphere_lambda=module.sphere_lambda,
+        l_a=module.l_a,
+        u_a=module.u_a,
+        l_m=module.l_m,
+        u_m=module.u_m,
+        lambda_g=module.lambda_g,
+    )
 
 #: Backends a module can be asked for (``backend=``).
 BACKENDS = ("auto", "cpu", "reference")
@@ -115,6 +166,7 @@ def _run(
     """One call of the backend: the loss (a 0-d tensor on the inputs' device)
     and, when asked, ``dL/dx`` and ``dL/dW`` in ``plan.grad_dtype``."""
     mean, std = module._state_buffers(plan.device)
+    t = module._curricular_buffer(plan.device)
     b, d, c = plan.batch, plan.dim, plan.classes
     gx = gw = None
     if need_grads:
@@ -144,7 +196,7 @@ def _run(
         out_dtype = torch.float64 if plan.dtype == torch.float64 else torch.float32
         return loss.reshape(()).to(out_dtype), gx, gw
     step = _native.reference_step if plan.kind == "reference" else _native.cpu_step
-    value = step(module._cfg, *args, _ptr(mean), _ptr(std), update_state)
+    value = step(module._cfg, *args, _ptr(mean), _ptr(std), update_state, _ptr(t) if t is not None else 0)
     out_dtype = torch.float64 if plan.dtype == torch.float64 else torch.float32
     return torch.tensor(value, dtype=out_dtype), gx, gw
 
@@ -238,15 +290,26 @@ class AdaFaceLoss(nn.Module):
     Args:
         embedding_size: ``D``, the feature dimension.
         num_classes: ``C``, the number of identities.
-        m: the margin (AdaFace, ArcFace, CosFace).
+        m: the margin (AdaFace, ArcFace, CosFace, CurricularFace); by default
+            0.4, and 0.5 for CurricularFace (its paper's).
         h: AdaFace's scaler concentration.
         s: the logit scale.
         t_alpha: the EMA rate of the norm statistics (the official training
             default is 0.01; the official head's own default is 1.0).
-        margin: ``"adaface"``, ``"arcface"``, ``"cosface"`` or ``"combined"``.
+        margin: ``"adaface"``, ``"arcface"``, ``"cosface"``, ``"combined"``,
+            ``"sphereface"``, ``"curricularface"`` or ``"magface"`` (see
+            :data:`MARGINS`; the last three are not affine in the scaler:
+            CurricularFace and MagFace run on the CPU backends only, and
+            CUDA raises ``NotImplementedError`` for them).
         dtype: the weight's dtype (default ``float32``; ``bfloat16`` and
             ``float16`` are read in place by the fused backends).
         m1, m2, m3: the combined margin ``cos(m1 theta + m2) - m3``.
+        sphere_m, sphere_lambda: SphereFace's integer angular multiplier and
+            annealing weight (the target logit is
+            ``s (lambda cos(theta) + psi(theta)) / (1 + lambda)``).
+        l_a, u_a, l_m, u_m, lambda_g: MagFace's norm bounds, margins at
+            those bounds and regulariser weight (the paper's 10, 110, 0.45,
+            0.8 and 35).
         backend: ``"auto"`` (the fused backend of the tensors' device; the
             exact reference for ``float64`` CPU inputs), ``"cpu"`` (fused,
             ``float64`` converted to ``float32``) or ``"reference"`` (the
@@ -259,7 +322,9 @@ class AdaFaceLoss(nn.Module):
     batch's updated statistics, as the official head computes it) and the
     state stays. A step's backward runs once (its gradients are handed to
     autograd without a copy); set ``reentrant_backward = True`` to
-    backpropagate through one graph repeatedly. Bad inputs raise ``ValueError`` (device or backend failures
+    backpropagate through one graph repeatedly. CurricularFace keeps its
+    ``t`` (the EMA of the batch mean target cosine, starting at 0) in a third
+    buffer, ``curricular_t``, which moves with the norm statistics. Bad inputs raise ``ValueError`` (device or backend failures
     ``RuntimeError``) with nothing written and the state unchanged. On CUDA
     the kernels check the data (labels in range, finite values, non-zero
     norms) without a host sync: a rejected step's loss is NaN, its gradients
@@ -282,7 +347,7 @@ class AdaFaceLoss(nn.Module):
         self,
         embedding_size: int,
         num_classes: int,
-        m: float = 0.4,
+        m: Optional[float] = None,
         h: float = 0.333,
         s: float = 64.0,
         t_alpha: float = 0.01,
@@ -292,6 +357,13 @@ class AdaFaceLoss(nn.Module):
         m1: float = 1.0,
         m2: float = 0.0,
         m3: float = 0.0,
+        sphere_m: int = 4,
+        sphere_lambda: float = 5.0,
+        l_a: float = 10.0,
+        u_a: float = 110.0,
+        l_m: float = 0.45,
+        u_m: float = 0.8,
+        lambda_g: float = 35.0,
         backend: str = "auto",
         device: Optional[torch.device] = None,
     ) -> None:
@@ -309,8 +381,11 @@ class AdaFaceLoss(nn.Module):
         self.embedding_size = embedding_size
         self.num_classes = num_classes
         self.margin = margin
+        if m is None:
+            m = _DEFAULT_M.get(margin, 0.4)
         self.m, self.h, self.s, self.t_alpha = float(m), float(h), float(s), float(t_alpha)
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
+        _margin_params(self, sphere_m, sphere_lambda, (l_a, u_a, l_m, u_m, lambda_g))
         self.backend = backend
         #: Keep each step's gradients for repeated backward passes over one
         #: graph (``retain_graph=True``, ``gradcheck``), at the cost of a copy
@@ -322,10 +397,12 @@ class AdaFaceLoss(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_size, dtype=dtype, device=device))
         self.register_buffer("batch_mean", torch.full((1,), mean0, dtype=torch.float64, device=device))
         self.register_buffer("batch_std", torch.full((1,), std0, dtype=torch.float64, device=device))
+        if self._cfg.has_curricular_t():
+            self.register_buffer("curricular_t", torch.zeros((1,), dtype=torch.float64, device=device))
         self.reset_parameters()
 
     def _make_config(self) -> Any:
-        return _native.Config(self.margin, self.m, self.h, self.s, self.t_alpha, self.m1, self.m2, self.m3)
+        return _native_config(self)
 
     def reset_parameters(self) -> None:
         """Class rows drawn uniformly in ``[-1, 1]`` and scaled to unit norm
@@ -397,6 +474,22 @@ class AdaFaceLoss(nn.Module):
             out.append(t)
         return out[0], out[1]
 
+    def _curricular_buffer(self, device: torch.device) -> Optional[Tensor]:
+        """CurricularFace's ``t`` as the native layer writes it (one contiguous
+        ``float64`` element on the inputs' device), or ``None`` for the other
+        policies."""
+        t = getattr(self, "curricular_t", None)
+        if t is None:
+            return None
+        if t.numel() != 1:
+            raise ValueError(f"curricular_t must hold one value, got shape {tuple(t.shape)}")
+        if t.device != device:
+            raise ValueError(f"the module's curricular_t is on {t.device}, the inputs on {device}")
+        if t.dtype != torch.float64 or not t.is_contiguous():
+            t = t.detach().to(torch.float64).reshape(1).contiguous()
+            self.curricular_t = t
+        return t
+
     def load_official_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> None:
         """Loads the official AdaFace head's state (github mk-minchul/AdaFace,
         ``head.AdaFace``): ``kernel`` (``D x C``, one column per class) becomes
@@ -454,15 +547,9 @@ class AdaFaceLoss(nn.Module):
     # -- Python niceties --------------------------------------------------
 
     def extra_repr(self) -> str:
-        if self.margin == "combined":
-            margin = f"m1={self.m1}, m2={self.m2}, m3={self.m3}"
-        elif self.margin == "adaface":
-            margin = f"m={self.m}, h={self.h}"
-        else:
-            margin = f"m={self.m}"
         return (
             f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, "
-            f"margin={self.margin!r}, {margin}, s={self.s}, t_alpha={self.t_alpha}, "
+            f"margin={self.margin!r}, {_margin_repr(self)}, s={self.s}, t_alpha={self.t_alpha}, "
             f"backend={self.backend!r}"
         )
 

@@ -7,19 +7,23 @@ from typing import List, Optional, Tuple
 class Config:
     def __init__(
         self, margin: str, m: float, h: float, s: float, t_alpha: float,
-        m1: float = ..., m2: float = ..., m3: float = ...,
+        m1: float = ..., m2: float = ..., m3: float = ..., *,
+        sphere_m: int = ..., sphere_lambda: float = ..., l_a: float = ...,
+        u_a: float = ..., l_m: float = ..., u_m: float = ..., lambda_g: float = ...,
     ) -> None: ...
     def initial_state(self) -> Tuple[float, float]: ...
+    def has_curricular_t(self) -> bool: ...
+    def is_affine(self) -> bool: ...
 
 def cpu_step(
     cfg: Config, batch: int, dim: int, classes: int, dtype: str, label_dtype: str,
     x: int, w: int, labels: int, dx: int, dw: int, state_mean: int, state_std: int,
-    update_state: bool,
+    update_state: bool, state_t: int = ...,
 ) -> float: ...
 def reference_step(
     cfg: Config, batch: int, dim: int, classes: int, dtype: str, label_dtype: str,
     x: int, w: int, labels: int, dx: int, dw: int, state_mean: int, state_std: int,
-    update_state: bool,
+    update_state: bool, state_t: int = ...,
 ) -> float: ...
 def cuda_compiled() -> bool: ...
 

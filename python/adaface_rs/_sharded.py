@@ -39,7 +39,18 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import _native
-from ._loss import _LABELS, BACKENDS, MARGINS, AdaFaceLoss, _Plan, _ptr, _scaled
+from ._loss import (
+    _LABELS,
+    BACKENDS,
+    MARGINS,
+    AdaFaceLoss,
+    _margin_params,
+    _margin_repr,
+    _native_config,
+    _Plan,
+    _ptr,
+    _scaled,
+)
 
 #: ``comm_dtype`` values: the dtype ``dX`` is reduce-scattered in.
 COMM_DTYPES = {
@@ -315,6 +326,9 @@ class ShardedAdaFaceLoss(nn.Module):
         self.margin = margin
         self.m, self.h, self.s, self.t_alpha = float(m), float(h), float(s), float(t_alpha)
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
+        # The sharded step computes the affine policies only; the others'
+        # parameters keep their defaults so that the config can be built.
+        _margin_params(self, 4, 5.0, (10.0, 110.0, 0.45, 0.8, 35.0))
         self.backend = backend
         self.sample_rate = float(sample_rate)
         self.comm_dtype = _comm_dtype(comm_dtype)
@@ -324,6 +338,11 @@ class ShardedAdaFaceLoss(nn.Module):
         self.reentrant_backward = False
         self.last_sampled = None
         self._cfg = self._make_config()
+        if not self._cfg.is_affine():
+            raise NotImplementedError(
+                f"margin {margin!r} is not supported by the class-sharded step "
+                "(adaface, arcface, cosface and combined are)"
+            )
         mean0, std0 = self._cfg.initial_state()
         self.weight = nn.Parameter(
             torch.empty(self.shard_classes, embedding_size, dtype=dtype, device=device)
@@ -335,7 +354,7 @@ class ShardedAdaFaceLoss(nn.Module):
         self._check_group_agrees()
 
     def _make_config(self) -> Any:
-        return _native.Config(self.margin, self.m, self.h, self.s, self.t_alpha, self.m1, self.m2, self.m3)
+        return _native_config(self)
 
     def _check_group_agrees(self) -> None:
         """One small all-gather at construction: every rank must have built
@@ -663,12 +682,7 @@ class ShardedAdaFaceLoss(nn.Module):
     # -- Python niceties --------------------------------------------------
 
     def extra_repr(self) -> str:
-        if self.margin == "combined":
-            margin = f"m1={self.m1}, m2={self.m2}, m3={self.m3}"
-        elif self.margin == "adaface":
-            margin = f"m={self.m}, h={self.h}"
-        else:
-            margin = f"m={self.m}"
+        margin = _margin_repr(self)
         comm = "float32" if self.comm_dtype is None else str(self.comm_dtype).replace("torch.", "")
         return (
             f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, "

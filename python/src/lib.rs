@@ -14,7 +14,7 @@
 use adaface::cpu::{CpuElement, CpuOptions};
 use adaface::{AdaFaceConfig, EmaState, Error, Label, MarginPolicy, Real, Shape};
 use half::{bf16, f16};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 #[cfg(feature = "cuda")]
@@ -24,11 +24,15 @@ mod cuda_shard;
 mod shard;
 
 /// The Python exception for a crate error: `ValueError` for bad inputs or
-/// configuration, `RuntimeError` for the device and the backends.
+/// configuration, `NotImplementedError` for a margin policy the backend does
+/// not compute, `RuntimeError` for the device and the backends.
 pub(crate) fn to_py(e: Error) -> PyErr {
     let msg = e.to_string();
     match e {
         Error::DeviceUnavailable { .. } | Error::Backend { .. } => PyRuntimeError::new_err(msg),
+        // A policy this backend does not compute, as torch reports an
+        // operator missing for a device.
+        Error::UnsupportedMargin { .. } => PyNotImplementedError::new_err(msg),
         Error::ShapeMismatch { .. }
         | Error::LabelOutOfRange { .. }
         | Error::NonFinite { .. }
@@ -56,10 +60,13 @@ pub struct Config {
 
 #[pymethods]
 impl Config {
-    /// `margin` is `"adaface"` (uses `m`, `h`), `"arcface"` or `"cosface"`
-    /// (use `m`) or `"combined"` (uses `m1`, `m2`, `m3`).
+    /// `margin` is `"adaface"` (uses `m`, `h`), `"arcface"`, `"cosface"` or
+    /// `"curricularface"` (use `m`), `"combined"` (uses `m1`, `m2`, `m3`),
+    /// `"sphereface"` (uses `sphere_m`, `sphere_lambda`) or `"magface"`
+    /// (uses `l_a`, `u_a`, `l_m`, `u_m`, `lambda_g`). The defaults of the
+    /// keyword-only parameters are the papers' (see `MarginPolicy`).
     #[new]
-    #[pyo3(signature = (margin, m, h, s, t_alpha, m1=1.0, m2=0.0, m3=0.0))]
+    #[pyo3(signature = (margin, m, h, s, t_alpha, m1=1.0, m2=0.0, m3=0.0, *, sphere_m=4, sphere_lambda=5.0, l_a=10.0, u_a=110.0, l_m=0.45, u_m=0.8, lambda_g=35.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         margin: &str,
@@ -70,15 +77,35 @@ impl Config {
         m1: f64,
         m2: f64,
         m3: f64,
+        sphere_m: u32,
+        sphere_lambda: f64,
+        l_a: f64,
+        u_a: f64,
+        l_m: f64,
+        u_m: f64,
+        lambda_g: f64,
     ) -> PyResult<Self> {
         let policy = match margin {
             "adaface" => MarginPolicy::AdaFace { m, h },
             "arcface" => MarginPolicy::ArcFace { m },
             "cosface" => MarginPolicy::CosFace { m },
             "combined" => MarginPolicy::Combined { m1, m2, m3 },
+            "sphereface" => MarginPolicy::SphereFace {
+                m: sphere_m,
+                lambda: sphere_lambda,
+            },
+            "curricularface" => MarginPolicy::CurricularFace { m },
+            "magface" => MarginPolicy::MagFace {
+                l_a,
+                u_a,
+                l_m,
+                u_m,
+                lambda_g,
+            },
             other => {
                 return Err(PyValueError::new_err(format!(
-                    "unknown margin {other:?}: expected adaface, arcface, cosface or combined"
+                    "unknown margin {other:?}: expected adaface, arcface, cosface, combined, \
+                     sphereface, curricularface or magface"
                 )))
             }
         };
@@ -95,6 +122,18 @@ impl Config {
     fn initial_state(&self) -> (f64, f64) {
         let st = self.cfg.initial_state();
         (st.batch_mean, st.batch_std)
+    }
+
+    /// Whether the policy keeps a third state value, CurricularFace's `t`
+    /// (the EMA of the batch mean target cosine; starts at 0).
+    fn has_curricular_t(&self) -> bool {
+        matches!(self.cfg.margin(), MarginPolicy::CurricularFace { .. })
+    }
+
+    /// Whether every backend computes the policy (the margins affine in
+    /// AdaFace's scaler); the class-sharded step takes only these.
+    fn is_affine(&self) -> bool {
+        self.cfg.margin().is_affine()
     }
 
     /// `repr` of the crate's config.
@@ -139,6 +178,15 @@ impl Ptr {
         Ok(std::slice::from_raw_parts_mut(self.0 as *mut T, len))
     }
 
+    /// The gradient outputs `(dx, dw)`, or `None` when both are 0 (the
+    /// loss only).
+    fn grads(dx: usize, dw: usize) -> Option<(Ptr, Ptr)> {
+        match (dx, dw) {
+            (0, 0) => None,
+            (a, b) => Some((Ptr(a), Ptr(b))),
+        }
+    }
+
     fn check<T>(self, what: &str) -> Result<(), Error> {
         if self.0 == 0 || self.0 % std::mem::align_of::<T>() != 0 {
             return Err(Error::Backend {
@@ -149,19 +197,34 @@ impl Ptr {
     }
 }
 
-/// The EMA state held in two one-element `float64` tensors.
+/// The EMA state held in one-element `float64` tensors: the norm
+/// statistics, and CurricularFace's `t` where the policy has one.
 struct StatePtrs {
     mean: Ptr,
     std: Ptr,
+    /// 0 when the policy keeps no `t` (it is then carried as 0).
+    t: Ptr,
 }
 
 impl StatePtrs {
+    /// The state at these addresses; `t` is 0 for a policy without one.
+    fn new(mean: usize, std: usize, t: usize) -> Self {
+        StatePtrs {
+            mean: Ptr(mean),
+            std: Ptr(std),
+            t: Ptr(t),
+        }
+    }
+
     /// # Safety
-    /// Both addresses hold one live `f64` each.
+    /// Each non-zero address holds one live `f64`.
     unsafe fn read(&self) -> Result<EmaState, Error> {
         let mean = self.mean.slice::<f64>(1, "batch_mean")?[0];
         let std = self.std.slice::<f64>(1, "batch_std")?[0];
-        let st = EmaState::new(mean, std);
+        let mut st = EmaState::new(mean, std);
+        if self.t.0 != 0 {
+            st.curricular_t = self.t.slice::<f64>(1, "curricular_t")?[0];
+        }
         st.validate()?;
         Ok(st)
     }
@@ -171,6 +234,9 @@ impl StatePtrs {
     unsafe fn write(&self, st: EmaState) -> Result<(), Error> {
         self.mean.slice_mut::<f64>(1, "batch_mean")?[0] = st.batch_mean;
         self.std.slice_mut::<f64>(1, "batch_std")?[0] = st.batch_std;
+        if self.t.0 != 0 {
+            self.t.slice_mut::<f64>(1, "curricular_t")?[0] = st.curricular_t;
+        }
         Ok(())
     }
 }
@@ -217,11 +283,12 @@ unsafe fn cpu_run<E: CpuElement, L: Label>(
 /// alike), `label_dtype` `"int64"` or `"int32"`; `x`, `w`, `labels` are the
 /// data pointers of contiguous `B x D`, `C x D` and `B` tensors; `dx`, `dw`
 /// those of `float32` tensors of the same shapes (written in full) or both
-/// 0; `state_mean`, `state_std` those of one-element `float64` tensors, read
-/// before and, when `update_state`, written after. Returns the mean loss.
+/// 0; `state_mean`, `state_std` (and `state_t`, CurricularFace's `t`, or 0)
+/// those of one-element `float64` tensors, read before and, when
+/// `update_state`, written after. Returns the mean loss.
 /// On an error nothing is written.
 #[pyfunction]
-#[pyo3(signature = (cfg, batch, dim, classes, dtype, label_dtype, x, w, labels, dx, dw, state_mean, state_std, update_state))]
+#[pyo3(signature = (cfg, batch, dim, classes, dtype, label_dtype, x, w, labels, dx, dw, state_mean, state_std, update_state, state_t=0))]
 #[allow(clippy::too_many_arguments)]
 fn cpu_step(
     py: Python<'_>,
@@ -239,18 +306,13 @@ fn cpu_step(
     state_mean: usize,
     state_std: usize,
     update_state: bool,
+    state_t: usize,
 ) -> PyResult<f64> {
     let cfg = cfg.cfg;
     let shape = shape_of(batch, dim, classes).map_err(to_py)?;
-    let grads = match (dx, dw) {
-        (0, 0) => None,
-        (a, b) => Some((Ptr(a), Ptr(b))),
-    };
+    let grads = Ptr::grads(dx, dw);
     let (x, w, y) = (Ptr(x), Ptr(w), Ptr(labels));
-    let state = StatePtrs {
-        mean: Ptr(state_mean),
-        std: Ptr(state_std),
-    };
+    let state = StatePtrs::new(state_mean, state_std, state_t);
     macro_rules! go {
         ($e:ty) => {
             match label_dtype {
@@ -334,7 +396,7 @@ unsafe fn reference_run<T: Real, L: Label>(
 /// (`dtype`; the gradients `dx`, `dw` are of that dtype too). For checks
 /// (gradcheck in `float64`): it materialises the `B x C` logits.
 #[pyfunction]
-#[pyo3(signature = (cfg, batch, dim, classes, dtype, label_dtype, x, w, labels, dx, dw, state_mean, state_std, update_state))]
+#[pyo3(signature = (cfg, batch, dim, classes, dtype, label_dtype, x, w, labels, dx, dw, state_mean, state_std, update_state, state_t=0))]
 #[allow(clippy::too_many_arguments)]
 fn reference_step(
     py: Python<'_>,
@@ -352,18 +414,13 @@ fn reference_step(
     state_mean: usize,
     state_std: usize,
     update_state: bool,
+    state_t: usize,
 ) -> PyResult<f64> {
     let cfg = cfg.cfg;
     let shape = shape_of(batch, dim, classes).map_err(to_py)?;
-    let grads = match (dx, dw) {
-        (0, 0) => None,
-        (a, b) => Some((Ptr(a), Ptr(b))),
-    };
+    let grads = Ptr::grads(dx, dw);
     let (x, w, y) = (Ptr(x), Ptr(w), Ptr(labels));
-    let state = StatePtrs {
-        mean: Ptr(state_mean),
-        std: Ptr(state_std),
-    };
+    let state = StatePtrs::new(state_mean, state_std, state_t);
     macro_rules! go {
         ($t:ty) => {
             match label_dtype {

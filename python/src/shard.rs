@@ -160,10 +160,8 @@ pub fn shard_phase1(
         .transpose()
         .map_err(to_py)?;
     let (x, w, y, out) = (Ptr(x), Ptr(w), Ptr(labels), Ptr(partials));
-    let state = StatePtrs {
-        mean: Ptr(state_mean),
-        std: Ptr(state_std),
-    };
+    // The class-sharded step takes the affine policies only: no `t`.
+    let state = StatePtrs::new(state_mean, state_std, 0);
     let backend = match backend {
         "cpu" => "cpu",
         "reference" => "reference",
@@ -409,15 +407,9 @@ impl ShardPending {
             .take()
             .ok_or_else(|| PyRuntimeError::new_err("this shard step already finished"))?;
         let shape = self.shape;
-        let grads = match (dx, dw) {
-            (0, 0) => None,
-            (a, b) => Some((Ptr(a), Ptr(b))),
-        };
+        let grads = Ptr::grads(dx, dw);
         let (w, g, s) = (Ptr(w), Ptr(global_max), Ptr(sums));
-        let state = StatePtrs {
-            mean: Ptr(state_mean),
-            std: Ptr(state_std),
-        };
+        let state = StatePtrs::new(state_mean, state_std, 0);
         let b = shape.batch;
         let run = || -> Result<f64, Error> {
             // SAFETY: as in shard_phase1; the statistics are contiguous

@@ -383,7 +383,7 @@ def test_config_errors():
     with pytest.raises(ValueError, match="invalid config: m"):
         adaface_rs.AdaFaceLoss(4, 5, m=float("nan"))
     with pytest.raises(ValueError, match="unknown margin"):
-        adaface_rs.AdaFaceLoss(4, 5, margin="sphereface")
+        adaface_rs.AdaFaceLoss(4, 5, margin="elasticface")
     with pytest.raises(ValueError, match="positive int"):
         adaface_rs.AdaFaceLoss(0, 5)
 

@@ -1,7 +1,7 @@
 //! The chunked cuBLAS path on the GPU: cuBLAS GEMMs (through cudarc,
 //! loaded at run time) on one chunk of classes at a time, the naive row
-//! kernels (`kernels/adaface_naive.cu`) and the chunk kernels
-//! (`kernels/adaface_chunked.cu`), compiled by NVRTC with the fused ones.
+//! kernels (`kernels/naive.cu`) and the chunk kernels
+//! (`kernels/chunked.cu`), compiled by NVRTC with the fused ones.
 //!
 //! Same inputs and outputs as [`crate::naive::cuda::NaiveCuda`] (loss, f32
 //! `dX` and `dW`, EMA state), with [`ChunkedLayout::extra_bytes`] of device
@@ -24,7 +24,7 @@ use crate::config::AdaFaceConfig;
 use crate::cuda::backend;
 use crate::error::{Error, Result};
 use crate::kernel_params::AdafaceStepRecord;
-use crate::launch::{check_call, KernelElement, KernelLabel, StepSummary};
+use crate::launch::{check_call, KernelElement, KernelId, KernelLabel, StepSummary};
 use crate::naive::{stats_params, GemmSpec};
 use crate::shape::Shape;
 
@@ -184,49 +184,28 @@ impl ChunkedCuda {
         let eb = std::mem::size_of::<E>();
         let layout = ChunkedLayout::new(shape, eb, self.chunk)?;
         let (e, l) = (E::SUFFIX, L::SUFFIX);
-        let f_stats = self.function(&format!("adaface_stats_{e}_{l}"))?;
-        let f_norm = self.function(&format!("adaface_naive_normalize_{e}"))?;
-        let f_cstats = self.function(&format!("adaface_chunked_stats_{l}"))?;
-        let f_grad = self.function(&format!("adaface_chunked_grad_{e}_{l}"))?;
-        let f_loss = self.function("adaface_naive_loss")?;
-        let f_back = self.function(&format!("adaface_naive_norm_backward_{e}"))?;
+        let f_stats = self.function(KernelId::find("adaface_stats", &[e, l])?.name())?;
+        let f_norm = self.function(KernelId::find("adaface_naive_normalize", &[e])?.name())?;
+        let f_cstats = self.function(KernelId::find("adaface_chunked_stats", &[l])?.name())?;
+        let f_grad = self.function(KernelId::find("adaface_chunked_grad", &[e, l])?.name())?;
+        let f_loss = self.function(KernelId::find("adaface_naive_loss", &[])?.name())?;
+        let f_back = self.function(KernelId::find("adaface_naive_norm_backward", &[e])?.name())?;
 
         let typed_bytes = layout.typed_len * layout.elem_bytes;
-        if self
-            .ws32
-            .as_ref()
-            .map_or(true, |b| b.len() < layout.f32_len)
-        {
-            self.ws32 = None;
-            // SAFETY: every region is written by a kernel or GEMM before it is read.
-            self.ws32 = Some(
-                unsafe { self.stream.alloc::<f32>(layout.f32_len) }
-                    .map_err(backend("alloc chunked workspace"))?,
-            );
-        }
-        if self
-            .ws_typed
-            .as_ref()
-            .map_or(true, |b| b.len() < typed_bytes)
-        {
-            self.ws_typed = None;
-            // SAFETY: as above.
-            self.ws_typed = Some(
-                unsafe { self.stream.alloc::<u8>(typed_bytes) }
-                    .map_err(backend("alloc chunked workspace"))?,
-            );
-        }
         self.peak_extra = self.peak_extra.max(layout.extra_bytes());
         let mut record = self
             .stream
             .alloc_zeros::<AdafaceStepRecord>(1)
             .map_err(backend("alloc step record"))?;
         let stream = self.stream.clone();
-        let (Some(ws32), Some(wst)) = (self.ws32.as_mut(), self.ws_typed.as_mut()) else {
-            return Err(Error::Backend {
-                message: "chunked workspace".into(),
-            });
-        };
+        let (ws32, wst) = crate::naive::cuda::ensure_workspaces(
+            &stream,
+            &mut self.ws32,
+            &mut self.ws_typed,
+            layout.f32_len,
+            typed_bytes,
+            "alloc chunked workspace",
+        )?;
         let (ws32_ptr, _g1) = ws32.device_ptr_mut(&stream);
         let (wst_ptr, _g2) = wst.device_ptr_mut(&stream);
         let (x_ptr, _g3) = x.device_ptr(&stream);

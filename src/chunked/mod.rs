@@ -2,8 +2,8 @@
 //! one chunk of `Cc` classes at a time, so that its workspace is
 //! `O(B x Cc)` rather than `O(B x C)` ([`ChunkedLayout::extra_bytes`]).
 //!
-//! A step (kernels of `kernels/adaface_naive.cu` and
-//! `kernels/adaface_chunked.cu`):
+//! A step (kernels of `kernels/naive.cu` and
+//! `kernels/chunked.cu`):
 //!
 //! 1. `adaface_stats` (norms, EMA, margins), `normalize` on the rows of `x`.
 //! 2. Per chunk: `normalize` the chunk's rows of `W`, GEMM
@@ -38,7 +38,7 @@ use crate::shape::Shape;
 pub const DEFAULT_CHUNK: usize = 16384;
 
 /// Parameters of the chunk kernels: `AdafaceChunkedParams` of
-/// `kernels/adaface_chunked.cu` (addresses are device pointers on the GPU,
+/// `kernels/chunked.cu` (addresses are device pointers on the GPU,
 /// host pointers in the simulator).
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
@@ -241,7 +241,7 @@ pub(crate) fn base_params(
             classes: shape.classes as i64,
             s: cfg.s() as f32,
             eps: cfg.eps() as f32,
-            m1: cfg.margin().angle_scale() as f32,
+            m1: crate::launch::kernel_margin(cfg).m1 as f32,
             inv_batch: (1.0 / shape.batch as f64) as f32,
             ..Default::default()
         },

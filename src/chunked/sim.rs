@@ -1,42 +1,17 @@
 //! The chunked pipeline on the simulator: the naive and chunk kernels run
-//! simulated, and the GEMMs run on the CPU from the very [`GemmSpec`]s (and
+//! simulated, and the GEMMs run on the CPU from the very [`GemmSpec`](crate::naive::GemmSpec)s (and
 //! betas) the CUDA path hands to cuBLAS, so a wrong leading dimension,
 //! chunk offset or accumulation fails a test here, without a GPU.
 
-use std::ffi::c_int;
-
 use super::{base_params, chunk_params, chunks, ChunkGemms, ChunkedLayout, ChunkedParams};
 use crate::config::AdaFaceConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kernel_params::{AdafaceStatsParams, AdafaceStepRecord};
-use crate::launch::{check_call, KernelElement, KernelLabel, StepSummary};
-use crate::naive::{stats_params, GemmSpec, NaiveParams};
+use crate::launch::{KernelElement, KernelId, KernelLabel, StepSummary};
+use crate::naive::{stats_params, NaiveParams};
 use crate::shape::Shape;
 use crate::sim::{launch, SimEntry, SimLaunch};
 use crate::state::EmaState;
-
-macro_rules! declare {
-    ($params:ty => $($name:ident),* $(,)?) => {
-        extern "C" {
-            $(fn $name(launch: *const SimLaunch, params: *const $params) -> c_int;)*
-        }
-    };
-}
-
-declare!(NaiveParams =>
-    adaface_naive_normalize_f32_sim, adaface_naive_normalize_bf16_sim, adaface_naive_normalize_f16_sim,
-    adaface_naive_loss_sim,
-    adaface_naive_norm_backward_f32_sim, adaface_naive_norm_backward_bf16_sim,
-    adaface_naive_norm_backward_f16_sim);
-declare!(AdafaceStatsParams =>
-    adaface_stats_f32_i32_sim, adaface_stats_f32_i64_sim,
-    adaface_stats_bf16_i32_sim, adaface_stats_bf16_i64_sim,
-    adaface_stats_f16_i32_sim, adaface_stats_f16_i64_sim);
-declare!(ChunkedParams =>
-    adaface_chunked_stats_i32_sim, adaface_chunked_stats_i64_sim,
-    adaface_chunked_grad_f32_i32_sim, adaface_chunked_grad_f32_i64_sim,
-    adaface_chunked_grad_bf16_i32_sim, adaface_chunked_grad_bf16_i64_sim,
-    adaface_chunked_grad_f16_i32_sim, adaface_chunked_grad_f16_i64_sim);
 
 struct Entries {
     stats: SimEntry<AdafaceStatsParams>,
@@ -46,108 +21,20 @@ struct Entries {
     chunk_grad: SimEntry<ChunkedParams>,
 }
 
+/// The `_sim` entries of the chunked step for element `E` and label `L`,
+/// from the kernel table.
 fn entries<E: KernelElement, L: KernelLabel>() -> Result<Entries> {
-    let (normalize, norm_backward): (SimEntry<NaiveParams>, SimEntry<NaiveParams>) = match E::SUFFIX
-    {
-        "f32" => (
-            adaface_naive_normalize_f32_sim,
-            adaface_naive_norm_backward_f32_sim,
-        ),
-        "bf16" => (
-            adaface_naive_normalize_bf16_sim,
-            adaface_naive_norm_backward_bf16_sim,
-        ),
-        "f16" => (
-            adaface_naive_normalize_f16_sim,
-            adaface_naive_norm_backward_f16_sim,
-        ),
-        other => {
-            return Err(Error::DtypeMismatch {
-                expected: "f32, bf16 or f16 elements",
-                actual: other,
-            })
-        }
-    };
-    let (stats, chunk_stats, chunk_grad): (
-        SimEntry<AdafaceStatsParams>,
-        SimEntry<ChunkedParams>,
-        SimEntry<ChunkedParams>,
-    ) = match (E::SUFFIX, L::SUFFIX) {
-        ("f32", "i32") => (
-            adaface_stats_f32_i32_sim,
-            adaface_chunked_stats_i32_sim,
-            adaface_chunked_grad_f32_i32_sim,
-        ),
-        ("f32", "i64") => (
-            adaface_stats_f32_i64_sim,
-            adaface_chunked_stats_i64_sim,
-            adaface_chunked_grad_f32_i64_sim,
-        ),
-        ("bf16", "i32") => (
-            adaface_stats_bf16_i32_sim,
-            adaface_chunked_stats_i32_sim,
-            adaface_chunked_grad_bf16_i32_sim,
-        ),
-        ("bf16", "i64") => (
-            adaface_stats_bf16_i64_sim,
-            adaface_chunked_stats_i64_sim,
-            adaface_chunked_grad_bf16_i64_sim,
-        ),
-        ("f16", "i32") => (
-            adaface_stats_f16_i32_sim,
-            adaface_chunked_stats_i32_sim,
-            adaface_chunked_grad_f16_i32_sim,
-        ),
-        ("f16", "i64") => (
-            adaface_stats_f16_i64_sim,
-            adaface_chunked_stats_i64_sim,
-            adaface_chunked_grad_f16_i64_sim,
-        ),
-        _ => {
-            return Err(Error::DtypeMismatch {
-                expected: "i32 or i64 labels",
-                actual: L::SUFFIX,
-            })
-        }
-    };
+    let (e, l) = (E::SUFFIX, L::SUFFIX);
     Ok(Entries {
-        stats,
-        normalize,
-        norm_backward,
-        chunk_stats,
-        chunk_grad,
+        stats: KernelId::find("adaface_stats", &[e, l])?.sim_entry()?,
+        normalize: KernelId::find("adaface_naive_normalize", &[e])?.sim_entry()?,
+        norm_backward: KernelId::find("adaface_naive_norm_backward", &[e])?.sim_entry()?,
+        chunk_stats: KernelId::find("adaface_chunked_stats", &[l])?.sim_entry()?,
+        chunk_grad: KernelId::find("adaface_chunked_grad", &[e, l])?.sim_entry()?,
     })
 }
 
-/// `C = op(A) . op(B) + beta C` exactly as cuBLAS reads `spec`
-/// (column-major), accumulating in f64 and rounding once to f32. Operand
-/// slices must cover what `spec` addresses.
-pub fn gemm_cpu_beta(spec: &GemmSpec, beta: f32, a: &[f32], b: &[f32], c: &mut [f32]) {
-    for j in 0..spec.n {
-        for i in 0..spec.m {
-            let mut acc = 0.0f64;
-            for p in 0..spec.k {
-                let av = if spec.trans_a {
-                    a[p + i * spec.lda]
-                } else {
-                    a[i + p * spec.lda]
-                };
-                let bv = if spec.trans_b {
-                    b[j + p * spec.ldb]
-                } else {
-                    b[p + j * spec.ldb]
-                };
-                acc += f64::from(av) * f64::from(bv);
-            }
-            let out = &mut c[i + j * spec.ldc];
-            *out = if beta == 0.0 {
-                acc as f32
-            } else {
-                acc as f32 + beta * *out
-            };
-        }
-    }
-}
+pub use crate::naive::sim::gemm_cpu_beta;
 
 /// One chunked training step on the simulator, `chunk` classes at a time:
 /// loss, `dX` and `dW` (f32), starting from EMA `state`; the summary
@@ -165,20 +52,17 @@ pub fn forward_backward<E: KernelElement, L: KernelLabel>(
     dx: &mut [f32],
     dw: &mut [f32],
 ) -> Result<StepSummary> {
-    cfg.margin().require_affine("chunked sim")?;
-    check_call(
+    crate::naive::sim::check_host_step(
+        cfg,
+        "chunked sim",
+        &state,
         &shape,
-        x.len(),
-        w.len(),
-        labels.len(),
-        Some((dx.len(), dw.len())),
+        (x, w, labels),
+        (dx.len(), dw.len()),
     )?;
-    // As the naive path: the row kernels check nothing themselves, so the
-    // host checks what the CPU backends check, with the same errors.
-    crate::shape::validate_inputs(&shape, x, w, labels)?;
-    state.validate()?;
     let plan = chunks(shape.classes, chunk)?;
     let k = entries::<E, L>()?;
+    let loss = KernelId::find("adaface_naive_loss", &[])?.sim_entry()?;
     let eb = std::mem::size_of::<E>();
     let layout = ChunkedLayout::new(shape, eb, chunk)?;
     let mut ws32 = vec![0.0f32; layout.f32_len];
@@ -263,7 +147,7 @@ pub fn forward_backward<E: KernelElement, L: KernelLabel>(
                 &rows_p,
             )?;
         }
-        launch(adaface_naive_loss_sim, &one, &base.naive)?;
+        launch(loss, &one, &base.naive)?;
         launch(k.norm_backward, &rows, &base.naive)?;
     }
     StepSummary::from_record(&record, &shape)

@@ -10,7 +10,8 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use super::{backend, probe_nvrtc};
 use crate::error::Result;
 
-/// The kernels of `kernels/*.cu` with their includes inlined (build.rs).
+/// The kernels of `kernels/**/*.cu` (outside `kernels/sim/`) with their
+/// includes inlined (build.rs).
 pub fn kernel_source() -> &'static str {
     include_str!(concat!(env!("OUT_DIR"), "/adaface_kernels.cu"))
 }

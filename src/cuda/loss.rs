@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
-    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
 };
 
 use super::{backend, compile::module_for, probe, resources::checked_function};
@@ -16,8 +16,8 @@ use crate::kernel_params::{
     AdafaceStepRecord, AdafaceTileParams,
 };
 use crate::launch::{
-    check_call, flash_aligned, KernelElement, KernelLabel, KernelNames, LaunchDims, Pass,
-    PlanLimits, StepBuffers, StepPlan, StepSummary, Variant,
+    check_call, flash_aligned, KernelElement, KernelLabel, KernelLaunch, LaunchDims, LaunchParams,
+    Pass, PlanLimits, StepBuffers, StepPlan, StepSummary,
 };
 use crate::shape::Shape;
 use crate::state::EmaState;
@@ -140,30 +140,65 @@ pub(super) fn to_cfg(d: &LaunchDims) -> LaunchConfig {
     }
 }
 
+/// Launches `launches` in order on `stream`, the kernels taken from
+/// `module`. Every kernel is looked up first, refused when the device's JIT
+/// compiled it with spills or too many registers for its block
+/// ([`checked_function`]), and opted in to the dynamic shared memory it
+/// asks for, so nothing is launched when one of them cannot run.
+///
+/// # Safety
+///
+/// Every address in the launches' parameters must point at device memory
+/// valid for every access the kernel makes with its geometry.
+pub(super) unsafe fn launch_all(
+    stream: &Arc<CudaStream>,
+    module: &Arc<CudaModule>,
+    launches: &[KernelLaunch],
+) -> Result<()> {
+    let mut functions = Vec::with_capacity(launches.len());
+    for l in launches {
+        let (x, y, z) = l.dims.block;
+        let f = checked_function(module, l.kernel.name(), x * y * z)?;
+        if l.dims.shared_bytes > 0 {
+            // Above 48 KiB of dynamic shared memory a kernel must opt in.
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                l.dims.shared_bytes as i32,
+            )
+            .map_err(backend("opt in to dynamic shared memory"))?;
+        }
+        functions.push(f);
+    }
+    for (l, f) in launches.iter().zip(&functions) {
+        let mut builder = stream.launch_builder(f);
+        match &l.params {
+            LaunchParams::Stats(p) => builder.arg(p),
+            LaunchParams::Tile(p) => builder.arg(p),
+            LaunchParams::Combine(p) => builder.arg(p),
+            LaunchParams::Dx(p) => builder.arg(p),
+            LaunchParams::Shard(p) => builder.arg(p),
+        };
+        let what = format!("launch {}", l.kernel);
+        // SAFETY: the parameters match the kernel's struct (the table's);
+        // the caller vouches for the addresses.
+        unsafe { builder.launch(to_cfg(&l.dims)) }.map_err(backend(&what))?;
+    }
+    Ok(())
+}
+
 impl CudaAdaFace {
     /// Compiles (or takes from the cache) the kernels for the stream's
     /// device and uploads the config's initial EMA state.
     pub fn new(stream: Arc<CudaStream>, cfg: AdaFaceConfig) -> Result<Self> {
-        probe()?;
-        let module = module_for(stream.context())?;
-        let init = cfg.initial_state();
-        let state = stream
-            .clone_htod(&[init.batch_mean, init.batch_std])
-            .map_err(backend("upload EMA state"))?;
-        let limits = device_limits(&stream)?;
-        let wgmma_capable = stream
-            .context()
-            .compute_capability()
-            .map_err(backend("compute capability"))?
-            == (9, 0);
+        let start = DeviceStart::new(&stream, &cfg)?;
         Ok(CudaAdaFace {
             stream,
-            module,
+            module: start.module,
             cfg,
-            limits,
-            wgmma_capable,
-            state,
-            curricular_t: init.curricular_t,
+            limits: start.limits,
+            wgmma_capable: start.wgmma_capable,
+            state: start.state,
+            curricular_t: cfg.initial_state().curricular_t,
             workspace: None,
             last_plan: None,
             last_record: None,
@@ -174,13 +209,7 @@ impl CudaAdaFace {
     /// older than sm_80 the flash family stays off, and on one other than
     /// compute capability 9.0 the wgmma kernels, whatever `limits` say.
     pub fn with_limits(mut self, limits: PlanLimits) -> Self {
-        let flash = self.limits.flash && limits.flash;
-        let wgmma = self.wgmma_capable && limits.wgmma;
-        self.limits = PlanLimits {
-            flash,
-            wgmma,
-            ..limits
-        };
+        self.limits = bounded_limits(self.limits, self.wgmma_capable, limits);
         self
     }
 
@@ -319,13 +348,6 @@ impl CudaAdaFace {
         Ok((read(l.row_norm)?, read(l.row_z)?))
     }
 
-    /// The kernel `name`, refused when the device's JIT compiled it with
-    /// spills or too many registers for the block it is launched with.
-    fn function(&self, name: &str, dims: &LaunchDims) -> Result<CudaFunction> {
-        let (x, y, z) = dims.block;
-        checked_function(&self.module, name, x * y * z)
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn run<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr>(
         &mut self,
@@ -344,24 +366,8 @@ impl CudaAdaFace {
             flash: self.limits.flash && flash_aligned(x_ptr, w_ptr),
             ..self.limits
         };
-        self.cfg.margin().require_in_kernels("cuda")?;
+        self.cfg.margin().require_affine_in_z("cuda")?;
         let plan = StepPlan::new(shape, pass, E::DTYPE, limits)?;
-        let names = KernelNames::for_plan::<E, L>(&plan);
-        let f_stats = self.function(&names.stats, &plan.stats)?;
-        let f_forward = self.function(&names.forward, &plan.forward)?;
-        let f_combine = self.function(&names.combine, &plan.combine)?;
-        let f_backward = self.function(&names.backward, &plan.backward)?;
-        let f_dx = self.function(&names.dx_finish, &plan.dx_finish)?;
-        if plan.variant == Variant::Flash {
-            // Above 48 KiB of dynamic shared memory a kernel must opt in.
-            for f in [&f_forward, &f_backward] {
-                f.set_attribute(
-                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    plan.forward.shared_bytes as i32,
-                )
-                .map_err(backend("opt in to dynamic shared memory"))?;
-            }
-        }
 
         let need = plan.workspace.len.max(1);
         if self.workspace.as_ref().map_or(true, |ws| ws.len() < need) {
@@ -403,47 +409,10 @@ impl CudaAdaFace {
             guards.push(g2);
         }
 
-        let sp = plan.stats_params(&self.cfg, &bufs);
-        let fp = plan.forward_params(&self.cfg, &bufs);
-        let cp = plan.combine_params(&bufs, commit_state);
+        let launches = plan.launches::<E, L>(&self.cfg, &bufs, commit_state)?;
         // SAFETY: the parameter structs point at live buffers whose lengths
         // check_call and the plan verified; the kernels bound every index.
-        unsafe {
-            stream
-                .launch_builder(&f_stats)
-                .arg(&sp)
-                .launch(to_cfg(&plan.stats))
-                .map_err(backend("launch stats"))?;
-            stream
-                .launch_builder(&f_forward)
-                .arg(&fp)
-                .launch(to_cfg(&plan.forward))
-                .map_err(backend("launch forward"))?;
-            stream
-                .launch_builder(&f_combine)
-                .arg(&cp)
-                .launch(to_cfg(&plan.combine))
-                .map_err(backend("launch combine"))?;
-            if pass == Pass::ForwardBackward {
-                let bp = plan.backward_params(&self.cfg, &bufs);
-                stream
-                    .launch_builder(&f_backward)
-                    .arg(&bp)
-                    .launch(to_cfg(&plan.backward))
-                    .map_err(backend("launch backward"))?;
-                let mut dx_launch = stream.launch_builder(&f_dx);
-                // The flash dx_finish reads the tile parameters (the forward's
-                // partials, the targets); the tiled one its own struct.
-                let dp = plan.dx_params(&bufs);
-                match plan.variant {
-                    Variant::Tiled => dx_launch.arg(&dp),
-                    Variant::Flash => dx_launch.arg(&bp),
-                };
-                dx_launch
-                    .launch(to_cfg(&plan.dx_finish))
-                    .map_err(backend("launch dx_finish"))?;
-            }
-        }
+        unsafe { launch_all(&stream, &self.module, &launches)? };
         drop(guards);
         drop((_gx, _gw, _gl, _gs, _gr, _gws));
         self.last_plan = Some(plan);
@@ -457,6 +426,60 @@ impl CudaAdaFace {
             record,
             shape,
         })
+    }
+}
+
+/// What every loss object of the CUDA backend starts from: the kernel
+/// module for the stream's device, the config's initial EMA state uploaded,
+/// and the device's planning limits.
+pub(super) struct DeviceStart {
+    pub module: Arc<CudaModule>,
+    pub state: CudaSlice<f64>,
+    pub limits: PlanLimits,
+    /// Compute capability 9.0: the module has the wgmma kernels.
+    pub wgmma_capable: bool,
+}
+
+impl DeviceStart {
+    /// Compiles (or takes from the cache) the kernels for the stream's
+    /// device and uploads the config's initial EMA state.
+    pub(super) fn new(stream: &Arc<CudaStream>, cfg: &AdaFaceConfig) -> Result<Self> {
+        probe()?;
+        let module = module_for(stream.context())?;
+        let init = cfg.initial_state();
+        let state = stream
+            .clone_htod(&[init.batch_mean, init.batch_std])
+            .map_err(backend("upload EMA state"))?;
+        let limits = device_limits(stream)?;
+        let wgmma_capable = stream
+            .context()
+            .compute_capability()
+            .map_err(backend("compute capability"))?
+            == (9, 0);
+        Ok(DeviceStart {
+            module,
+            state,
+            limits: PlanLimits {
+                wgmma: wgmma_capable && limits.wgmma,
+                ..limits
+            },
+            wgmma_capable,
+        })
+    }
+}
+
+/// `limits` within what the device allows: the flash family only where
+/// `current` (the device's) has it, the wgmma kernels only on compute
+/// capability 9.0.
+pub(super) fn bounded_limits(
+    current: PlanLimits,
+    wgmma_capable: bool,
+    limits: PlanLimits,
+) -> PlanLimits {
+    PlanLimits {
+        flash: current.flash && limits.flash,
+        wgmma: wgmma_capable && limits.wgmma,
+        ..limits
     }
 }
 

@@ -7,18 +7,16 @@
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut,
-    DeviceRepr, PushKernelArg,
+    CudaModule, CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr,
 };
 
-use super::loss::{device_limits, mark_loss_unset, to_cfg, CudaStep};
-use super::{backend, compile::module_for, probe};
+use super::backend;
+use super::loss::{bounded_limits, launch_all, mark_loss_unset, CudaStep, DeviceStart};
 use crate::config::AdaFaceConfig;
 use crate::error::{Error, Result};
 use crate::kernel_params::AdafaceStepRecord;
 use crate::launch::{
-    check_call, flash_aligned, KernelElement, KernelLabel, KernelNames, LaunchDims, PlanLimits,
-    StepBuffers, Variant,
+    check_call, flash_aligned, KernelElement, KernelLabel, PlanLimits, StepBuffers,
 };
 use crate::shape::Shape;
 use crate::shard::kernels::{partials_from_rows, rows_from_global, RowsMode, ShardPlan};
@@ -99,29 +97,15 @@ impl ShardedCudaAdaFace {
     /// Shard `spec` on `stream`: compiles (or takes from the cache) the
     /// kernels and uploads the config's initial EMA state.
     pub fn new(stream: Arc<CudaStream>, cfg: AdaFaceConfig, spec: ShardSpec) -> Result<Self> {
-        probe()?;
-        let module = module_for(stream.context())?;
-        let init = cfg.initial_state();
-        let state = stream
-            .clone_htod(&[init.batch_mean, init.batch_std])
-            .map_err(backend("upload EMA state"))?;
-        let limits = device_limits(&stream)?;
-        let wgmma_capable = stream
-            .context()
-            .compute_capability()
-            .map_err(backend("compute capability"))?
-            == (9, 0);
+        let start = DeviceStart::new(&stream, &cfg)?;
         Ok(ShardedCudaAdaFace {
             stream,
-            module,
+            module: start.module,
             cfg,
-            limits: PlanLimits {
-                wgmma: wgmma_capable && limits.wgmma,
-                ..limits
-            },
-            wgmma_capable,
+            limits: start.limits,
+            wgmma_capable: start.wgmma_capable,
             spec,
-            state,
+            state: start.state,
             workspace: None,
             rows: None,
             record: None,
@@ -132,11 +116,7 @@ impl ShardedCudaAdaFace {
     /// Replaces the planning limits (tests use small ones); the device's
     /// own limits on the flash and wgmma kernels still apply.
     pub fn with_limits(mut self, limits: PlanLimits) -> Self {
-        self.limits = PlanLimits {
-            flash: self.limits.flash && limits.flash,
-            wgmma: self.wgmma_capable && limits.wgmma,
-            ..limits
-        };
+        self.limits = bounded_limits(self.limits, self.wgmma_capable, limits);
         self
     }
 
@@ -189,13 +169,6 @@ impl ShardedCudaAdaFace {
     /// other `4 B`. `None` before the first phase 1.
     pub fn row_stats_mut(&mut self) -> Option<&mut CudaSlice<f32>> {
         self.rows.as_mut()
-    }
-
-    /// The kernel `name`, refused when the device's JIT compiled it with
-    /// spills or too many registers for the block it is launched with.
-    fn function(&self, name: &str, dims: &LaunchDims) -> Result<CudaFunction> {
-        let (x, y, z) = dims.block;
-        super::checked_function(&self.module, name, x * y * z)
     }
 
     fn buffers(&mut self, x: u64, w: u64, labels: u64) -> Result<(StepBuffers, u64)> {
@@ -259,13 +232,6 @@ impl ShardedCudaAdaFace {
         };
         let plan = ShardPlan::new(self.spec, shape, E::DTYPE, limits)?;
         let p = &plan.plan;
-        let names = KernelNames::for_plan::<E, L>(p);
-        let f_stats = self.function(&names.stats, &p.stats)?;
-        let f_forward = self.function(&names.forward, &p.forward)?;
-        let f_rows = self.function(&KernelNames::shard_rows(L::SUFFIX), &plan.rows_launch())?;
-        if p.variant == Variant::Flash {
-            set_flash_smem(&f_forward, p.forward.shared_bytes)?;
-        }
         let need = p.workspace.len.max(1);
         if self.workspace.as_ref().map_or(true, |ws| ws.len() < need) {
             // SAFETY: every region is written by a kernel before it is read.
@@ -289,30 +255,12 @@ impl ShardedCudaAdaFace {
         mark_loss_unset(&stream, &mut record)?;
         self.record = Some(record);
         let (bufs, rows) = self.buffers(x_ptr, w_ptr, l_ptr)?;
-        let sp = plan.stats_params(&self.cfg, &bufs);
-        let fp = plan.forward_params(&self.cfg, &bufs);
-        let rp = plan.rows_params(&bufs, rows, RowsMode::Pack);
+        let launches = plan.phase1_launches::<E, L>(&self.cfg, &bufs, rows)?;
         // SAFETY: the parameter structs point at live buffers whose lengths
         // check_call and the plan verified (the workspace, the 5 B rows, the
         // state and the record are the shard's own); the kernels bound
         // every index; nothing commits the state before phase 2.
-        unsafe {
-            stream
-                .launch_builder(&f_stats)
-                .arg(&sp)
-                .launch(to_cfg(&p.stats))
-                .map_err(backend("launch stats"))?;
-            stream
-                .launch_builder(&f_forward)
-                .arg(&fp)
-                .launch(to_cfg(&p.forward))
-                .map_err(backend("launch forward"))?;
-            stream
-                .launch_builder(&f_rows)
-                .arg(&rp)
-                .launch(to_cfg(&plan.rows_launch()))
-                .map_err(backend("launch shard rows"))?;
-        }
+        unsafe { launch_all(&stream, &self.module, &launches)? };
         Ok(CudaShardPending {
             epoch: self.epoch,
             plan,
@@ -351,23 +299,14 @@ impl ShardedCudaAdaFace {
     }
 
     fn rows_kernel(&mut self, pending: &CudaShardPending, mode: RowsMode) -> Result<()> {
-        let f_rows = self.function(
-            &KernelNames::shard_rows(pending.label),
-            &pending.plan.rows_launch(),
-        )?;
         let [x, w, l] = pending.inputs;
         let (bufs, rows) = self.buffers(x, w, l)?;
-        let rp = pending.plan.rows_params(&bufs, rows, mode);
+        let launch = pending
+            .plan
+            .rows_kernel_launch(pending.label, &bufs, rows, mode)?;
         // SAFETY: labels (B, still borrowed by the caller's step), the
         // shard's workspace, 5 B rows and record.
-        unsafe {
-            self.stream
-                .launch_builder(&f_rows)
-                .arg(&rp)
-                .launch(to_cfg(&pending.plan.rows_launch()))
-                .map_err(backend("launch shard rows"))?;
-        }
-        Ok(())
+        unsafe { launch_all(&self.stream, &self.module, &[launch]) }
     }
 
     /// After the all-reduce `MAX` of the row maxima (the first `B` values
@@ -445,44 +384,16 @@ impl ShardedCudaAdaFace {
             });
         }
         self.epoch += 1;
-        let names = KernelNames::for_plan::<E, L>(p);
-        let f_combine = self.function(&names.combine, &p.combine)?;
-        let f_backward = self.function(&names.backward, &p.backward)?;
-        let f_dx = self.function(&names.dx_finish, &p.dx_finish)?;
-        if p.variant == Variant::Flash {
-            set_flash_smem(&f_backward, p.backward.shared_bytes)?;
-        }
         let (mut bufs, rows) = self.buffers(x_ptr, w_ptr, l_ptr)?;
         let (dx_ptr, _gdx) = dx.device_ptr_mut(&stream);
         let (dw_ptr, _gdw) = dw.device_ptr_mut(&stream);
         bufs.dx = dx_ptr;
         bufs.dw = dw_ptr;
         let plan = &pending.plan;
-        let cp = plan.global_combine_params(&bufs, rows);
-        let bp = plan.backward_params(&self.cfg, &bufs);
-        let dp = plan.dx_params(&bufs);
+        let launches = plan.phase2_launches::<E, L>(&self.cfg, &bufs, rows)?;
         // SAFETY: as in phase 1, plus dx (B x D) and dw (C_k x D) whose
         // lengths check_call verified; the workspace holds phase 1's data.
-        unsafe {
-            stream
-                .launch_builder(&f_combine)
-                .arg(&cp)
-                .launch(to_cfg(&p.combine))
-                .map_err(backend("launch combine"))?;
-            stream
-                .launch_builder(&f_backward)
-                .arg(&bp)
-                .launch(to_cfg(&p.backward))
-                .map_err(backend("launch backward"))?;
-            let mut dx_launch = stream.launch_builder(&f_dx);
-            match p.variant {
-                Variant::Tiled => dx_launch.arg(&dp),
-                Variant::Flash => dx_launch.arg(&bp),
-            };
-            dx_launch
-                .launch(to_cfg(&p.dx_finish))
-                .map_err(backend("launch dx_finish"))?;
-        }
+        unsafe { launch_all(&stream, &self.module, &launches)? };
         let record = self
             .stream
             .clone_dtod(self.record.as_ref().ok_or(Error::Backend {
@@ -638,13 +549,4 @@ impl ShardedCudaAdaFace {
         }
         Ok((out, classes))
     }
-}
-
-/// Above 48 KiB of dynamic shared memory a kernel must opt in.
-fn set_flash_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
-    f.set_attribute(
-        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        bytes as i32,
-    )
-    .map_err(backend("opt in to dynamic shared memory"))
 }

@@ -1,6 +1,6 @@
 //! The naive GPU baseline: cuBLAS GEMMs (through cudarc, loaded at run
 //! time) that materialise the `B x C` logits, and the simple row kernels
-//! of `kernels/adaface_naive.cu` (compiled by NVRTC with the fused ones).
+//! of `kernels/naive.cu` (compiled by NVRTC with the fused ones).
 //!
 //! It exists to be measured against [`crate::cuda::CudaAdaFace`]: same
 //! inputs, same outputs (loss, f32 `dX` and `dW`, EMA state), but
@@ -22,7 +22,7 @@ use crate::config::AdaFaceConfig;
 use crate::cuda::{backend, checked_function, probe};
 use crate::error::{Error, Result};
 use crate::kernel_params::AdafaceStepRecord;
-use crate::launch::{check_call, KernelElement, KernelLabel, StepSummary};
+use crate::launch::{check_call, KernelElement, KernelId, KernelLabel, StepSummary};
 
 /// Threads per block of every naive row kernel.
 const NAIVE_BLOCK: u32 = 256;
@@ -187,48 +187,27 @@ impl NaiveCuda {
         let gemms = NaiveGemms::new(shape)?;
         let layout = NaiveLayout::new(shape, std::mem::size_of::<E>())?;
         let (e, l) = (E::SUFFIX, L::SUFFIX);
-        let f_stats = self.function(&format!("adaface_stats_{e}_{l}"))?;
-        let f_norm = self.function(&format!("adaface_naive_normalize_{e}"))?;
-        let f_soft = self.function(&format!("adaface_naive_softmax_{e}_{l}"))?;
-        let f_loss = self.function("adaface_naive_loss")?;
-        let f_back = self.function(&format!("adaface_naive_norm_backward_{e}"))?;
+        let f_stats = self.function(KernelId::find("adaface_stats", &[e, l])?.name())?;
+        let f_norm = self.function(KernelId::find("adaface_naive_normalize", &[e])?.name())?;
+        let f_soft = self.function(KernelId::find("adaface_naive_softmax", &[e, l])?.name())?;
+        let f_loss = self.function(KernelId::find("adaface_naive_loss", &[])?.name())?;
+        let f_back = self.function(KernelId::find("adaface_naive_norm_backward", &[e])?.name())?;
 
         let typed_bytes = layout.typed_len * layout.elem_bytes;
-        if self
-            .ws32
-            .as_ref()
-            .map_or(true, |b| b.len() < layout.f32_len)
-        {
-            self.ws32 = None;
-            // SAFETY: every region is written by a kernel or GEMM before it is read.
-            self.ws32 = Some(
-                unsafe { self.stream.alloc::<f32>(layout.f32_len) }
-                    .map_err(backend("alloc naive workspace"))?,
-            );
-        }
-        if self
-            .ws_typed
-            .as_ref()
-            .map_or(true, |b| b.len() < typed_bytes)
-        {
-            self.ws_typed = None;
-            // SAFETY: as above.
-            self.ws_typed = Some(
-                unsafe { self.stream.alloc::<u8>(typed_bytes) }
-                    .map_err(backend("alloc naive workspace"))?,
-            );
-        }
         self.peak_extra = self.peak_extra.max(layout.extra_bytes());
         let mut record = self
             .stream
             .alloc_zeros::<AdafaceStepRecord>(1)
             .map_err(backend("alloc step record"))?;
         let stream = self.stream.clone();
-        let (Some(ws32), Some(wst)) = (self.ws32.as_mut(), self.ws_typed.as_mut()) else {
-            return Err(Error::Backend {
-                message: "naive workspace".into(),
-            });
-        };
+        let (ws32, wst) = ensure_workspaces(
+            &stream,
+            &mut self.ws32,
+            &mut self.ws_typed,
+            layout.f32_len,
+            typed_bytes,
+            "alloc naive workspace",
+        )?;
         let (ws32_ptr, _g1) = ws32.device_ptr_mut(&stream);
         let (wst_ptr, _g2) = wst.device_ptr_mut(&stream);
         let (x_ptr, _g3) = x.device_ptr(&stream);
@@ -352,4 +331,34 @@ unsafe fn gemm(
         )
     }
     .map_err(backend("cuBLAS GEMM"))
+}
+
+/// Grows the naive-style workspaces (an `f32` one of `f32_len` elements and
+/// a typed one of `typed_bytes` bytes) when the step needs more than they
+/// hold, and hands both back. Shared by the naive and the chunked CUDA
+/// paths; `what` names the path in allocation errors.
+pub(crate) fn ensure_workspaces<'a>(
+    stream: &Arc<CudaStream>,
+    ws32: &'a mut Option<CudaSlice<f32>>,
+    ws_typed: &'a mut Option<CudaSlice<u8>>,
+    f32_len: usize,
+    typed_bytes: usize,
+    what: &'static str,
+) -> Result<(&'a mut CudaSlice<f32>, &'a mut CudaSlice<u8>)> {
+    if ws32.as_ref().map_or(true, |b| b.len() < f32_len) {
+        *ws32 = None;
+        // SAFETY: every region is written by a kernel or GEMM before it is read.
+        *ws32 = Some(unsafe { stream.alloc::<f32>(f32_len) }.map_err(backend(what))?);
+    }
+    if ws_typed.as_ref().map_or(true, |b| b.len() < typed_bytes) {
+        *ws_typed = None;
+        // SAFETY: as above.
+        *ws_typed = Some(unsafe { stream.alloc::<u8>(typed_bytes) }.map_err(backend(what))?);
+    }
+    match (ws32.as_mut(), ws_typed.as_mut()) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err(Error::Backend {
+            message: what.into(),
+        }),
+    }
 }

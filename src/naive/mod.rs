@@ -5,7 +5,7 @@
 //! * CPU ([`cpu`]): the materialising path a user would write with a GEMM
 //!   library: `B x C` logits, softmax and gradient, then two more GEMMs.
 //! * GPU ([`cuda`], feature `cuda` + cuBLAS at run time): three cuBLAS GEMMs
-//!   around simple row kernels (`kernels/adaface_naive.cu`) that
+//!   around simple row kernels (`kernels/naive.cu`) that
 //!   materialise the `B x C` logits, the normalised copies of `x` and `W`,
 //!   and the logit gradient. Its extra memory is [`NaiveLayout::extra_bytes`].
 //! * The same pipeline on the simulator (`sim::forward_backward`, feature `sim`), with
@@ -196,7 +196,8 @@ impl NaiveLayout {
     }
 }
 
-/// The stats kernel's parameters for a naive step (same kernel as the fused path).
+/// The stats kernel's parameters for a naive step (same kernel, and the
+/// same filling, as the fused path).
 #[cfg(any(feature = "cuda", feature = "sim"))]
 pub(crate) fn stats_params(
     cfg: &AdaFaceConfig,
@@ -204,31 +205,20 @@ pub(crate) fn stats_params(
     p: &NaiveParams,
     row_z: u64,
 ) -> AdafaceStatsParams {
-    let policy = cfg.margin();
-    let (a0, b0) = policy.row_offsets(0.0);
-    let (a1, b1) = policy.row_offsets(1.0);
-    AdafaceStatsParams {
-        x: p.x,
-        labels: p.labels,
-        state: p.state,
-        record: p.record,
-        row_norm: p.row_norm,
-        row_a: p.row_a,
-        row_b: p.row_b,
-        row_z,
-        batch: shape.batch as i64,
-        dim: shape.dim as i64,
-        classes: shape.classes as i64,
-        t_alpha: cfg.t_alpha(),
-        eps: cfg.eps(),
-        clip_min: cfg.norm_clip_min(),
-        clip_max: cfg.norm_clip_max(),
-        h: cfg.h(),
-        a0,
-        a1: a1 - a0,
-        b0,
-        b1: b1 - b0,
-    }
+    crate::launch::stats_params(
+        cfg,
+        shape,
+        crate::launch::StatsBuffers {
+            x: p.x,
+            labels: p.labels,
+            state: p.state,
+            record: p.record,
+            row_norm: p.row_norm,
+            row_a: p.row_a,
+            row_b: p.row_b,
+            row_z,
+        },
+    )
 }
 
 /// The naive kernels' parameters with every address filled in from the
@@ -258,7 +248,7 @@ pub(crate) fn naive_params(
         classes: shape.classes as i64,
         s: cfg.s() as f32,
         eps: cfg.eps() as f32,
-        m1: cfg.margin().angle_scale() as f32,
+        m1: crate::launch::kernel_margin(cfg).m1 as f32,
         inv_batch: (1.0 / shape.batch as f64) as f32,
         ..Default::default()
     }

@@ -3,37 +3,14 @@
 //! [`GemmSpec`]s the CUDA path hands to cuBLAS (column-major, f32 output),
 //! so a wrong leading dimension or transpose fails a test here, without a GPU.
 
-use std::ffi::c_int;
-
 use super::{naive_params, stats_params, GemmSpec, NaiveGemms, NaiveLayout, NaiveParams};
 use crate::config::AdaFaceConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kernel_params::{AdafaceStatsParams, AdafaceStepRecord};
-use crate::launch::{check_call, KernelElement, KernelLabel, StepSummary};
+use crate::launch::{check_call, KernelElement, KernelId, KernelLabel, StepSummary};
 use crate::shape::Shape;
 use crate::sim::{launch, SimEntry, SimLaunch};
 use crate::state::EmaState;
-
-macro_rules! declare {
-    ($params:ty => $($name:ident),* $(,)?) => {
-        extern "C" {
-            $(fn $name(launch: *const SimLaunch, params: *const $params) -> c_int;)*
-        }
-    };
-}
-
-declare!(NaiveParams =>
-    adaface_naive_normalize_f32_sim, adaface_naive_normalize_bf16_sim, adaface_naive_normalize_f16_sim,
-    adaface_naive_softmax_f32_i32_sim, adaface_naive_softmax_f32_i64_sim,
-    adaface_naive_softmax_bf16_i32_sim, adaface_naive_softmax_bf16_i64_sim,
-    adaface_naive_softmax_f16_i32_sim, adaface_naive_softmax_f16_i64_sim,
-    adaface_naive_loss_sim,
-    adaface_naive_norm_backward_f32_sim, adaface_naive_norm_backward_bf16_sim,
-    adaface_naive_norm_backward_f16_sim);
-declare!(AdafaceStatsParams =>
-    adaface_stats_f32_i32_sim, adaface_stats_f32_i64_sim,
-    adaface_stats_bf16_i32_sim, adaface_stats_bf16_i64_sim,
-    adaface_stats_f16_i32_sim, adaface_stats_f16_i64_sim);
 
 type Entries = (
     SimEntry<AdafaceStatsParams>,
@@ -42,56 +19,28 @@ type Entries = (
     SimEntry<NaiveParams>,
 );
 
+/// The `_sim` entries of the stats, normalize, softmax and norm-backward
+/// kernels for element `E` and label `L`, from the kernel table.
 fn entries<E: KernelElement, L: KernelLabel>() -> Result<Entries> {
-    Ok(match (E::SUFFIX, L::SUFFIX) {
-        ("f32", "i32") => (
-            adaface_stats_f32_i32_sim,
-            adaface_naive_normalize_f32_sim,
-            adaface_naive_softmax_f32_i32_sim,
-            adaface_naive_norm_backward_f32_sim,
-        ),
-        ("f32", "i64") => (
-            adaface_stats_f32_i64_sim,
-            adaface_naive_normalize_f32_sim,
-            adaface_naive_softmax_f32_i64_sim,
-            adaface_naive_norm_backward_f32_sim,
-        ),
-        ("bf16", "i32") => (
-            adaface_stats_bf16_i32_sim,
-            adaface_naive_normalize_bf16_sim,
-            adaface_naive_softmax_bf16_i32_sim,
-            adaface_naive_norm_backward_bf16_sim,
-        ),
-        ("bf16", "i64") => (
-            adaface_stats_bf16_i64_sim,
-            adaface_naive_normalize_bf16_sim,
-            adaface_naive_softmax_bf16_i64_sim,
-            adaface_naive_norm_backward_bf16_sim,
-        ),
-        ("f16", "i32") => (
-            adaface_stats_f16_i32_sim,
-            adaface_naive_normalize_f16_sim,
-            adaface_naive_softmax_f16_i32_sim,
-            adaface_naive_norm_backward_f16_sim,
-        ),
-        ("f16", "i64") => (
-            adaface_stats_f16_i64_sim,
-            adaface_naive_normalize_f16_sim,
-            adaface_naive_softmax_f16_i64_sim,
-            adaface_naive_norm_backward_f16_sim,
-        ),
-        _ => {
-            return Err(Error::DtypeMismatch {
-                expected: "f32, bf16 or f16 elements with i32 or i64 labels",
-                actual: E::SUFFIX,
-            })
-        }
-    })
+    let (e, l) = (E::SUFFIX, L::SUFFIX);
+    Ok((
+        KernelId::find("adaface_stats", &[e, l])?.sim_entry()?,
+        KernelId::find("adaface_naive_normalize", &[e])?.sim_entry()?,
+        KernelId::find("adaface_naive_softmax", &[e, l])?.sim_entry()?,
+        KernelId::find("adaface_naive_norm_backward", &[e])?.sim_entry()?,
+    ))
 }
 
 /// `C = op(A) . op(B)` exactly as cuBLAS reads `spec` (column-major), with
 /// f64 accumulation. Operand slices must cover what `spec` addresses.
 pub fn gemm_cpu(spec: &GemmSpec, a: &[f32], b: &[f32], c: &mut [f32]) {
+    gemm_cpu_beta(spec, 0.0, a, b, c);
+}
+
+/// `C = op(A) . op(B) + beta C` exactly as cuBLAS reads `spec`
+/// (column-major), accumulating in f64 and rounding once to f32. Operand
+/// slices must cover what `spec` addresses.
+pub fn gemm_cpu_beta(spec: &GemmSpec, beta: f32, a: &[f32], b: &[f32], c: &mut [f32]) {
     for j in 0..spec.n {
         for i in 0..spec.m {
             let mut acc = 0.0f64;
@@ -108,9 +57,38 @@ pub fn gemm_cpu(spec: &GemmSpec, a: &[f32], b: &[f32], c: &mut [f32]) {
                 };
                 acc += f64::from(av) * f64::from(bv);
             }
-            c[i + j * spec.ldc] = acc as f32;
+            let out = &mut c[i + j * spec.ldc];
+            *out = if beta == 0.0 {
+                acc as f32
+            } else {
+                acc as f32 + beta * *out
+            };
         }
     }
+}
+
+/// The host-side checks of a naive-style step on the simulator (the naive
+/// and the chunked pipelines): the margin, every length, then what the CPU
+/// backends check (labels, non-finite values, zero norms) with the same
+/// errors, since the row kernels check nothing themselves; then the state.
+pub(crate) fn check_host_step<E: KernelElement, L: KernelLabel>(
+    cfg: &AdaFaceConfig,
+    backend: &'static str,
+    state: &EmaState,
+    shape: &Shape,
+    (x, w, labels): (&[E], &[E], &[L]),
+    (dx_len, dw_len): (usize, usize),
+) -> Result<()> {
+    cfg.margin().require_affine(backend)?;
+    check_call(
+        shape,
+        x.len(),
+        w.len(),
+        labels.len(),
+        Some((dx_len, dw_len)),
+    )?;
+    crate::shape::validate_inputs(shape, x, w, labels)?;
+    state.validate()
 }
 
 /// One naive training step on the simulator: loss, `dX` and `dW` (f32),
@@ -126,20 +104,16 @@ pub fn forward_backward<E: KernelElement, L: KernelLabel>(
     dx: &mut [f32],
     dw: &mut [f32],
 ) -> Result<StepSummary> {
-    cfg.margin().require_affine("naive sim")?;
-    check_call(
+    check_host_step(
+        cfg,
+        "naive sim",
+        &state,
         &shape,
-        x.len(),
-        w.len(),
-        labels.len(),
-        Some((dx.len(), dw.len())),
+        (x, w, labels),
+        (dx.len(), dw.len()),
     )?;
-    // The naive kernels check nothing themselves: the same host-side checks
-    // as the CPU backends, so every backend rejects the same inputs with the
-    // same error.
-    crate::shape::validate_inputs(&shape, x, w, labels)?;
-    state.validate()?;
     let (stats, normalize, softmax, norm_backward) = entries::<E, L>()?;
+    let loss = KernelId::find("adaface_naive_loss", &[])?.sim_entry()?;
     let gemms = NaiveGemms::new(shape)?;
     let layout = NaiveLayout::new(shape, std::mem::size_of::<E>())?;
     let mut ws32 = vec![0.0f32; layout.f32_len];
@@ -184,7 +158,7 @@ pub fn forward_backward<E: KernelElement, L: KernelLabel>(
             &mut ws32[layout.logits..layout.logits + bc],
         );
         launch(softmax, &SimLaunch::linear(b, 256, 0), &p)?;
-        launch(adaface_naive_loss_sim, &one, &p)?;
+        launch(loss, &one, &p)?;
         let g = match layout.grad16 {
             Some(at) => widen(&typed[at..at + bc]),
             None => ws32[layout.logits..layout.logits + bc].to_vec(),

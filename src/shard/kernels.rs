@@ -1,6 +1,6 @@
 //! The class-sharded step on the kernels: the launch parameters shared by
 //! the CUDA backend (`cuda::ShardedCudaAdaFace`) and the simulator
-//! (`sim_backend::ShardedSimAdaFace`), so that every simulated
+//! (`sim::ShardedSimAdaFace`), so that every simulated
 //! sharded step exercises the arithmetic of the GPU launches.
 //!
 //! A shard runs the unsharded kernel pipeline over its `C_k` classes with
@@ -37,7 +37,10 @@ use crate::kernel_params::{
     AdafaceCombineParams, AdafaceDxParams, AdafaceShardParams, AdafaceStatsParams,
     AdafaceTileParams,
 };
-use crate::launch::{LaunchDims, Pass, PlanLimits, StepBuffers, StepPlan};
+use crate::launch::{
+    KernelElement, KernelId, KernelLabel, KernelLaunch, LaunchDims, LaunchParams, Pass, PlanLimits,
+    StepBuffers, StepPlan,
+};
 use crate::shape::Shape;
 
 use super::ShardSpec;
@@ -164,6 +167,68 @@ impl ShardPlan {
     /// The `shard_rows` launch: one block, like `combine`.
     pub fn rows_launch(&self) -> LaunchDims {
         self.plan.combine
+    }
+
+    /// Phase 1 of element `E` and label `L`: `stats`, the forward (with
+    /// `gx` where the family accumulates it there) and `shard_rows(Pack)`
+    /// into the buffer at `rows`.
+    pub fn phase1_launches<E: KernelElement, L: KernelLabel>(
+        &self,
+        cfg: &AdaFaceConfig,
+        buf: &StepBuffers,
+        rows: u64,
+    ) -> Result<Vec<KernelLaunch>> {
+        let k = self.plan.kernels::<E, L>()?;
+        Ok(vec![
+            KernelLaunch {
+                kernel: k.stats,
+                dims: self.plan.stats,
+                params: LaunchParams::Stats(self.stats_params(cfg, buf)),
+            },
+            KernelLaunch {
+                kernel: k.forward,
+                dims: self.plan.forward,
+                params: LaunchParams::Tile(self.forward_params(cfg, buf)),
+            },
+            self.rows_kernel_launch(L::SUFFIX, buf, rows, RowsMode::Pack)?,
+        ])
+    }
+
+    /// A `shard_rows` launch in `mode` for labels of suffix `label` on the
+    /// buffer at `rows`.
+    pub fn rows_kernel_launch(
+        &self,
+        label: &'static str,
+        buf: &StepBuffers,
+        rows: u64,
+        mode: RowsMode,
+    ) -> Result<KernelLaunch> {
+        Ok(KernelLaunch {
+            kernel: KernelId::find("adaface_shard_rows", &[label])?,
+            dims: self.rows_launch(),
+            params: LaunchParams::Shard(self.rows_params(buf, rows, mode)),
+        })
+    }
+
+    /// Phase 2 of element `E` and label `L` on the reduced buffer at
+    /// `rows`: the global `combine`, the backward and `dx_finish`.
+    pub fn phase2_launches<E: KernelElement, L: KernelLabel>(
+        &self,
+        cfg: &AdaFaceConfig,
+        buf: &StepBuffers,
+        rows: u64,
+    ) -> Result<Vec<KernelLaunch>> {
+        let k = self.plan.kernels::<E, L>()?;
+        let mut out = vec![KernelLaunch {
+            kernel: k.combine,
+            dims: self.plan.combine,
+            params: LaunchParams::Combine(self.global_combine_params(buf, rows)),
+        }];
+        out.extend(
+            self.plan
+                .backward_launches(&k, self.backward_params(cfg, buf), buf),
+        );
+        Ok(out)
     }
 }
 

@@ -34,7 +34,7 @@
 //! Backends: [`reference::ShardedReference`] (`f32`, `f64`) and
 //! [`crate::cpu::ShardedCpuAdaFace`] (`f32`, `bf16`, `f16` inputs), both with
 //! [`PartialFc`] sampling; on the kernels (`kernels` module, feature `cuda`
-//! or `sim`): `sim_backend::ShardedSimAdaFace` (with Partial FC) and
+//! or `sim`): `sim::ShardedSimAdaFace` (with Partial FC) and
 //! `cuda::ShardedCudaAdaFace` (device-side reduction through
 //! `cuda::DeviceCommunicator`; Partial FC in `step_sampled`). [`ThreadComm`] runs `K`
 //! shards as threads of one process (tests, single-machine runs); `NcclComm`

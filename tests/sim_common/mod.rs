@@ -1,5 +1,5 @@
 //! Shared by the simulator self-tests and the GPU cross-check: mirrors of
-//! the parameter structs in `kernels/sim_selftest.cu`, their `_sim` entries,
+//! the parameter structs in `kernels/sim/selftest.cu`, their `_sim` entries,
 //! and small helpers.
 #![allow(dead_code)]
 
@@ -8,7 +8,7 @@ use std::ffi::c_int;
 use adaface::sim::SimLaunch;
 
 // ---------------------------------------------------------------------------
-// Mirrors of the parameter structs in kernels/sim_selftest.cu.
+// Mirrors of the parameter structs in kernels/sim/selftest.cu.
 // ---------------------------------------------------------------------------
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -128,22 +128,9 @@ pub fn addr<T>(v: &mut [T]) -> u64 {
     v.as_mut_ptr() as u64
 }
 
-/// A small deterministic generator (splitmix64).
-pub struct Rng(pub u64);
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [lo, hi).
-    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        lo + (hi - lo) * u
-    }
-}
+/// The tests' one generator; these tests draw from raw SplitMix64 states
+/// (`Rng::from_state`), the streams their expected values were set on.
+pub use adaface::testing::Rng;
 
 pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     let num: f64 = got

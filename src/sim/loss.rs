@@ -1,25 +1,15 @@
-//! The simulated backend: the CUDA backend's API over host buffers, running
-//! the same kernel source on the CPU simulator ([`crate::sim`]) with the same
-//! launch plan ([`crate::launch`]). This is how the kernels are tested on
-//! machines without a GPU.
+//! The loss object of the simulated backend, the twin of `cuda::CudaAdaFace`.
 
-mod entries;
-mod shard;
-
-pub use shard::{ShardedSimAdaFace, SimShardPending, SimShardStep};
-
+use super::ffi::{launch, SimLaunch};
 use crate::config::AdaFaceConfig;
 use crate::error::Result;
 use crate::kernel_params::AdafaceStepRecord;
 use crate::launch::{
-    check_call, flash_aligned, KernelElement, KernelLabel, LaunchDims, Pass, PlanLimits,
-    StepBuffers, StepPlan, StepSummary, Variant,
+    check_call, flash_aligned, KernelElement, KernelLabel, KernelLaunch, LaunchDims, LaunchParams,
+    Pass, PlanLimits, StepBuffers, StepPlan, StepSummary,
 };
 use crate::shape::Shape;
-use crate::sim::{launch, SimLaunch};
 use crate::state::EmaState;
-
-use entries::{Entries, FlashEntries};
 
 /// The AdaFace loss on the simulator: owns the EMA state (a host buffer the
 /// kernels update, as the device buffer on a GPU) and a reusable workspace.
@@ -56,8 +46,34 @@ impl SimStep {
     }
 }
 
-fn sim_launch(d: &LaunchDims) -> SimLaunch {
+pub(super) fn sim_launch(d: &LaunchDims) -> SimLaunch {
     SimLaunch::new(d.grid, d.block, d.shared_bytes)
+}
+
+/// Runs `launches` in order on the simulator, each kernel's `_sim` entry
+/// taken from the kernel table with the parameter struct it declares.
+///
+/// # Safety
+///
+/// Every address in the launches' parameters must be valid for every
+/// access the kernel makes with its geometry, as for [`launch`].
+pub(super) unsafe fn run_launches(launches: &[KernelLaunch]) -> Result<()> {
+    for l in launches {
+        let dims = sim_launch(&l.dims);
+        let k = l.kernel;
+        // SAFETY: the entry takes the struct it is given (checked by
+        // sim_entry); the caller vouches for the addresses.
+        unsafe {
+            match &l.params {
+                LaunchParams::Stats(p) => launch(k.sim_entry()?, &dims, p)?,
+                LaunchParams::Tile(p) => launch(k.sim_entry()?, &dims, p)?,
+                LaunchParams::Combine(p) => launch(k.sim_entry()?, &dims, p)?,
+                LaunchParams::Dx(p) => launch(k.sim_entry()?, &dims, p)?,
+                LaunchParams::Shard(p) => launch(k.sim_entry()?, &dims, p)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 impl SimAdaFace {
@@ -184,9 +200,8 @@ impl SimAdaFace {
             flash: self.limits.flash && flash_aligned(x.as_ptr() as u64, w.as_ptr() as u64),
             ..self.limits
         };
-        self.cfg.margin().require_in_kernels("sim")?;
+        self.cfg.margin().require_affine_in_z("sim")?;
         let plan = StepPlan::new(shape, pass, E::DTYPE, limits)?;
-        let entries = Entries::of::<E, L>()?;
         if self.workspace.len() < plan.workspace.len {
             self.workspace.resize(plan.workspace.len, 0.0);
         }
@@ -205,45 +220,12 @@ impl SimAdaFace {
             bufs.dx = dx.as_mut_ptr() as u64;
             bufs.dw = dw.as_mut_ptr() as u64;
         }
-        let sp = plan.stats_params(&self.cfg, &bufs);
-        let fp = plan.forward_params(&self.cfg, &bufs);
-        let cp = plan.combine_params(&bufs, commit_state);
+        let launches = plan.launches::<E, L>(&self.cfg, &bufs, commit_state)?;
         // SAFETY: every address points into a buffer borrowed for this call
         // whose length check_call and the plan verified (x, w, labels, dx,
         // dw, the workspace of plan.workspace.len elements, the state and
         // the record); the kernels bound every index by the shape.
-        unsafe {
-            launch(entries.stats, &sim_launch(&plan.stats), &sp)?;
-            match plan.variant {
-                Variant::Tiled => {
-                    launch(entries.forward, &sim_launch(&plan.forward), &fp)?;
-                    launch(entries.combine, &sim_launch(&plan.combine), &cp)?;
-                    if pass == Pass::ForwardBackward {
-                        let bp = plan.backward_params(&self.cfg, &bufs);
-                        let dp = plan.dx_params(&bufs);
-                        launch(entries.backward, &sim_launch(&plan.backward), &bp)?;
-                        launch(entries.dx_finish, &sim_launch(&plan.dx_finish), &dp)?;
-                    }
-                }
-                Variant::Flash => {
-                    let flash = FlashEntries::of::<E, L>(plan.wgmma)?;
-                    let training = pass == Pass::ForwardBackward;
-                    let (forward_dx, dw) = if plan.split_gradients {
-                        (flash.forward_dx, flash.dw)
-                    } else {
-                        (flash.forward_dx_single, flash.dw_single)
-                    };
-                    let forward = if training { forward_dx } else { flash.forward };
-                    launch(forward, &sim_launch(&plan.forward), &fp)?;
-                    launch(entries.combine, &sim_launch(&plan.combine), &cp)?;
-                    if training {
-                        let bp = plan.backward_params(&self.cfg, &bufs);
-                        launch(dw, &sim_launch(&plan.backward), &bp)?;
-                        launch(flash.dx_finish, &sim_launch(&plan.dx_finish), &bp)?;
-                    }
-                }
-            }
-        }
+        unsafe { run_launches(&launches)? };
         self.last_plan = Some(plan);
         self.last_record = Some(record);
         Ok(SimStep { record, shape })

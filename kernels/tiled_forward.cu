@@ -1,4 +1,4 @@
-/* Forward: class-tiled logits with an online softmax, then the combine.
+/* Tiled forward: class-tiled logits with an online softmax.
  *
  * adaface_forward_*: grid (splits, ceil(B / TILE_ROWS)). Block (k, r) owns
  * rows r * TILE_ROWS .. and class tiles k, k + splits, ... For each class
@@ -6,11 +6,9 @@
  * the class norms from the same W slices (block row 0 stores them and
  * validates W), forms the logits with the margin on the target, and folds
  * the tile into a running max and sum-exp per row. It writes only
- * O((splits + 1) * B + C) floats: never a B x C matrix.
- *
- * adaface_combine: one block. Per row, the log-sum-exp of the splits in
- * split order; the mean loss (f64, fixed order); the EMA commit. */
-#include "adaface_common.cuh"
+ * O((splits + 1) * B + C) floats: never a B x C matrix. combine.cu then
+ * merges the splits. */
+#include "common.cuh"
 
 template <typename T, typename L>
 __device__ void adaface_forward_impl(const AdafaceTileParams& p) {
@@ -159,38 +157,9 @@ __device__ void adaface_forward_impl(const AdafaceTileParams& p) {
     }
 }
 
-__device__ void adaface_combine_impl(const AdafaceCombineParams& p) {
-    AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
-    if (adaface_block_should_abort(rec)) return;
-    const float* pmax = (const float*)p.partial_max;
-    const float* psum = (const float*)p.partial_sum;
-    double loss = 0.0;
-    for (int64_t i = threadIdx.x; i < p.batch; i += ADAFACE_THREADS) {
-        float m = -INFINITY;
-        for (int64_t s = 0; s < p.splits; ++s) m = fmaxf(m, pmax[s * p.batch + i]);
-        float l = 0.0f;
-        for (int64_t s = 0; s < p.splits; ++s) l += psum[s * p.batch + i] * expf(pmax[s * p.batch + i] - m);
-        const float lse = m + logf(l);
-        const float sample = lse - ((const float*)p.target_logit)[i];
-        ((float*)p.lse)[i] = lse;
-        ((float*)p.sample_loss)[i] = sample;
-        loss += (double)sample;
-    }
-    loss = adaface_block_sum_f64(loss);
-    if (threadIdx.x == 0) {
-        rec->loss = loss / (double)p.batch;
-        if (p.commit_state) {
-            double* state = (double*)p.state;
-            state[0] = rec->state_mean;
-            state[1] = rec->state_std;
-        }
-    }
-}
-
 ADAFACE_KERNEL(adaface_forward_f32_i32, AdafaceTileParams, (adaface_forward_impl<float, int32_t>(p)))
 ADAFACE_KERNEL(adaface_forward_f32_i64, AdafaceTileParams, (adaface_forward_impl<float, int64_t>(p)))
 ADAFACE_KERNEL(adaface_forward_bf16_i32, AdafaceTileParams, (adaface_forward_impl<adaface_bf16, int32_t>(p)))
 ADAFACE_KERNEL(adaface_forward_bf16_i64, AdafaceTileParams, (adaface_forward_impl<adaface_bf16, int64_t>(p)))
 ADAFACE_KERNEL(adaface_forward_f16_i32, AdafaceTileParams, (adaface_forward_impl<adaface_f16, int32_t>(p)))
 ADAFACE_KERNEL(adaface_forward_f16_i64, AdafaceTileParams, (adaface_forward_impl<adaface_f16, int64_t>(p)))
-ADAFACE_KERNEL(adaface_combine, AdafaceCombineParams, (adaface_combine_impl(p)))

@@ -2,19 +2,17 @@
 //! parameters of the CUDA sharded step ([`crate::shard::kernels`]) over
 //! host buffers, with the collectives of any [`Communicator`].
 
-use super::entries::{shard_rows, Entries, FlashEntries};
-use super::sim_launch;
+use super::loss::run_launches;
 use crate::config::AdaFaceConfig;
-use crate::error::{Error, Result, Tensor};
+use crate::error::{Error, Result};
 use crate::kernel_params::AdafaceStepRecord;
 use crate::launch::{
-    check_record, flash_aligned, KernelElement, KernelLabel, PlanLimits, StepBuffers, StepSummary,
-    Variant,
+    check_grads, check_record, flash_aligned, KernelElement, KernelLabel, PlanLimits, StepBuffers,
+    StepSummary,
 };
 use crate::shape::{check_labels, Shape};
 use crate::shard::kernels::{partials_from_rows, rows_from_global, RowsMode, ShardPlan};
 use crate::shard::{Communicator, GlobalRows, PartialFc, ReduceOp, RowPartials, ShardSpec};
-use crate::sim::launch;
 use crate::state::EmaState;
 
 /// One shard of the loss on the simulator, owning its copy of the EMA
@@ -294,8 +292,6 @@ impl ShardedSimAdaFace {
         labels: &[L],
     ) -> Result<()> {
         let p = &plan.plan;
-        let entries = Entries::of::<E, L>()?;
-        let rows_entry = shard_rows::<L>()?;
         if self.workspace.len() < p.workspace.len {
             self.workspace.resize(p.workspace.len, 0.0);
         }
@@ -303,30 +299,13 @@ impl ShardedSimAdaFace {
         self.record = AdafaceStepRecord::default();
         let bufs = self.buffers(x, w, labels);
         let rows = self.rows.as_mut_ptr() as u64;
-        let sp = plan.stats_params(&self.cfg, &bufs);
-        let fp = plan.forward_params(&self.cfg, &bufs);
-        let rp = plan.rows_params(&bufs, rows, RowsMode::Pack);
+        let launches = plan.phase1_launches::<E, L>(&self.cfg, &bufs, rows)?;
         // SAFETY: every address points into a buffer borrowed for this call
         // (x, w, labels of the lengths check_call verified) or owned by the
         // shard (the workspace of the plan's length, the rows buffer of
         // 5 B, the state and the record); the kernels bound every index by
         // the shape.
-        unsafe {
-            launch(entries.stats, &sim_launch(&p.stats), &sp)?;
-            let forward = match p.variant {
-                Variant::Tiled => entries.forward,
-                Variant::Flash => {
-                    let flash = FlashEntries::of::<E, L>(p.wgmma)?;
-                    if p.split_gradients {
-                        flash.forward_dx
-                    } else {
-                        flash.forward_dx_single
-                    }
-                }
-            };
-            launch(forward, &sim_launch(&p.forward), &fp)?;
-            launch(rows_entry, &sim_launch(&plan.rows_launch()), &rp)?;
-        }
+        unsafe { run_launches(&launches)? };
         let global = Shape::new(p.shape.batch, p.shape.dim, self.spec.total_classes);
         check_record(&self.record, &global)
     }
@@ -341,22 +320,20 @@ impl ShardedSimAdaFace {
     ) -> Result<()> {
         let plan = &pending.plan;
         let rows = self.rows.as_mut_ptr() as u64;
-        let rp = match &pending.sampled {
+        let launch = match &pending.sampled {
             None => {
                 let bufs = self.buffers(x, w, labels);
-                let rp = plan.rows_params(&bufs, rows, mode);
-                // SAFETY: labels (B), the workspace, the rows buffer (5 B)
-                // and the record, all live for the call.
-                unsafe { launch(shard_rows::<L>()?, &sim_launch(&plan.rows_launch()), &rp)? };
-                return Ok(());
+                plan.rows_kernel_launch(L::SUFFIX, &bufs, rows, mode)?
             }
             Some(s) => {
+                // The shard's own remapped labels.
                 let bufs = self.buffers(x, &s.weight, &s.labels);
-                plan.rows_params(&bufs, rows, mode)
+                plan.rows_kernel_launch(i64::SUFFIX, &bufs, rows, mode)?
             }
         };
-        // SAFETY: as above, with the shard's own remapped labels.
-        unsafe { launch(shard_rows::<i64>()?, &sim_launch(&plan.rows_launch()), &rp) }
+        // SAFETY: labels (B), the workspace, the rows buffer (5 B) and the
+        // record, all live for the call.
+        unsafe { run_launches(&[launch]) }
     }
 
     fn check_pending<E: KernelElement, L: KernelLabel>(
@@ -391,20 +368,8 @@ impl ShardedSimAdaFace {
         grad_weight: &[f32],
     ) -> Result<()> {
         let shape = pending.plan.plan.shape;
-        let (b, d) = (shape.batch, shape.dim);
-        for (tensor, expected, actual) in [
-            (Tensor::GradFeatures, b * d, grad_features.len()),
-            (Tensor::GradWeight, self.spec.classes * d, grad_weight.len()),
-        ] {
-            if expected != actual {
-                return Err(Error::ShapeMismatch {
-                    tensor,
-                    expected,
-                    actual,
-                });
-            }
-        }
-        Ok(())
+        let shard = Shape::new(shape.batch, shape.dim, self.spec.classes);
+        check_grads(&shard, grad_features.len(), grad_weight.len())
     }
 
     fn phase2_kernels<E: KernelElement, L: KernelLabel>(
@@ -455,38 +420,15 @@ impl ShardedSimAdaFace {
         dx: &mut [f32],
         dw: &mut [f32],
     ) -> Result<()> {
-        let p = &plan.plan;
-        let entries = Entries::of::<E, L>()?;
         let mut bufs = self.buffers(x, w, labels);
         bufs.dx = dx.as_mut_ptr() as u64;
         bufs.dw = dw.as_mut_ptr() as u64;
         let rows = self.rows.as_mut_ptr() as u64;
-        let cp = plan.global_combine_params(&bufs, rows);
-        let bp = plan.backward_params(&self.cfg, &bufs);
+        let launches = plan.phase2_launches::<E, L>(&self.cfg, &bufs, rows)?;
         // SAFETY: as in phase 1, plus dx (B x D) and dw (C_k x D) whose
         // lengths check_grads verified (dw: the compact buffer when
         // sampling); the workspace still holds phase 1's per-row data.
-        unsafe {
-            launch(entries.combine, &sim_launch(&p.combine), &cp)?;
-            match p.variant {
-                Variant::Tiled => {
-                    let dp = plan.dx_params(&bufs);
-                    launch(entries.backward, &sim_launch(&p.backward), &bp)?;
-                    launch(entries.dx_finish, &sim_launch(&p.dx_finish), &dp)?;
-                }
-                Variant::Flash => {
-                    let flash = FlashEntries::of::<E, L>(p.wgmma)?;
-                    let dw_entry = if p.split_gradients {
-                        flash.dw
-                    } else {
-                        flash.dw_single
-                    };
-                    launch(dw_entry, &sim_launch(&p.backward), &bp)?;
-                    launch(flash.dx_finish, &sim_launch(&p.dx_finish), &bp)?;
-                }
-            }
-        }
-        Ok(())
+        unsafe { run_launches(&launches) }
     }
 }
 

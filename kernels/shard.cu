@@ -3,7 +3,7 @@
  * AdafaceShardParams in adaface_params.h; between them the caller
  * all-reduces `rows` across the shards (MAX of the maxima, then SUM of the
  * rest), so a step on K devices never moves a B x C matrix. */
-#include "adaface_common.cuh"
+#include "common.cuh"
 
 template <typename L>
 __device__ void adaface_shard_rows_impl(const AdafaceShardParams& p) {

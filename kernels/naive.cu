@@ -9,7 +9,7 @@
  *   gradient dL/dcos over the logits in place) -> loss -> GEMMs
  *   gx = G . wn, gw = G^T . xn -> norm_backward.
  */
-#include "adaface_common.cuh"
+#include "common.cuh"
 
 
 __device__ __forceinline__ float adaface_naive_block_max(float v) {

@@ -1,5 +1,5 @@
-/* Backward: recompute the logit tiles, form A = dloss/dc, and produce dW and
- * the per-split partial gx; then finish dX.
+/* Tiled backward: recompute the logit tiles, form A = dloss/dc, and produce
+ * dW and the per-split partial gx (dX is finished in tiled_dx_finish.cu).
  *
  * adaface_backward_*: grid (splits). Block k owns class tiles k, k + splits,
  * ... and walks ALL rows for each of them, TILE_ROWS at a time:
@@ -10,11 +10,8 @@
  *      owns for its classes: no atomics) and gx_rows += A . wh_tile (into
  *      this split's slice of dx_partial, which it also owns).
  * After the last row chunk it applies the Jacobian of w -> w / ||w|| to its
- * dW rows. Every sum has a fixed order: same inputs, same bits.
- *
- * adaface_dx_finish_*: grid (B). Sums dx_partial over splits in order and
- * applies the Jacobian of x -> x / ||x||. */
-#include "adaface_common.cuh"
+ * dW rows. Every sum has a fixed order: same inputs, same bits. */
+#include "common.cuh"
 
 template <typename T, typename L>
 __device__ void adaface_backward_impl(const AdafaceTileParams& p) {
@@ -265,33 +262,9 @@ __device__ void adaface_backward_impl(const AdafaceTileParams& p) {
     }
 }
 
-template <typename T>
-__device__ void adaface_dx_finish_impl(const AdafaceDxParams& p) {
-    const AdafaceStepRecord* rec = (const AdafaceStepRecord*)p.record;
-    if (adaface_block_should_abort(rec)) return;
-    const T* x = (const T*)p.x;
-    const float* dxp = (const float*)p.dx_partial;
-    float* dx = (float*)p.dx;
-    const int64_t i = blockIdx.x;
-    const int64_t dim = p.dim;
-    const int64_t row_stride = p.batch * dim;
-    const float inv_n = 1.0f / ((const float*)p.row_norm)[i];
-
-    /* gx (splits in order) into dx, then the normalisation's Jacobian. */
-    for (int64_t k = threadIdx.x; k < dim; k += ADAFACE_THREADS) {
-        float g = 0.0f;
-        for (int64_t s = 0; s < p.splits; ++s) g += dxp[s * row_stride + i * dim + k];
-        dx[i * dim + k] = g;
-    }
-    adaface_normalise_row_grad(x, dx, i, dim, inv_n);
-}
-
 ADAFACE_KERNEL(adaface_backward_f32_i32, AdafaceTileParams, (adaface_backward_impl<float, int32_t>(p)))
 ADAFACE_KERNEL(adaface_backward_f32_i64, AdafaceTileParams, (adaface_backward_impl<float, int64_t>(p)))
 ADAFACE_KERNEL(adaface_backward_bf16_i32, AdafaceTileParams, (adaface_backward_impl<adaface_bf16, int32_t>(p)))
 ADAFACE_KERNEL(adaface_backward_bf16_i64, AdafaceTileParams, (adaface_backward_impl<adaface_bf16, int64_t>(p)))
 ADAFACE_KERNEL(adaface_backward_f16_i32, AdafaceTileParams, (adaface_backward_impl<adaface_f16, int32_t>(p)))
 ADAFACE_KERNEL(adaface_backward_f16_i64, AdafaceTileParams, (adaface_backward_impl<adaface_f16, int64_t>(p)))
-ADAFACE_KERNEL(adaface_dx_finish_f32, AdafaceDxParams, (adaface_dx_finish_impl<float>(p)))
-ADAFACE_KERNEL(adaface_dx_finish_bf16, AdafaceDxParams, (adaface_dx_finish_impl<adaface_bf16>(p)))
-ADAFACE_KERNEL(adaface_dx_finish_f16, AdafaceDxParams, (adaface_dx_finish_impl<adaface_f16>(p)))

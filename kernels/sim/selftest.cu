@@ -1,9 +1,9 @@
-// sim_selftest.cu: small kernels that exercise every part of the simulator
+// selftest.cu: small kernels that exercise every part of the simulator
 // (and compile with NVRTC like any kernel). Launched by tests/sim_selftest.rs,
 // which checks each against a plain Rust computation.
 //
 // Parameter structs: device addresses as uint64_t, mirrored by hand in the test.
-#include "adaface_portable.cuh"
+#include "intrinsics.cuh"
 
 #define SELFTEST_PTR(type, field) reinterpret_cast<type*>(p.field)
 

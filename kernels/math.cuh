@@ -6,7 +6,7 @@
 #ifndef ADAFACE_MATH_CUH
 #define ADAFACE_MATH_CUH
 
-#include "adaface_portable.cuh"
+#include "portable.cuh"
 
 #define ADAFACE_PI_F 3.14159265358979f
 

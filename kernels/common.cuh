@@ -4,9 +4,9 @@
 #ifndef ADAFACE_COMMON_CUH
 #define ADAFACE_COMMON_CUH
 
-#include "adaface_portable.cuh"
+#include "intrinsics.cuh"
 #include "adaface_params.h"
-#include "adaface_math.cuh"
+#include "math.cuh"
 
 #define ADAFACE_NO_ERROR 0xffffffffffffffffull
 #define ADAFACE_WARPS (ADAFACE_THREADS / 32)
@@ -198,7 +198,7 @@ __device__ __forceinline__ int adaface_acc_row(int r) { return (int)(threadIdx.x
 __device__ __forceinline__ int adaface_acc_col(int q) { return (int)(threadIdx.x % 16) + 16 * q; }
 
 /* acc += X_tile . W_tile^T over one depth slice: the tile product. This is
- * the seam for tensor cores: an mma version keeps the signature
+ * the seam for tensor cores: the mma product keeps the signature
  * and the accumulator layout contract (adaface_acc_row / adaface_acc_col). */
 __device__ __forceinline__ void adaface_tile_product(float acc[ADAFACE_ACC_ROWS][ADAFACE_ACC_COLS],
                                                      const AdafaceTiles* tiles) {
@@ -334,13 +334,13 @@ __device__ __forceinline__ void adaface_mma_to_acc(float acc[ADAFACE_ACC_ROWS][A
 }
 
 /* ---------------------------------------------------------------------------
- * Tensor-core gradient products of the backward (bf16; see AdafaceMma):
+ * Tensor-core gradient products of the backward (bf16 and f16; see AdafaceMma):
  *   gw[c][kk] += sum_r A[r][c] / ||x_r|| * x[r][kk]   (M = 64 classes, K = 32 rows)
  *   gx[r][kk] += sum_c A[r][c] / ||w_c|| * w[c][kk]   (M = 32 rows, K = 64 classes)
  * The norms are folded into A (so x and W enter the mma unrounded, as
- * stored), and A is split into hi + lo in bf16 (two mma per fragment),
+ * stored), and A is split into hi + lo in the element type (two mma per fragment),
  * which keeps about 16 significant bits of the f32 gradient: accuracy stays
- * near the f32 level of the SIMT version.
+ * near the f32 level of the SIMT product.
  * ------------------------------------------------------------------------- */
 #define ADAFACE_GW_STRIDE (ADAFACE_TILE_ROWS / 2 + 4)    /* words per class row of the gw A tile */
 #define ADAFACE_GX_STRIDE (ADAFACE_TILE_CLASSES / 2 + 4) /* words per row of the gx A tile */

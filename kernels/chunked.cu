@@ -13,10 +13,10 @@
  *   loss -> norm_backward (rows of x).
  *
  * The normalize, loss and norm_backward kernels are the naive ones
- * (adaface_naive.cu), launched on a chunk through a shifted copy of the
+ * (naive.cu), launched on a chunk through a shifted copy of the
  * naive parameters. Every reduction has a fixed order: the path is
  * deterministic. */
-#include "adaface_common.cuh"
+#include "common.cuh"
 
 /* The chunk kernels' parameters: the naive parameters with `logits` and
  * `grad16` pointing at the chunk's B x Cc buffers (row stride Cc), and: */
