@@ -45,6 +45,24 @@ enum AdafaceErrorKind {
                                        * held by no shard or by several; detail: row */
 };
 
+/* How the stats kernel derives each row's margin (AdafaceStatsParams::kind).
+ * Every policy's target logit is s (cos(clip(m1 theta + a_i)) - b_i) (or
+ * SphereFace's, m1 < 0); the kinds differ in where a_i and b_i come from
+ * and in what else a row carries. */
+enum AdafaceMarginKind {
+    /* (a_i, b_i) affine in the margin scaler z_i: AdaFace, ArcFace, CosFace,
+     * the combined margin, SphereFace. */
+    ADAFACE_MARGIN_AFFINE = 0,
+    /* CurricularFace: a_i = a0 (ArcFace); every negative cosine above the
+     * row's threshold cos(theta_y + a0) becomes c (t + c), t the EMA of the
+     * batch's mean target cosine (record->state_t, detached). */
+    ADAFACE_MARGIN_CURRICULAR = 1,
+    /* MagFace: a_i = m(||x_i||) from the norm bounds; each row adds the
+     * regulariser lambda_g g(||x_i||) to its loss, and its gradient reaches
+     * ||x_i|| through m and g (the radial term of dx_finish). */
+    ADAFACE_MARGIN_MAGFACE = 2
+};
+
 /* Results of one step, written on the device, read by the host in one copy. */
 typedef struct AdafaceStepRecord {
     /* All ones: no error. Otherwise the key described above. */
@@ -64,6 +82,10 @@ typedef struct AdafaceStepRecord {
      * one computes the statistics and sets it back to 0 (0 between steps). */
     uint32_t stats_arrivals;
     uint32_t reserved;
+    /* CurricularFace's t after this step's update (the value its negatives
+     * use; committed with the EMA state). Other policies: t carried
+     * unchanged, or 0 when the caller keeps none. */
+    double state_t;
 } AdafaceStepRecord;
 
 /* Norm statistics: any grid (one warp per row), the last block to finish
@@ -78,19 +100,35 @@ typedef struct AdafaceStatsParams {
     uint64_t row_a;        /* float[B]: angular offset a_i */
     uint64_t row_b;        /* float[B]: additive offset b_i */
     uint64_t row_z;        /* float[B]: margin scaler z_i */
+    uint64_t w;            /* const T[C * D]: read for CurricularFace's target
+                            * cosines only */
+    uint64_t curricular_t; /* const double*: t before the step, or 0 (none
+                            * kept: record->state_t = 0; not CurricularFace) */
+    uint64_t row_thr;      /* float[B]: CurricularFace's threshold cos(theta_y
+                            * + a0), +inf for the other kinds */
+    uint64_t row_mag;      /* float[3 * B]: MagFace's [dm/d||x|| | lambda_g g
+                            * | lambda_g dg/d||x||], 0 for the other kinds */
     int64_t batch;
     int64_t dim;
     int64_t classes;
+    int64_t kind;          /* AdafaceMarginKind */
     double t_alpha;
     double eps;
     double clip_min;
     double clip_max;
     double h;
-    /* (a_i, b_i) = (a0 + a1 z_i, b0 + b1 z_i): every margin policy. */
+    /* (a_i, b_i) = (a0 + a1 z_i, b0 + b1 z_i): the affine kinds and
+     * CurricularFace (a0 its margin). */
     double a0;
     double a1;
     double b0;
     double b1;
+    /* MagFace: norm bounds, margins at the bounds, regulariser weight. */
+    double mag_l_a;
+    double mag_u_a;
+    double mag_l_m;
+    double mag_u_m;
+    double mag_lambda_g;
 } AdafaceStatsParams;
 
 /* Shared by the forward and backward tile kernels. */
@@ -113,6 +151,10 @@ typedef struct AdafaceTileParams {
     uint64_t dw;           /* float[C * D]: backward writes dW */
     uint64_t target_dlogit;/* float[B]: flash forward writes dlogit / ||w_y|| of the target */
     uint64_t dx;           /* float[B * D]: flash dx_finish writes dX */
+    uint64_t row_thr;      /* const float[B]: CurricularFace's thresholds
+                            * (+inf: no negative is modulated) */
+    uint64_t row_radial;   /* const float[B]: flash dx_finish adds
+                            * row_radial[i] x_i / ||x_i|| (MagFace); 0: none */
     int64_t batch;
     int64_t dim;
     int64_t classes;
@@ -131,7 +173,9 @@ typedef struct AdafaceTileParams {
 } AdafaceTileParams;
 
 /* Combine: one block. Log-sum-exp per row from the forward partials in
- * split order, the mean loss, and the EMA commit. */
+ * split order, the mean loss, and the EMA commit. MagFace (row_mag != 0):
+ * each row's loss adds its regulariser, and the row's radial gradient
+ * coefficient ((p_y - 1) dlogit/d||x|| + dreg/d||x||) / B goes to row_radial. */
 typedef struct AdafaceCombineParams {
     uint64_t record;       /* AdafaceStepRecord* */
     uint64_t state;        /* double[2]: EMA state, updated when commit_state */
@@ -140,10 +184,17 @@ typedef struct AdafaceCombineParams {
     uint64_t target_logit; /* const float[B] */
     uint64_t lse;          /* float[B] */
     uint64_t sample_loss;  /* float[B] */
+    uint64_t curricular_t; /* double*: record->state_t committed here, or 0 */
+    uint64_t target_cos;   /* const float[B] (MagFace) */
+    uint64_t row_a;        /* const float[B] (MagFace: the margin m(||x_i||)) */
+    uint64_t row_mag;      /* const float[3 * B] (see AdafaceStatsParams), or 0 */
+    uint64_t row_radial;   /* float[B] (MagFace) */
     int64_t batch;
     int64_t splits;
     uint32_t commit_state;
     uint32_t pad0;
+    float s;
+    float eps;
 } AdafaceCombineParams;
 
 /* dX finish: one block per row. Sums the backward's per-split gx in split
@@ -154,6 +205,8 @@ typedef struct AdafaceDxParams {
     uint64_t row_norm;     /* const float[B] */
     uint64_t dx_partial;   /* const float[splits * B * D] */
     uint64_t dx;           /* float[B * D] */
+    uint64_t row_radial;   /* const float[B]: adds row_radial[i] x_i / ||x_i||
+                            * (MagFace); 0: none */
     int64_t batch;
     int64_t dim;
     int64_t splits;

@@ -53,13 +53,13 @@ __device__ void adaface_chunked_stats_impl(const AdafaceChunkedParams& cp) {
     float m = -INFINITY;
     for (int64_t j = threadIdx.x; j < cp.chunk_len; j += ADAFACE_THREADS) {
         float d;
-        m = fmaxf(m, adaface_logit(row[j], j == label, a, b, p.s, p.m1, p.eps, &d));
+        m = fmaxf(m, adaface_affine_logit(row[j], j == label, a, b, p.s, p.m1, p.eps, &d));
     }
     m = adaface_chunked_block_max(m);
     float sum = 0.0f;
     for (int64_t j = threadIdx.x; j < cp.chunk_len; j += ADAFACE_THREADS) {
         float d;
-        sum += expf(adaface_logit(row[j], j == label, a, b, p.s, p.m1, p.eps, &d) - m);
+        sum += expf(adaface_affine_logit(row[j], j == label, a, b, p.s, p.m1, p.eps, &d) - m);
     }
     sum = adaface_block_sum_f32(sum);
     if (threadIdx.x == 0) {
@@ -93,7 +93,7 @@ __device__ void adaface_chunked_grad_impl(const AdafaceChunkedParams& cp) {
     T* row16 = (T*)p.grad16 + i * cp.chunk_len;
     for (int64_t j = threadIdx.x; j < cp.chunk_len; j += ADAFACE_THREADS) {
         float d;
-        const float logit = adaface_logit(row[j], j == label, a, b, p.s, p.m1, p.eps, &d);
+        const float logit = adaface_affine_logit(row[j], j == label, a, b, p.s, p.m1, p.eps, &d);
         if (j == label) ((float*)p.sample_loss)[i] = lse - logit;
         const float g = (expf(logit - lse) - (j == label ? 1.0f : 0.0f)) * p.inv_batch * d;
         row[j] = g;

@@ -75,17 +75,19 @@ __device__ __forceinline__ float adaface_block_sum_f32(float v) {
 
 /* The gradient with respect to x_i / ||x_i||, held in dx[i], becomes the one
  * with respect to x_i (the Jacobian of the normalisation), a block per row:
- * dx = (g - xh (xh . g)) / ||x||, with xh . g summed in a fixed order. */
+ * dx = (g - xh (xh . g)) / ||x|| + radial xh, with xh . g summed in a fixed
+ * order; radial is dL/d||x_i|| where the loss depends on the norm itself
+ * (MagFace), else 0. */
 template <typename T>
 __device__ __forceinline__ void adaface_normalise_row_grad(const T* x, float* dx, int64_t i, int64_t dim,
-                                                           float inv_n) {
+                                                           float inv_n, float radial) {
     float along = 0.0f;
     for (int64_t k = threadIdx.x; k < dim; k += ADAFACE_THREADS)
         along = fmaf(to_float(x[i * dim + k]), dx[i * dim + k], along);
     along = adaface_block_sum_f32(along) * inv_n;
     for (int64_t k = threadIdx.x; k < dim; k += ADAFACE_THREADS) {
         const float xh = to_float(x[i * dim + k]) * inv_n;
-        dx[i * dim + k] = (dx[i * dim + k] - xh * along) * inv_n;
+        dx[i * dim + k] = fmaf(radial, xh, (dx[i * dim + k] - xh * along) * inv_n);
     }
 }
 

@@ -74,7 +74,7 @@ __device__ __forceinline__ float adaface_sphere_target_logit(float c, int m, flo
  *
  * A negative m1 selects SphereFace instead, with multiplier m = -m1 and
  * annealing weight lambda = b (the launch plan encodes it so: see
- * kernel_margin in src/launch.rs); no parameter struct changes. */
+ * kernel_margin in src/launch/params.rs); no parameter struct changes. */
 __device__ __forceinline__ float adaface_target_logit(float c, float a, float b, float s,
                                                       float m1, float eps, float* dlogit) {
     if (m1 < 0.0f) {
@@ -92,8 +92,11 @@ __device__ __forceinline__ float adaface_target_logit(float c, float a, float b,
 
 /* The logit of class j for row i and its derivative with respect to the
  * unclamped cosine (clamp gate included): the one place the forward and
- * the backward decide what a logit is. */
-__device__ __forceinline__ float adaface_logit(float dot, bool is_target, float a, float b,
+ * the backward decide what a logit is. A negative whose clamped cosine
+ * exceeds the row's threshold thr is CurricularFace's hard negative,
+ * s c (t + c) with derivative s (t + 2c) (t and the mask detached); thr is
+ * +inf for every other policy, so the comparison never holds. */
+__device__ __forceinline__ float adaface_logit(float dot, bool is_target, float a, float b, float thr, float t,
                                                float s, float m1, float eps, float* dlogit) {
     bool passes;
     const float c = adaface_clamp_cosine(dot, eps, &passes);
@@ -101,12 +104,55 @@ __device__ __forceinline__ float adaface_logit(float dot, bool is_target, float 
     float logit;
     if (is_target) {
         logit = adaface_target_logit(c, a, b, s, m1, eps, &d);
+    } else if (c > thr) {
+        logit = s * c * (t + c);
+        d = s * (t + c + c);
     } else {
         logit = s * c;
         d = s;
     }
     *dlogit = passes ? d : 0.0f;
     return logit;
+}
+
+/* adaface_logit for the affine policies alone, which never modulate a
+ * negative (the naive and chunked paths, which take only those). */
+__device__ __forceinline__ float adaface_affine_logit(float dot, bool is_target, float a, float b, float s, float m1,
+                                                      float eps, float* dlogit) {
+    return adaface_logit(dot, is_target, a, b, INFINITY, 0.0f, s, m1, eps, dlogit);
+}
+
+/* MagFace's per-row terms of a feature norm a (math::magface_terms), f64:
+ * the margin m(a), its slope dm/da, and the weighted regulariser
+ * lambda_g g(a) with its derivative, a clamped to [l_a, u_a] (both
+ * derivatives zero outside). */
+struct AdafaceMagTerms {
+    double margin, dmargin, reg, dreg;
+};
+__device__ __forceinline__ AdafaceMagTerms adaface_magface_terms(double a, double l_a, double u_a, double l_m,
+                                                                 double u_m, double lambda_g) {
+    const double slope = (u_m - l_m) / (u_a - l_a);
+    const double ac = adaface_clip_f64(a, l_a, u_a);
+    const bool inside = l_a <= a && a <= u_a;
+    const double inv_ua2 = 1.0 / (u_a * u_a);
+    AdafaceMagTerms r;
+    r.margin = slope * (ac - l_a) + l_m;
+    r.dmargin = inside ? slope : 0.0;
+    r.reg = lambda_g * (ac * inv_ua2 + 1.0 / ac);
+    r.dreg = inside ? lambda_g * (inv_ua2 - 1.0 / (ac * ac)) : 0.0;
+    return r;
+}
+
+/* cos(clip(acos(c) + margin, eps, pi - eps)) and, in *dmargin, its
+ * derivative with respect to the margin (zero where the clip is active):
+ * CurricularFace's threshold and MagFace's margin gradient
+ * (math::arc_cosine). */
+__device__ __forceinline__ float adaface_arc_cosine(float c, float margin, float eps, float* dmargin) {
+    const float t = acosf(c) + margin;
+    const float hi = ADAFACE_PI_F - eps;
+    const float theta_m = adaface_clip_f32(t, eps, hi);
+    *dmargin = (eps <= t && t <= hi) ? -sinf(theta_m) : 0.0f;
+    return cosf(theta_m);
 }
 
 #endif

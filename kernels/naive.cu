@@ -63,18 +63,18 @@ __device__ void adaface_naive_softmax_impl(const AdafaceNaiveParams& p) {
     float m = -INFINITY;
     for (int64_t j = threadIdx.x; j < p.classes; j += ADAFACE_THREADS) {
         float d;
-        m = fmaxf(m, adaface_logit(row[j], j == label, a, b, p.s, p.m1, p.eps, &d));
+        m = fmaxf(m, adaface_affine_logit(row[j], j == label, a, b, p.s, p.m1, p.eps, &d));
     }
     m = adaface_naive_block_max(m);
     float sum = 0.0f;
     for (int64_t j = threadIdx.x; j < p.classes; j += ADAFACE_THREADS) {
         float d;
-        sum += expf(adaface_logit(row[j], j == label, a, b, p.s, p.m1, p.eps, &d) - m);
+        sum += expf(adaface_affine_logit(row[j], j == label, a, b, p.s, p.m1, p.eps, &d) - m);
     }
     const float lse = m + logf(adaface_block_sum_f32(sum));
     for (int64_t j = threadIdx.x; j < p.classes; j += ADAFACE_THREADS) {
         float d;
-        const float logit = adaface_logit(row[j], j == label, a, b, p.s, p.m1, p.eps, &d);
+        const float logit = adaface_affine_logit(row[j], j == label, a, b, p.s, p.m1, p.eps, &d);
         if (j == label) ((float*)p.sample_loss)[i] = lse - logit;
         const float g = (expf(logit - lse) - (j == label ? 1.0f : 0.0f)) * p.inv_batch * d;
         row[j] = g;

@@ -13,11 +13,17 @@
  *    combine kernel commits it), and the per-row scaler z_i with the margin
  *    offsets (a_i, b_i), and resets the counter for the next step.
  *
+ * CurricularFace also needs every row's target cosine before any logit:
+ * phase 1 computes it beside the norm (the same warp reads w_{y_i}), and
+ * phase 2 moves t towards the batch mean (record->state_t) and turns each
+ * cosine into the row's hard-negative threshold. MagFace's margin and
+ * regulariser come from the norm alone (phase 2).
+ *
  * Phase 2 reads every row, so its result does not depend on which block
  * finishes last: the statistics are deterministic for any grid. */
 #include "common.cuh"
 
-/* Sum of squares of one row by one warp (lane 0 gets the total). */
+/* Sum of squares of one row by one warp (every lane gets the total). */
 template <typename T>
 __device__ __forceinline__ float adaface_row_sum_squares(const T* row, int64_t dim, bool vector_loads,
                                                          int lane) {
@@ -41,6 +47,26 @@ __device__ __forceinline__ float adaface_row_sum_squares(const T* row, int64_t d
         }
     }
     return adaface_warp_sum(ss);
+}
+
+/* CurricularFace's clamped target cosine of row i by one warp (every lane
+ * gets it): x_i . w_y / (||x_i|| ||w_y||) in f32. 0 for a label out of range
+ * (phase 2 reports it; nothing uses the value). */
+template <typename T>
+__device__ __forceinline__ float adaface_row_target_cosine(const T* x_row, const T* w, int64_t label, int64_t dim,
+                                                           int64_t classes, float x_norm, float eps, int lane) {
+    if (label < 0 || label >= classes) return 0.0f;
+    const T* w_row = w + label * dim;
+    float ww = 0.0f, xw = 0.0f;
+    for (int64_t k = lane; k < dim; k += 32) {
+        const float wv = to_float(w_row[k]);
+        ww = fmaf(wv, wv, ww);
+        xw = fmaf(to_float(x_row[k]), wv, xw);
+    }
+    ww = adaface_warp_sum(ww);
+    xw = adaface_warp_sum(xw);
+    bool passes;
+    return adaface_clamp_cosine(xw / (x_norm * sqrtf(ww)), eps, &passes);
 }
 
 /* The first error of row i, as the host checks order them (the smallest
@@ -84,6 +110,12 @@ __device__ void adaface_stats_impl(const AdafaceStatsParams& p) {
     for (int64_t i = (int64_t)blockIdx.x * ADAFACE_WARPS + warp; i < batch; i += warps) {
         const float ss = adaface_row_sum_squares(x + i * dim, dim, vector_loads, lane);
         if (lane == 0) row_norm[i] = sqrtf(ss);
+        if (p.kind == ADAFACE_MARGIN_CURRICULAR) {
+            /* Phase 2 reads the cosine from row_thr and replaces it. */
+            const float c = adaface_row_target_cosine(x + i * dim, (const T*)p.w, adaface_label_at(labels, i),
+                                                      dim, p.classes, sqrtf(ss), (float)p.eps, lane);
+            if (lane == 0) ((float*)p.row_thr)[i] = c;
+        }
     }
 
     /* Publish this block's norms, then count it in; the last one goes on. */
@@ -156,15 +188,50 @@ __device__ void adaface_stats_impl(const AdafaceStatsParams& p) {
         rec->state_std = state_std;
     }
 
+    /* CurricularFace: t moves towards this batch's mean target cosine
+     * (f64, fixed order) before any logit uses it. */
+    const double t_before = p.curricular_t ? *(const double*)p.curricular_t : 0.0;
+    const bool curricular = p.kind == ADAFACE_MARGIN_CURRICULAR;
+    const bool magface = p.kind == ADAFACE_MARGIN_MAGFACE;
+    volatile float* row_thr = (float*)p.row_thr;
+    double t_after = t_before;
+    if (curricular) {
+        double csum = 0.0;
+        for (int64_t i = tid; i < batch; i += ADAFACE_THREADS) csum += (double)row_thr[i];
+        const double cmean = adaface_block_sum_f64(csum) / (double)batch;
+        t_after = cmean * p.t_alpha + keep * t_before;
+    }
+    if (tid == 0) rec->state_t = t_after;
+
     float* row_z = (float*)p.row_z;
     float* row_a = (float*)p.row_a;
     float* row_b = (float*)p.row_b;
+    float* row_mag = (float*)p.row_mag;
     for (int64_t i = tid; i < batch; i += ADAFACE_THREADS) {
         const double sn = adaface_clip_f64((double)norms[i], p.clip_min, p.clip_max);
         const double z = adaface_margin_scaler(sn, state_mean, state_std, p.h, p.eps);
         row_z[i] = (float)z;
         row_a[i] = (float)(p.a0 + p.a1 * z);
         row_b[i] = (float)(p.b0 + p.b1 * z);
+        if (magface) {
+            const AdafaceMagTerms mt = adaface_magface_terms((double)norms[i], p.mag_l_a, p.mag_u_a, p.mag_l_m,
+                                                             p.mag_u_m, p.mag_lambda_g);
+            row_a[i] = (float)mt.margin;
+            row_b[i] = 0.0f;
+            row_mag[i] = (float)mt.dmargin;
+            row_mag[batch + i] = (float)mt.reg;
+            row_mag[2 * batch + i] = (float)mt.dreg;
+        } else if (row_mag) {
+            row_mag[i] = 0.0f;
+            row_mag[batch + i] = 0.0f;
+            row_mag[2 * batch + i] = 0.0f;
+        }
+        if (curricular) {
+            float unused;
+            row_thr[i] = adaface_arc_cosine(row_thr[i], row_a[i], (float)p.eps, &unused);
+        } else if (row_thr) {
+            row_thr[i] = INFINITY;
+        }
     }
 }
 

@@ -17,6 +17,7 @@ template <typename T, typename L>
 __device__ void adaface_backward_impl(const AdafaceTileParams& p) {
     AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
     if (adaface_block_should_abort(rec)) return;
+    const float curricular_t = (float)rec->state_t; /* CurricularFace's t (detached) */
 
     constexpr bool use_mma = AdafaceMma<T>::enabled;
     constexpr bool mma_grads = AdafaceMma<T>::gradients;
@@ -100,6 +101,7 @@ __device__ void adaface_backward_impl(const AdafaceTileParams& p) {
                 const int64_t label = row_ok ? adaface_label_at(labels, i) - p.class_offset : -1;
                 const float a = row_ok ? ((const float*)p.row_a)[i] : 0.0f;
                 const float b = row_ok ? ((const float*)p.row_b)[i] : 0.0f;
+                const float thr = row_ok ? ((const float*)p.row_thr)[i] : INFINITY;
                 const float lse = row_ok ? ((const float*)p.lse)[i] : 0.0f;
 #pragma unroll
                 for (int q = 0; q < ADAFACE_ACC_COLS; ++q) {
@@ -110,7 +112,7 @@ __device__ void adaface_backward_impl(const AdafaceTileParams& p) {
                         const float dot = acc[r][q] * row_inv_norm[lr] * inv_class_norm[lc];
                         const bool is_target = j == label;
                         float dlogit;
-                        const float logit = adaface_logit(dot, is_target, a, b, p.s, p.m1, p.eps, &dlogit);
+                        const float logit = adaface_logit(dot, is_target, a, b, thr, curricular_t, p.s, p.m1, p.eps, &dlogit);
                         const float prob = expf(logit - lse);
                         g = (prob - (is_target ? 1.0f : 0.0f)) * p.inv_batch * dlogit;
                     }

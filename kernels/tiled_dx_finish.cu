@@ -1,7 +1,7 @@
 /* Tiled dX finish: the last step of the tiled path, after tiled_backward.cu.
  *
  * adaface_dx_finish_*: grid (B). Sums dx_partial over splits in order and
- * applies the Jacobian of x -> x / ||x||. */
+ * applies the Jacobian of x -> x / ||x|| (and MagFace's radial term). */
 #include "common.cuh"
 
 template <typename T>
@@ -22,7 +22,7 @@ __device__ void adaface_dx_finish_impl(const AdafaceDxParams& p) {
         for (int64_t s = 0; s < p.splits; ++s) g += dxp[s * row_stride + i * dim + k];
         dx[i * dim + k] = g;
     }
-    adaface_normalise_row_grad(x, dx, i, dim, inv_n);
+    adaface_normalise_row_grad(x, dx, i, dim, inv_n, p.row_radial ? ((const float*)p.row_radial)[i] : 0.0f);
 }
 
 ADAFACE_KERNEL(adaface_dx_finish_f32, AdafaceDxParams, (adaface_dx_finish_impl<float>(p)))

@@ -43,7 +43,9 @@ __device__ void adaface_forward_impl(const AdafaceTileParams& p) {
     int64_t label[ADAFACE_ACC_ROWS];
     float ra[ADAFACE_ACC_ROWS];
     float rb[ADAFACE_ACC_ROWS];
+    float rthr[ADAFACE_ACC_ROWS];
     bool row_ok[ADAFACE_ACC_ROWS];
+    const float t = (float)rec->state_t; /* CurricularFace's t (detached) */
     float run_max[ADAFACE_ACC_ROWS];
     float run_sum[ADAFACE_ACC_ROWS];
 #pragma unroll
@@ -53,6 +55,7 @@ __device__ void adaface_forward_impl(const AdafaceTileParams& p) {
         label[r] = row_ok[r] ? adaface_label_at(labels, i) - p.class_offset : -1;
         ra[r] = row_ok[r] ? ((const float*)p.row_a)[i] : 0.0f;
         rb[r] = row_ok[r] ? ((const float*)p.row_b)[i] : 0.0f;
+        rthr[r] = row_ok[r] ? ((const float*)p.row_thr)[i] : INFINITY;
         run_max[r] = -INFINITY;
         run_sum[r] = 0.0f;
     }
@@ -121,7 +124,7 @@ __device__ void adaface_forward_impl(const AdafaceTileParams& p) {
                     const float dot = acc[r][q] * row_inv_norm[lr] * inv_class_norm[lc];
                     const bool is_target = j == label[r];
                     float dlogit;
-                    logit[q] = adaface_logit(dot, is_target, ra[r], rb[r], p.s, p.m1, p.eps, &dlogit);
+                    logit[q] = adaface_logit(dot, is_target, ra[r], rb[r], rthr[r], t, p.s, p.m1, p.eps, &dlogit);
                     if (is_target) {
                         bool passes;
                         ((float*)p.target_logit)[row0 + lr] = logit[q];

@@ -159,10 +159,7 @@ impl<E: crate::launch::KernelElement> AdaFaceBackend<E> for crate::sim::SimAdaFa
             loss: summary.loss,
             norms,
             margin_scaler,
-            state_after: EmaState {
-                curricular_t: self.curricular_t(),
-                ..summary.state_after
-            },
+            state_after: summary.state_after,
         })
     }
 
@@ -190,10 +187,7 @@ impl<E: crate::launch::KernelElement> AdaFaceBackend<E> for crate::sim::SimAdaFa
             loss: summary.loss,
             norms,
             margin_scaler,
-            state_after: EmaState {
-                curricular_t: self.curricular_t(),
-                ..summary.state_after
-            },
+            state_after: summary.state_after,
         })
     }
 }
@@ -234,10 +228,7 @@ where
             loss: summary.loss,
             norms,
             margin_scaler,
-            state_after: EmaState {
-                curricular_t: self.curricular_t(),
-                ..summary.state_after
-            },
+            state_after: summary.state_after,
         })
     }
 
@@ -288,10 +279,7 @@ where
             loss: summary.loss,
             norms,
             margin_scaler,
-            state_after: EmaState {
-                curricular_t: self.curricular_t(),
-                ..summary.state_after
-            },
+            state_after: summary.state_after,
         })
     }
 }

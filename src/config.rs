@@ -15,10 +15,10 @@ use crate::state::EmaState;
 ///
 /// SphereFace, CurricularFace and MagFace do not fit that formula (a
 /// multiplicative margin, modulated negatives, a norm-dependent margin with
-/// a regulariser); the reference and the fast CPU backend compute them, the
-/// fused kernels (`sim`, `cuda`) SphereFace too
-/// ([`in_kernels`](Self::in_kernels)), and the other backends reject them
-/// with [`Error::UnsupportedMargin`].
+/// a regulariser); the reference, the fast CPU backend and the fused
+/// kernels (`sim`, `cuda`) compute them, and the other backends (the naive
+/// and chunked baselines, the class-sharded step) reject them with
+/// [`Error::UnsupportedMargin`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MarginPolicy {
     /// AdaFace: the margin adapts to the feature norm. `m` is the margin,
@@ -162,8 +162,8 @@ impl MarginPolicy {
 
     /// Whether the policy is the one formula affine in the margin scaler
     /// (AdaFace, ArcFace, CosFace, Combined), which every backend computes.
-    /// The others run on the reference and the fast CPU backend (and
-    /// SphereFace in the fused kernels, see [`in_kernels`](Self::in_kernels)).
+    /// The others run on the reference, the fast CPU backend and the fused
+    /// kernels.
     pub fn is_affine(&self) -> bool {
         matches!(
             self,
@@ -188,20 +188,12 @@ impl MarginPolicy {
         }
     }
 
-    /// Whether the fused kernels (the `sim` and `cuda` backends) compute the
-    /// policy: those with an [`affine_in_z`](Self::affine_in_z) form, the
-    /// affine ones and SphereFace. CurricularFace and MagFace run on the
-    /// reference and the fast CPU backend only.
-    pub fn in_kernels(&self) -> bool {
-        self.affine_in_z().is_some()
-    }
-
-    /// The policy as the kernels take it, when it has that form: every
-    /// policy the kernels support gives per-row offsets affine in the margin
-    /// scaler `z_i` ([`AffineMargin`]), so one parameter layout carries all
-    /// of them. `None` for CurricularFace and MagFace, whose target logit
-    /// depends on more than `z_i` (a batch EMA of target cosines, the raw
-    /// feature norm).
+    /// The policy's target logit as per-row offsets affine in the margin
+    /// scaler `z_i` ([`AffineMargin`]), when it has that form: the affine
+    /// policies and SphereFace. `None` for CurricularFace and MagFace, whose
+    /// logits depend on more than `z_i` (a batch EMA of target cosines, the
+    /// raw feature norm): the kernels take those through their own per-row
+    /// terms, computed by the stats kernel.
     pub fn affine_in_z(&self) -> Option<AffineMargin> {
         match *self {
             // A constant additive term and a negative angle factor, which
@@ -226,16 +218,6 @@ impl MarginPolicy {
             }
             _ => None,
         }
-    }
-
-    /// [`affine_in_z`](Self::affine_in_z), or [`Error::UnsupportedMargin`]
-    /// naming `backend` when the kernels do not compute the policy: the
-    /// check of the fused-kernel backends before they plan a step.
-    pub fn require_affine_in_z(&self, backend: &'static str) -> Result<AffineMargin> {
-        self.affine_in_z().ok_or(Error::UnsupportedMargin {
-            policy: self.name(),
-            backend,
-        })
     }
 
     /// `m1`, the factor on the angle (1 for all but [`MarginPolicy::Combined`];

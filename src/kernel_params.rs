@@ -22,6 +22,10 @@ pub const ADAFACE_ERR_ROWNORM_X: AdafaceErrorKind = 4;
 pub const ADAFACE_ERR_ROWNORM_W: AdafaceErrorKind = 5;
 pub const ADAFACE_ERR_SHARD: AdafaceErrorKind = 6;
 pub type AdafaceErrorKind = ::core::ffi::c_uint;
+pub const ADAFACE_MARGIN_AFFINE: AdafaceMarginKind = 0;
+pub const ADAFACE_MARGIN_CURRICULAR: AdafaceMarginKind = 1;
+pub const ADAFACE_MARGIN_MAGFACE: AdafaceMarginKind = 2;
+pub type AdafaceMarginKind = ::core::ffi::c_uint;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct AdafaceStepRecord {
@@ -34,10 +38,11 @@ pub struct AdafaceStepRecord {
     pub state_std: f64,
     pub stats_arrivals: u32,
     pub reserved: u32,
+    pub state_t: f64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of AdafaceStepRecord"][::core::mem::size_of::<AdafaceStepRecord>() - 64usize];
+    ["Size of AdafaceStepRecord"][::core::mem::size_of::<AdafaceStepRecord>() - 72usize];
     ["Alignment of AdafaceStepRecord"][::core::mem::align_of::<AdafaceStepRecord>() - 8usize];
     ["Offset of field: AdafaceStepRecord::error_key"]
         [::core::mem::offset_of!(AdafaceStepRecord, error_key) - 0usize];
@@ -57,6 +62,8 @@ const _: () = {
         [::core::mem::offset_of!(AdafaceStepRecord, stats_arrivals) - 56usize];
     ["Offset of field: AdafaceStepRecord::reserved"]
         [::core::mem::offset_of!(AdafaceStepRecord, reserved) - 60usize];
+    ["Offset of field: AdafaceStepRecord::state_t"]
+        [::core::mem::offset_of!(AdafaceStepRecord, state_t) - 64usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -69,9 +76,14 @@ pub struct AdafaceStatsParams {
     pub row_a: u64,
     pub row_b: u64,
     pub row_z: u64,
+    pub w: u64,
+    pub curricular_t: u64,
+    pub row_thr: u64,
+    pub row_mag: u64,
     pub batch: i64,
     pub dim: i64,
     pub classes: i64,
+    pub kind: i64,
     pub t_alpha: f64,
     pub eps: f64,
     pub clip_min: f64,
@@ -81,10 +93,15 @@ pub struct AdafaceStatsParams {
     pub a1: f64,
     pub b0: f64,
     pub b1: f64,
+    pub mag_l_a: f64,
+    pub mag_u_a: f64,
+    pub mag_l_m: f64,
+    pub mag_u_m: f64,
+    pub mag_lambda_g: f64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of AdafaceStatsParams"][::core::mem::size_of::<AdafaceStatsParams>() - 160usize];
+    ["Size of AdafaceStatsParams"][::core::mem::size_of::<AdafaceStatsParams>() - 240usize];
     ["Alignment of AdafaceStatsParams"][::core::mem::align_of::<AdafaceStatsParams>() - 8usize];
     ["Offset of field: AdafaceStatsParams::x"]
         [::core::mem::offset_of!(AdafaceStatsParams, x) - 0usize];
@@ -102,30 +119,50 @@ const _: () = {
         [::core::mem::offset_of!(AdafaceStatsParams, row_b) - 48usize];
     ["Offset of field: AdafaceStatsParams::row_z"]
         [::core::mem::offset_of!(AdafaceStatsParams, row_z) - 56usize];
+    ["Offset of field: AdafaceStatsParams::w"]
+        [::core::mem::offset_of!(AdafaceStatsParams, w) - 64usize];
+    ["Offset of field: AdafaceStatsParams::curricular_t"]
+        [::core::mem::offset_of!(AdafaceStatsParams, curricular_t) - 72usize];
+    ["Offset of field: AdafaceStatsParams::row_thr"]
+        [::core::mem::offset_of!(AdafaceStatsParams, row_thr) - 80usize];
+    ["Offset of field: AdafaceStatsParams::row_mag"]
+        [::core::mem::offset_of!(AdafaceStatsParams, row_mag) - 88usize];
     ["Offset of field: AdafaceStatsParams::batch"]
-        [::core::mem::offset_of!(AdafaceStatsParams, batch) - 64usize];
+        [::core::mem::offset_of!(AdafaceStatsParams, batch) - 96usize];
     ["Offset of field: AdafaceStatsParams::dim"]
-        [::core::mem::offset_of!(AdafaceStatsParams, dim) - 72usize];
+        [::core::mem::offset_of!(AdafaceStatsParams, dim) - 104usize];
     ["Offset of field: AdafaceStatsParams::classes"]
-        [::core::mem::offset_of!(AdafaceStatsParams, classes) - 80usize];
+        [::core::mem::offset_of!(AdafaceStatsParams, classes) - 112usize];
+    ["Offset of field: AdafaceStatsParams::kind"]
+        [::core::mem::offset_of!(AdafaceStatsParams, kind) - 120usize];
     ["Offset of field: AdafaceStatsParams::t_alpha"]
-        [::core::mem::offset_of!(AdafaceStatsParams, t_alpha) - 88usize];
+        [::core::mem::offset_of!(AdafaceStatsParams, t_alpha) - 128usize];
     ["Offset of field: AdafaceStatsParams::eps"]
-        [::core::mem::offset_of!(AdafaceStatsParams, eps) - 96usize];
+        [::core::mem::offset_of!(AdafaceStatsParams, eps) - 136usize];
     ["Offset of field: AdafaceStatsParams::clip_min"]
-        [::core::mem::offset_of!(AdafaceStatsParams, clip_min) - 104usize];
+        [::core::mem::offset_of!(AdafaceStatsParams, clip_min) - 144usize];
     ["Offset of field: AdafaceStatsParams::clip_max"]
-        [::core::mem::offset_of!(AdafaceStatsParams, clip_max) - 112usize];
+        [::core::mem::offset_of!(AdafaceStatsParams, clip_max) - 152usize];
     ["Offset of field: AdafaceStatsParams::h"]
-        [::core::mem::offset_of!(AdafaceStatsParams, h) - 120usize];
+        [::core::mem::offset_of!(AdafaceStatsParams, h) - 160usize];
     ["Offset of field: AdafaceStatsParams::a0"]
-        [::core::mem::offset_of!(AdafaceStatsParams, a0) - 128usize];
+        [::core::mem::offset_of!(AdafaceStatsParams, a0) - 168usize];
     ["Offset of field: AdafaceStatsParams::a1"]
-        [::core::mem::offset_of!(AdafaceStatsParams, a1) - 136usize];
+        [::core::mem::offset_of!(AdafaceStatsParams, a1) - 176usize];
     ["Offset of field: AdafaceStatsParams::b0"]
-        [::core::mem::offset_of!(AdafaceStatsParams, b0) - 144usize];
+        [::core::mem::offset_of!(AdafaceStatsParams, b0) - 184usize];
     ["Offset of field: AdafaceStatsParams::b1"]
-        [::core::mem::offset_of!(AdafaceStatsParams, b1) - 152usize];
+        [::core::mem::offset_of!(AdafaceStatsParams, b1) - 192usize];
+    ["Offset of field: AdafaceStatsParams::mag_l_a"]
+        [::core::mem::offset_of!(AdafaceStatsParams, mag_l_a) - 200usize];
+    ["Offset of field: AdafaceStatsParams::mag_u_a"]
+        [::core::mem::offset_of!(AdafaceStatsParams, mag_u_a) - 208usize];
+    ["Offset of field: AdafaceStatsParams::mag_l_m"]
+        [::core::mem::offset_of!(AdafaceStatsParams, mag_l_m) - 216usize];
+    ["Offset of field: AdafaceStatsParams::mag_u_m"]
+        [::core::mem::offset_of!(AdafaceStatsParams, mag_u_m) - 224usize];
+    ["Offset of field: AdafaceStatsParams::mag_lambda_g"]
+        [::core::mem::offset_of!(AdafaceStatsParams, mag_lambda_g) - 232usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -147,6 +184,8 @@ pub struct AdafaceTileParams {
     pub dw: u64,
     pub target_dlogit: u64,
     pub dx: u64,
+    pub row_thr: u64,
+    pub row_radial: u64,
     pub batch: i64,
     pub dim: i64,
     pub classes: i64,
@@ -159,7 +198,7 @@ pub struct AdafaceTileParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of AdafaceTileParams"][::core::mem::size_of::<AdafaceTileParams>() - 192usize];
+    ["Size of AdafaceTileParams"][::core::mem::size_of::<AdafaceTileParams>() - 208usize];
     ["Alignment of AdafaceTileParams"][::core::mem::align_of::<AdafaceTileParams>() - 8usize];
     ["Offset of field: AdafaceTileParams::x"]
         [::core::mem::offset_of!(AdafaceTileParams, x) - 0usize];
@@ -195,24 +234,28 @@ const _: () = {
         [::core::mem::offset_of!(AdafaceTileParams, target_dlogit) - 120usize];
     ["Offset of field: AdafaceTileParams::dx"]
         [::core::mem::offset_of!(AdafaceTileParams, dx) - 128usize];
+    ["Offset of field: AdafaceTileParams::row_thr"]
+        [::core::mem::offset_of!(AdafaceTileParams, row_thr) - 136usize];
+    ["Offset of field: AdafaceTileParams::row_radial"]
+        [::core::mem::offset_of!(AdafaceTileParams, row_radial) - 144usize];
     ["Offset of field: AdafaceTileParams::batch"]
-        [::core::mem::offset_of!(AdafaceTileParams, batch) - 136usize];
+        [::core::mem::offset_of!(AdafaceTileParams, batch) - 152usize];
     ["Offset of field: AdafaceTileParams::dim"]
-        [::core::mem::offset_of!(AdafaceTileParams, dim) - 144usize];
+        [::core::mem::offset_of!(AdafaceTileParams, dim) - 160usize];
     ["Offset of field: AdafaceTileParams::classes"]
-        [::core::mem::offset_of!(AdafaceTileParams, classes) - 152usize];
+        [::core::mem::offset_of!(AdafaceTileParams, classes) - 168usize];
     ["Offset of field: AdafaceTileParams::splits"]
-        [::core::mem::offset_of!(AdafaceTileParams, splits) - 160usize];
+        [::core::mem::offset_of!(AdafaceTileParams, splits) - 176usize];
     ["Offset of field: AdafaceTileParams::class_offset"]
-        [::core::mem::offset_of!(AdafaceTileParams, class_offset) - 168usize];
+        [::core::mem::offset_of!(AdafaceTileParams, class_offset) - 184usize];
     ["Offset of field: AdafaceTileParams::s"]
-        [::core::mem::offset_of!(AdafaceTileParams, s) - 176usize];
+        [::core::mem::offset_of!(AdafaceTileParams, s) - 192usize];
     ["Offset of field: AdafaceTileParams::eps"]
-        [::core::mem::offset_of!(AdafaceTileParams, eps) - 180usize];
+        [::core::mem::offset_of!(AdafaceTileParams, eps) - 196usize];
     ["Offset of field: AdafaceTileParams::m1"]
-        [::core::mem::offset_of!(AdafaceTileParams, m1) - 184usize];
+        [::core::mem::offset_of!(AdafaceTileParams, m1) - 200usize];
     ["Offset of field: AdafaceTileParams::inv_batch"]
-        [::core::mem::offset_of!(AdafaceTileParams, inv_batch) - 188usize];
+        [::core::mem::offset_of!(AdafaceTileParams, inv_batch) - 204usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -224,14 +267,21 @@ pub struct AdafaceCombineParams {
     pub target_logit: u64,
     pub lse: u64,
     pub sample_loss: u64,
+    pub curricular_t: u64,
+    pub target_cos: u64,
+    pub row_a: u64,
+    pub row_mag: u64,
+    pub row_radial: u64,
     pub batch: i64,
     pub splits: i64,
     pub commit_state: u32,
     pub pad0: u32,
+    pub s: f32,
+    pub eps: f32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of AdafaceCombineParams"][::core::mem::size_of::<AdafaceCombineParams>() - 80usize];
+    ["Size of AdafaceCombineParams"][::core::mem::size_of::<AdafaceCombineParams>() - 128usize];
     ["Alignment of AdafaceCombineParams"][::core::mem::align_of::<AdafaceCombineParams>() - 8usize];
     ["Offset of field: AdafaceCombineParams::record"]
         [::core::mem::offset_of!(AdafaceCombineParams, record) - 0usize];
@@ -247,14 +297,28 @@ const _: () = {
         [::core::mem::offset_of!(AdafaceCombineParams, lse) - 40usize];
     ["Offset of field: AdafaceCombineParams::sample_loss"]
         [::core::mem::offset_of!(AdafaceCombineParams, sample_loss) - 48usize];
+    ["Offset of field: AdafaceCombineParams::curricular_t"]
+        [::core::mem::offset_of!(AdafaceCombineParams, curricular_t) - 56usize];
+    ["Offset of field: AdafaceCombineParams::target_cos"]
+        [::core::mem::offset_of!(AdafaceCombineParams, target_cos) - 64usize];
+    ["Offset of field: AdafaceCombineParams::row_a"]
+        [::core::mem::offset_of!(AdafaceCombineParams, row_a) - 72usize];
+    ["Offset of field: AdafaceCombineParams::row_mag"]
+        [::core::mem::offset_of!(AdafaceCombineParams, row_mag) - 80usize];
+    ["Offset of field: AdafaceCombineParams::row_radial"]
+        [::core::mem::offset_of!(AdafaceCombineParams, row_radial) - 88usize];
     ["Offset of field: AdafaceCombineParams::batch"]
-        [::core::mem::offset_of!(AdafaceCombineParams, batch) - 56usize];
+        [::core::mem::offset_of!(AdafaceCombineParams, batch) - 96usize];
     ["Offset of field: AdafaceCombineParams::splits"]
-        [::core::mem::offset_of!(AdafaceCombineParams, splits) - 64usize];
+        [::core::mem::offset_of!(AdafaceCombineParams, splits) - 104usize];
     ["Offset of field: AdafaceCombineParams::commit_state"]
-        [::core::mem::offset_of!(AdafaceCombineParams, commit_state) - 72usize];
+        [::core::mem::offset_of!(AdafaceCombineParams, commit_state) - 112usize];
     ["Offset of field: AdafaceCombineParams::pad0"]
-        [::core::mem::offset_of!(AdafaceCombineParams, pad0) - 76usize];
+        [::core::mem::offset_of!(AdafaceCombineParams, pad0) - 116usize];
+    ["Offset of field: AdafaceCombineParams::s"]
+        [::core::mem::offset_of!(AdafaceCombineParams, s) - 120usize];
+    ["Offset of field: AdafaceCombineParams::eps"]
+        [::core::mem::offset_of!(AdafaceCombineParams, eps) - 124usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -264,13 +328,14 @@ pub struct AdafaceDxParams {
     pub row_norm: u64,
     pub dx_partial: u64,
     pub dx: u64,
+    pub row_radial: u64,
     pub batch: i64,
     pub dim: i64,
     pub splits: i64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of AdafaceDxParams"][::core::mem::size_of::<AdafaceDxParams>() - 64usize];
+    ["Size of AdafaceDxParams"][::core::mem::size_of::<AdafaceDxParams>() - 72usize];
     ["Alignment of AdafaceDxParams"][::core::mem::align_of::<AdafaceDxParams>() - 8usize];
     ["Offset of field: AdafaceDxParams::x"][::core::mem::offset_of!(AdafaceDxParams, x) - 0usize];
     ["Offset of field: AdafaceDxParams::record"]
@@ -281,12 +346,14 @@ const _: () = {
         [::core::mem::offset_of!(AdafaceDxParams, dx_partial) - 24usize];
     ["Offset of field: AdafaceDxParams::dx"]
         [::core::mem::offset_of!(AdafaceDxParams, dx) - 32usize];
+    ["Offset of field: AdafaceDxParams::row_radial"]
+        [::core::mem::offset_of!(AdafaceDxParams, row_radial) - 40usize];
     ["Offset of field: AdafaceDxParams::batch"]
-        [::core::mem::offset_of!(AdafaceDxParams, batch) - 40usize];
+        [::core::mem::offset_of!(AdafaceDxParams, batch) - 48usize];
     ["Offset of field: AdafaceDxParams::dim"]
-        [::core::mem::offset_of!(AdafaceDxParams, dim) - 48usize];
+        [::core::mem::offset_of!(AdafaceDxParams, dim) - 56usize];
     ["Offset of field: AdafaceDxParams::splits"]
-        [::core::mem::offset_of!(AdafaceDxParams, splits) - 56usize];
+        [::core::mem::offset_of!(AdafaceDxParams, splits) - 64usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

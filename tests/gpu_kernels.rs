@@ -14,7 +14,7 @@ use adaface::eval::{run_case, Device};
 use adaface::golden::parse_case;
 use adaface::launch::{KernelElement, KernelLabel, Pass, PlanLimits, StepPlan};
 use adaface::shape::validate_inputs;
-use adaface::{AdaFaceConfig, Dtype, Error, Shape, Tensor};
+use adaface::{AdaFaceConfig, Dtype, Error, MarginPolicy, Shape, Tensor};
 use common::*;
 use cudarc::driver::{CudaStream, DeviceRepr};
 use half::{bf16, f16};
@@ -113,6 +113,55 @@ fn gpu_awkward_shapes_every_dtype_and_label_type() {
                 println!("{what}: {e:?}");
                 e.assert_f32_accuracy(&what);
                 n += 1;
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn gpu_margin_family_matches_the_reference() {
+    let Some(stream) = gpu("gpu_margin_family_matches_the_reference") else {
+        return;
+    };
+    // The same checks as tests/sim_margin_family.rs, on the hardware:
+    // rows leaning towards their class, norms across MagFace's bounds.
+    let bounds = Bounds {
+        loss: 1e-5,
+        ..Bounds::F32
+    };
+    for (k, policy) in [
+        MarginPolicy::sphere_face(),
+        MarginPolicy::curricular_face(),
+        MarginPolicy::mag_face(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cfg = AdaFaceConfig::builder()
+            .margin(policy)
+            .s(32.0)
+            .t_alpha(0.3)
+            .build()
+            .unwrap();
+        for (n, &(b, d, c)) in [(7, 64, 77), (33, 40, 129), (130, 512, 1000)]
+            .iter()
+            .enumerate()
+        {
+            let shape = Shape::new(b, d, c);
+            let inp = Inputs::leaning(
+                70 + 3 * k as u64 + n as u64,
+                shape,
+                RowNorms::Between(5.0, 120.0),
+            );
+            for e in [
+                compare::<f32, i64>(&stream, &cfg, &inp),
+                compare::<bf16, i32>(&stream, &cfg, &inp),
+                compare::<f16, i64>(&stream, &cfg, &inp),
+            ] {
+                let what = format!("{policy:?} B={b} D={d} C={c}");
+                println!("{what}: {e:?}");
+                e.assert_within(bounds, &what);
             }
         }
     }

@@ -531,23 +531,6 @@ fn backends_without_the_policy_reject_it_and_change_nothing() {
                 .unwrap_err(),
         );
         assert_eq!(shard.state(), st);
-        #[cfg(feature = "sim")]
-        if !policy.in_kernels() {
-            let mut sim = common::SimAdaFace::new(cfg);
-            let (mut dx, mut dw) = (vec![7.0f32; x32.len()], vec![7.0f32; w32.len()]);
-            let labels = &inp.labels;
-            unsupported(
-                sim.forward_backward(inp.shape, &x32, &w32, labels, &mut dx, &mut dw)
-                    .unwrap_err(),
-            );
-            assert!(dx.iter().chain(&dw).all(|&v| v == 7.0), "outputs written");
-            assert_eq!(sim.state().unwrap(), st);
-            unsupported(
-                sim.forward(inp.shape, &x32, &w32, labels, true)
-                    .unwrap_err(),
-            );
-            assert_eq!(sim.state().unwrap(), st);
-        }
     }
 }
 
@@ -666,13 +649,17 @@ fn eval_case_files_round_trip(seed: u64) {
         let back = parse_eval_output(&text).unwrap();
         assert_eq!(back[1].state_after, exact[1].state_after);
         #[cfg(feature = "sim")]
-        match run_case(&case, Device::Sim, Dtype::F32) {
-            Err(Error::UnsupportedMargin { .. }) => assert!(!policy.in_kernels()),
-            Ok(sim) => {
-                assert!(policy.in_kernels());
-                assert!((sim[1].loss - exact[1].loss).abs() < 1e-4 * exact[1].loss.abs());
+        {
+            // Every policy runs in the kernels, t carried through the case.
+            let sim = run_case(&case, Device::Sim, Dtype::F32).unwrap();
+            for (k, (s, e)) in sim.iter().zip(&exact).enumerate() {
+                assert!(
+                    (s.loss - e.loss).abs() < 1e-4 * e.loss.abs(),
+                    "{margin} step {k}"
+                );
+                let (ts, te) = (s.state_after.curricular_t, e.state_after.curricular_t);
+                assert!((ts - te).abs() < 1e-6, "{margin} step {k}: t {ts} vs {te}");
             }
-            Err(e) => panic!("{e}"),
         }
     }
     for bad in [

@@ -442,10 +442,7 @@ fn experiment(
     mix: Mix,
     label: &str,
 ) -> Result<Experiment, Box<dyn std::error::Error + Send + Sync>> {
-    let mut pols = policies(a.dim);
-    if a.device == Device::Cuda {
-        pols.retain(|(_, p)| p.in_kernels());
-    }
+    let pols = policies(a.dim);
     let seeds: Vec<SeedData> = (0..a.seeds as u64)
         .map(|k| seed_data(a, a.seed.wrapping_add(k), mix))
         .collect();

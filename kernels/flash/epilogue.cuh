@@ -22,7 +22,7 @@ __device__ __forceinline__ float adaface_flash_margin(const AdafaceFlashRows<L>&
                                                       bool* is_target, float* dlogit) {
     *dot = s * rows.inv_norm[h] * inv_cls;
     *is_target = j == rows.label[h];
-    return adaface_logit(*dot, *is_target, rows.a[h], rows.b[h], p.s, p.m1, p.eps, dlogit);
+    return adaface_logit(*dot, *is_target, rows.a[h], rows.b[h], rows.thr[h], rows.t, p.s, p.m1, p.eps, dlogit);
 }
 
 /* Max and sum over the quad of lanes (t = 0 .. 3) that hold one row of S. */

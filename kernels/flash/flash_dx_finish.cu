@@ -30,7 +30,8 @@ __device__ void adaface_flash_dx_finish_impl(const AdafaceTileParams& p) {
         if (has_target) g = fmaf(target_coef, to_float(w[y * dim + k]), g);
         dx[i * dim + k] = g * p.inv_batch;
     }
-    adaface_normalise_row_grad(x, dx, i, dim, 1.0f / ((const float*)p.row_norm)[i]);
+    const float radial = p.row_radial ? ((const float*)p.row_radial)[i] : 0.0f;
+    adaface_normalise_row_grad(x, dx, i, dim, 1.0f / ((const float*)p.row_norm)[i], radial);
 }
 
 ADAFACE_KERNEL(adaface_flash_dx_finish_bf16_i32, AdafaceTileParams,

@@ -124,11 +124,13 @@ __device__ __forceinline__ void adaface_flash_stage(uint16_t* dst, int ld, const
 template <typename L>
 struct AdafaceFlashRows {
     int64_t label[2];
-    float a[2], b[2], inv_norm[2], lse[2];
+    float a[2], b[2], thr[2], inv_norm[2], lse[2];
+    float t; /* CurricularFace's t (detached; unused while thr is +inf) */
     bool ok[2];
     __device__ __forceinline__ void load(const AdafaceTileParams& p, int64_t row0, bool with_lse) {
         const int lane = (int)threadIdx.x & 31;
         const int warp = (int)threadIdx.x >> 5;
+        t = (float)((const AdafaceStepRecord*)p.record)->state_t;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const int64_t i = row0 + 16 * (warp & 3) + (lane >> 2) + 8 * h;
@@ -136,6 +138,7 @@ struct AdafaceFlashRows {
             label[h] = ok[h] ? adaface_label_at((const L*)p.labels, i) - p.class_offset : -1;
             a[h] = ok[h] ? ((const float*)p.row_a)[i] : 0.0f;
             b[h] = ok[h] ? ((const float*)p.row_b)[i] : 0.0f;
+            thr[h] = ok[h] ? ((const float*)p.row_thr)[i] : INFINITY;
             inv_norm[h] = ok[h] ? 1.0f / ((const float*)p.row_norm)[i] : 0.0f;
             lse[h] = (ok[h] && with_lse) ? ((const float*)p.lse)[i] : 0.0f;
         }

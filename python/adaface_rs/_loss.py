@@ -10,9 +10,9 @@ from torch import Tensor, nn
 
 from . import _native
 
-#: The margin policies (the crate's ``MarginPolicy``). The first four are
-#: affine in AdaFace's scaler and run on every backend; SphereFace runs on the
-#: CPU backends and CUDA; CurricularFace and MagFace on the CPU backends.
+#: The margin policies (the crate's ``MarginPolicy``). All run on the CPU
+#: backends and CUDA; the class-sharded module takes the first four (affine in
+#: AdaFace's scaler) only.
 MARGINS = ("adaface", "arcface", "cosface", "combined", "sphereface", "curricularface", "magface")
 
 #: ``m`` when it is not given: the AdaFace paper's 0.4, and CurricularFace's
@@ -192,7 +192,7 @@ def _run(
         loss = torch.empty((1,), dtype=torch.float64, device=plan.device)
         head = module._cuda_head(plan.device)
         with torch.cuda.device(plan.device):
-            head.step(*args, _ptr(loss), _ptr(mean), _ptr(std), update_state)
+            head.step(*args, _ptr(loss), _ptr(mean), _ptr(std), _ptr(t) if t is not None else 0, update_state)
         out_dtype = torch.float64 if plan.dtype == torch.float64 else torch.float32
         return loss.reshape(()).to(out_dtype), gx, gw
     step = _native.reference_step if plan.kind == "reference" else _native.cpu_step
@@ -298,9 +298,9 @@ class AdaFaceLoss(nn.Module):
             default is 0.01; the official head's own default is 1.0).
         margin: ``"adaface"``, ``"arcface"``, ``"cosface"``, ``"combined"``,
             ``"sphereface"``, ``"curricularface"`` or ``"magface"`` (see
-            :data:`MARGINS`; the last three are not affine in the scaler:
-            CurricularFace and MagFace run on the CPU backends only, and
-            CUDA raises ``NotImplementedError`` for them).
+            :data:`MARGINS`; the last three are not affine in the scaler,
+            and CurricularFace keeps its ``t`` in the ``curricular_t``
+            buffer, on CUDA moved by the kernels without a host sync).
         dtype: the weight's dtype (default ``float32``; ``bfloat16`` and
             ``float16`` are read in place by the fused backends).
         m1, m2, m3: the combined margin ``cos(m1 theta + m2) - m3``.

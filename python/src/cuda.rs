@@ -88,6 +88,8 @@ struct Call {
     loss: u64,
     mean: u64,
     std: u64,
+    /// CurricularFace's t (one `f64`), or 0 for the other policies.
+    t: u64,
     update_state: bool,
 }
 
@@ -96,7 +98,8 @@ struct Call {
 /// internals: only `CudaAdaFace`'s methods at concrete types).
 ///
 /// Safety: every pointer of the call is a live device allocation of the
-/// sizes its shape implies (`f64` for `loss`, `mean`, `std`; `f32` for `dx`,
+/// sizes its shape implies (`f64` for `loss`, `mean`, `std` and a non-zero
+/// `t`; `f32` for `dx`,
 /// `dw`, or both 0 for the loss only) on this head's device.
 macro_rules! run_typed {
     ($head:expr, $call:expr, $e:ty, $l:ty) => {{
@@ -124,6 +127,16 @@ macro_rules! run_typed {
                         .memcpy_dtod(&*std, &mut state.slice_mut(1..2))
                         .map_err(backend("copy EMA std in"))?;
                 }
+                let mut t = if call.t != 0 {
+                    let t = Borrowed::<f64>::new(&stream, call.t, 1)?;
+                    let state = head.loss.state_buffer_mut();
+                    stream
+                        .memcpy_dtod(&*t, &mut state.slice_mut(2..3))
+                        .map_err(backend("copy curricular t in"))?;
+                    Some(t)
+                } else {
+                    None
+                };
                 let step = if call.dx != 0 || call.dw != 0 {
                     let mut dx = Borrowed::<f32>::new(&stream, call.dx, shape.features_len()?)?;
                     let mut dw = Borrowed::<f32>::new(&stream, call.dw, shape.weight_len()?)?;
@@ -145,6 +158,11 @@ macro_rules! run_typed {
                     stream
                         .memcpy_dtod(&state.slice(1..2), &mut *std)
                         .map_err(backend("copy EMA std out"))?;
+                    if let Some(t) = t.as_mut() {
+                        stream
+                            .memcpy_dtod(&state.slice(2..3), &mut **t)
+                            .map_err(backend("copy curricular t out"))?;
+                    }
                 }
                 head.last = Some(step);
                 Ok(())
@@ -203,11 +221,12 @@ impl CudaHead {
     /// Launches one step; see `adaface_rs` for the pointer contract. `dx`,
     /// `dw` are `float32` device tensors (`B x D`, `C x D`), or both 0 for
     /// the loss only; `loss`, `state_mean`, `state_std` one-element
-    /// `float64` device tensors. Returns at once: the kernels check the data
+    /// `float64` device tensors, and `state_t` one too for CurricularFace
+    /// (0 otherwise). Returns at once: the kernels check the data
     /// (labels, finite values, zero norms) and on a rejected step leave the
     /// gradients and the state untouched and the loss NaN;
     /// [`check_last_step`](Self::check_last_step) raises the error.
-    #[pyo3(signature = (batch, dim, classes, dtype, label_dtype, x, w, labels, dx, dw, loss, state_mean, state_std, update_state))]
+    #[pyo3(signature = (batch, dim, classes, dtype, label_dtype, x, w, labels, dx, dw, loss, state_mean, state_std, state_t, update_state))]
     #[allow(clippy::too_many_arguments)]
     fn step(
         &mut self,
@@ -224,6 +243,7 @@ impl CudaHead {
         loss: u64,
         state_mean: u64,
         state_std: u64,
+        state_t: u64,
         update_state: bool,
     ) -> PyResult<()> {
         let shape = shape_of(batch, dim, classes).map_err(to_py)?;
@@ -237,6 +257,7 @@ impl CudaHead {
             loss,
             mean: state_mean,
             std: state_std,
+            t: state_t,
             update_state,
         };
         macro_rules! go {

@@ -94,3 +94,32 @@ def test_cuda_eval_and_state_dict():
     other = adaface_rs.AdaFaceLoss(d, c, t_alpha=0.5)
     other.load_state_dict({k: v.cpu() for k, v in mod.state_dict().items()})
     assert other.ema_state() == before
+
+
+@pytest.mark.parametrize("policy", ["sphereface", "curricularface", "magface"])
+def test_cuda_margin_family_matches_the_torch_oracle(policy):
+    """The non-affine policies on CUDA tensors, three steps: loss, both
+    gradients and CurricularFace's ``t`` (kept on the device, copied through
+    the module's buffer) against the plain-torch oracle of test_margins."""
+    from test_margins import PARAMS, oracle
+
+    b, d, c = 9, 64, 130
+    mod = adaface_rs.AdaFaceLoss(d, c, margin=policy, s=16.0, **PARAMS[policy]).cuda()
+    t = 0.0
+    for step in range(3):
+        x, w, y = random_inputs(b, d, c, seed=300 + step, dtype=torch.float64)
+        with torch.no_grad():
+            mod.weight.copy_(w.float())
+        mod.weight.grad = None
+        xr = x.float().cuda().requires_grad_()
+        loss = mod(xr, y.cuda())
+        loss.backward()
+        xo, wo = x.clone().requires_grad_(), w.clone().requires_grad_()
+        want, t = oracle(policy, xo, wo, y, 16.0, PARAMS[policy], t_before=t)
+        want.backward()
+        assert abs(float(loss) - float(want)) <= 1e-4 * max(1.0, abs(float(want))), step
+        assert rel(xr.grad.cpu().double(), xo.grad) <= 1e-3, step
+        assert rel(mod.weight.grad.cpu().double(), wo.grad) <= 1e-3, step
+        if policy == "curricularface":
+            assert mod.curricular_t.device.type == "cuda"
+            assert abs(float(mod.curricular_t) - t) <= 1e-5, (step, float(mod.curricular_t), t)

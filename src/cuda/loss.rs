@@ -42,10 +42,8 @@ pub struct CudaAdaFace {
     limits: PlanLimits,
     /// Compute capability 9.0: the module has the wgmma kernels.
     wgmma_capable: bool,
+    /// `[batch_mean, batch_std, curricular_t]`.
     state: CudaSlice<f64>,
-    /// CurricularFace's t, carried for checkpoints (the kernels compute the
-    /// affine policies only, so it never moves here).
-    curricular_t: f64,
     workspace: Option<CudaSlice<f32>>,
     last_plan: Option<StepPlan>,
     /// A device copy of the latest step's record: a rejected step has no
@@ -198,7 +196,6 @@ impl CudaAdaFace {
             limits: start.limits,
             wgmma_capable: start.wgmma_capable,
             state: start.state,
-            curricular_t: cfg.initial_state().curricular_t,
             workspace: None,
             last_plan: None,
             last_record: None,
@@ -245,27 +242,24 @@ impl CudaAdaFace {
         Ok(EmaState {
             batch_mean: v[0],
             batch_std: v[1],
-            curricular_t: self.curricular_t,
+            curricular_t: v[2],
         })
-    }
-
-    /// CurricularFace's t as held.
-    pub(crate) fn curricular_t(&self) -> f64 {
-        self.curricular_t
     }
 
     /// Restores the EMA state (validated first), e.g. from a checkpoint.
     pub fn set_state(&mut self, state: EmaState) -> Result<()> {
         state.validate()?;
         self.stream
-            .memcpy_htod(&[state.batch_mean, state.batch_std], &mut self.state)
+            .memcpy_htod(
+                &[state.batch_mean, state.batch_std, state.curricular_t],
+                &mut self.state,
+            )
             .map_err(backend("write EMA state"))?;
-        self.curricular_t = state.curricular_t;
         Ok(())
     }
 
-    /// The device buffer of the EMA state, `[batch_mean, batch_std]` in
-    /// `f64`, for frameworks that keep the state in their own device tensors
+    /// The device buffer of the EMA state, `[batch_mean, batch_std,
+    /// curricular_t]` in `f64`, for frameworks that keep the state in their own device tensors
     /// (the PyTorch package): copy their values in before a step and out
     /// after it, on [`stream`](Self::stream), and no step waits for the GPU.
     /// Unlike [`set_state`](Self::set_state), values written here are not
@@ -366,7 +360,6 @@ impl CudaAdaFace {
             flash: self.limits.flash && flash_aligned(x_ptr, w_ptr),
             ..self.limits
         };
-        self.cfg.margin().require_affine_in_z("cuda")?;
         let plan = StepPlan::new(shape, pass, E::DTYPE, limits)?;
 
         let need = plan.workspace.len.max(1);
@@ -394,6 +387,7 @@ impl CudaAdaFace {
             w: w_ptr,
             labels: l_ptr,
             state: s_ptr,
+            curricular_t: s_ptr + 16,
             record: r_ptr,
             workspace: ws_ptr,
             dx: 0,
@@ -448,7 +442,7 @@ impl DeviceStart {
         let module = module_for(stream.context())?;
         let init = cfg.initial_state();
         let state = stream
-            .clone_htod(&[init.batch_mean, init.batch_std])
+            .clone_htod(&[init.batch_mean, init.batch_std, init.curricular_t])
             .map_err(backend("upload EMA state"))?;
         let limits = device_limits(stream)?;
         let wgmma_capable = stream

@@ -149,12 +149,16 @@ impl ShardedCudaAdaFace {
         state.validate()?;
         self.epoch += 1;
         self.stream
-            .memcpy_htod(&[state.batch_mean, state.batch_std], &mut self.state)
+            .memcpy_htod(
+                &[state.batch_mean, state.batch_std],
+                &mut self.state.slice_mut(0..2),
+            )
             .map_err(backend("write EMA state"))
     }
 
     /// The device buffer of the EMA state, `[batch_mean, batch_std]` in
-    /// `f64`, for frameworks that keep the state in their own device tensors
+    /// `f64` (and a third value the sharded step never reads: the buffer is
+    /// laid out as [`crate::cuda::CudaAdaFace`]'s), for frameworks that keep the state in their own device tensors
     /// (as [`crate::cuda::CudaAdaFace::state_buffer_mut`]); not validated. A
     /// pending phase 1 is void (as after [`set_state`](Self::set_state)).
     pub fn state_buffer_mut(&mut self) -> &mut CudaSlice<f64> {
@@ -198,6 +202,8 @@ impl ShardedCudaAdaFace {
                 w,
                 labels,
                 state: s_ptr,
+                // The sharded step takes the affine policies only.
+                curricular_t: 0,
                 record: r_ptr,
                 workspace: ws_ptr,
                 dx: 0,

@@ -112,12 +112,12 @@ impl StepPlan {
             KernelLaunch {
                 kernel: k.combine,
                 dims: self.combine,
-                params: LaunchParams::Combine(self.combine_params(buf, commit_state)),
+                params: LaunchParams::Combine(self.combine_params(cfg, buf, commit_state)),
             },
         ];
         if self.pass == Pass::ForwardBackward {
             let bp = self.backward_params(cfg, buf);
-            out.extend(self.backward_launches(&k, bp, buf));
+            out.extend(self.backward_launches(&k, bp, cfg, buf));
         }
         Ok(out)
     }
@@ -129,10 +129,11 @@ impl StepPlan {
         &self,
         k: &StepKernels,
         bp: AdafaceTileParams,
+        cfg: &AdaFaceConfig,
         buf: &StepBuffers,
     ) -> [KernelLaunch; 2] {
         let dx = match self.variant {
-            Variant::Tiled => LaunchParams::Dx(self.dx_params(buf)),
+            Variant::Tiled => LaunchParams::Dx(self.dx_params(cfg, buf)),
             Variant::Flash => LaunchParams::Tile(bp),
         };
         [

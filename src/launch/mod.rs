@@ -36,9 +36,10 @@
 //!
 //! # Workspace
 //!
-//! One `f32` buffer of `9 B + C + 2 S_f B + S_g B D` elements (the last
-//! term only for training steps), plus the 64-byte step record and the
-//! 16-byte EMA state. `S_g` is the number of per-split `gx` partials:
+//! One `f32` buffer of `14 B + C + 2 S_f B + S_g B D` elements (the last
+//! term only for training steps; 5 of the `14 B` hold CurricularFace's and
+//! MagFace's per-row terms), plus the 72-byte step record and the 24-byte
+//! EMA state (with CurricularFace's `t`). `S_g` is the number of per-split `gx` partials:
 //! tiled, `S_g = S_b = min(tiles, max(1, dx_budget / (4 B D)),
 //! max_backward_splits)` and `S_f = min(tiles, ceil(target_blocks /
 //! ceil(B/32)))`; flash, `S_g = S_f = min(tiles, max(1, flash_blocks /

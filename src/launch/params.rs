@@ -2,9 +2,10 @@
 //! config and the step's buffer addresses.
 
 use super::{StepBuffers, StepPlan, Variant};
-use crate::config::{AdaFaceConfig, AffineMargin};
+use crate::config::{AdaFaceConfig, AffineMargin, MarginPolicy};
 use crate::kernel_params::{
     AdafaceCombineParams, AdafaceDxParams, AdafaceStatsParams, AdafaceTileParams,
+    ADAFACE_MARGIN_AFFINE, ADAFACE_MARGIN_CURRICULAR, ADAFACE_MARGIN_MAGFACE,
 };
 use crate::shape::Shape;
 
@@ -28,8 +29,21 @@ impl StepPlan {
                 row_a: self.ws(buf, l.row_a),
                 row_b: self.ws(buf, l.row_b),
                 row_z: self.ws(buf, l.row_z),
+                w: buf.w,
+                curricular_t: buf.curricular_t,
+                row_thr: self.ws(buf, l.row_thr),
+                row_mag: self.ws(buf, l.row_mag),
             },
         )
+    }
+
+    /// MagFace's radial coefficients (the combine writes them, dx_finish
+    /// reads them), or 0: no other policy has a loss term in `||x||`.
+    fn row_radial(&self, cfg: &AdaFaceConfig, buf: &StepBuffers) -> u64 {
+        match cfg.margin() {
+            MarginPolicy::MagFace { .. } => self.ws(buf, self.workspace.row_radial),
+            _ => 0,
+        }
     }
 
     fn tile_params(
@@ -57,6 +71,8 @@ impl StepPlan {
             dw: buf.dw,
             target_dlogit: self.ws(buf, l.target_dlogit),
             dx: buf.dx,
+            row_thr: self.ws(buf, l.row_thr),
+            row_radial: self.row_radial(cfg, buf),
             batch: self.shape.batch as i64,
             dim: self.shape.dim as i64,
             classes: self.shape.classes as i64,
@@ -86,8 +102,14 @@ impl StepPlan {
 
     /// Parameters of the combine kernel; `commit_state` stores the updated
     /// EMA state (when no error was recorded).
-    pub fn combine_params(&self, buf: &StepBuffers, commit_state: bool) -> AdafaceCombineParams {
+    pub fn combine_params(
+        &self,
+        cfg: &AdaFaceConfig,
+        buf: &StepBuffers,
+        commit_state: bool,
+    ) -> AdafaceCombineParams {
         let l = &self.workspace;
+        let radial = self.row_radial(cfg, buf);
         AdafaceCombineParams {
             record: buf.record,
             state: buf.state,
@@ -96,15 +118,26 @@ impl StepPlan {
             target_logit: self.ws(buf, l.target_logit),
             lse: self.ws(buf, l.lse),
             sample_loss: self.ws(buf, l.sample_loss),
+            curricular_t: buf.curricular_t,
+            target_cos: self.ws(buf, l.target_cos),
+            row_a: self.ws(buf, l.row_a),
+            row_mag: if radial != 0 {
+                self.ws(buf, l.row_mag)
+            } else {
+                0
+            },
+            row_radial: radial,
             batch: self.shape.batch as i64,
             splits: self.forward_splits as i64,
             commit_state: commit_state as u32,
             pad0: 0,
+            s: cfg.s() as f32,
+            eps: cfg.eps() as f32,
         }
     }
 
     /// Parameters of the dx_finish kernel.
-    pub fn dx_params(&self, buf: &StepBuffers) -> AdafaceDxParams {
+    pub fn dx_params(&self, cfg: &AdaFaceConfig, buf: &StepBuffers) -> AdafaceDxParams {
         let l = &self.workspace;
         AdafaceDxParams {
             x: buf.x,
@@ -112,6 +145,7 @@ impl StepPlan {
             row_norm: self.ws(buf, l.row_norm),
             dx_partial: self.ws(buf, l.dx_partial),
             dx: buf.dx,
+            row_radial: self.row_radial(cfg, buf),
             batch: self.shape.batch as i64,
             dim: self.shape.dim as i64,
             splits: self.backward_splits as i64,
@@ -120,7 +154,10 @@ impl StepPlan {
 }
 
 /// The addresses the stats kernel reads and writes: the inputs, the EMA
-/// state, the step record and four per-row `f32` arrays of `B` values.
+/// state, the step record and four per-row `f32` arrays of `B` values;
+/// and, for the policies beyond the affine ones, `W`, CurricularFace's `t`
+/// and the per-row threshold and MagFace arrays (0 where the caller runs
+/// the affine policies only).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct StatsBuffers {
     pub x: u64,
@@ -131,6 +168,10 @@ pub(crate) struct StatsBuffers {
     pub row_a: u64,
     pub row_b: u64,
     pub row_z: u64,
+    pub w: u64,
+    pub curricular_t: u64,
+    pub row_thr: u64,
+    pub row_mag: u64,
 }
 
 /// Parameters of the stats kernel for a step of `shape` at `buf`: the one
@@ -142,6 +183,17 @@ pub(crate) fn stats_params(
     buf: StatsBuffers,
 ) -> AdafaceStatsParams {
     let AffineMargin { a0, a1, b0, b1, .. } = kernel_margin(cfg);
+    let (kind, mag) = match cfg.margin() {
+        MarginPolicy::CurricularFace { .. } => (ADAFACE_MARGIN_CURRICULAR, [0.0; 5]),
+        MarginPolicy::MagFace {
+            l_a,
+            u_a,
+            l_m,
+            u_m,
+            lambda_g,
+        } => (ADAFACE_MARGIN_MAGFACE, [l_a, u_a, l_m, u_m, lambda_g]),
+        _ => (ADAFACE_MARGIN_AFFINE, [0.0; 5]),
+    };
     AdafaceStatsParams {
         x: buf.x,
         labels: buf.labels,
@@ -151,9 +203,14 @@ pub(crate) fn stats_params(
         row_a: buf.row_a,
         row_b: buf.row_b,
         row_z: buf.row_z,
+        w: buf.w,
+        curricular_t: buf.curricular_t,
+        row_thr: buf.row_thr,
+        row_mag: buf.row_mag,
         batch: shape.batch as i64,
         dim: shape.dim as i64,
         classes: shape.classes as i64,
+        kind: kind as i64,
         t_alpha: cfg.t_alpha(),
         eps: cfg.eps(),
         clip_min: cfg.norm_clip_min(),
@@ -163,20 +220,29 @@ pub(crate) fn stats_params(
         a1,
         b0,
         b1,
+        mag_l_a: mag[0],
+        mag_u_a: mag[1],
+        mag_l_m: mag[2],
+        mag_u_m: mag[3],
+        mag_lambda_g: mag[4],
     }
 }
 
-/// The config's margin as the kernels take it
-/// ([`MarginPolicy::affine_in_z`](crate::MarginPolicy::affine_in_z)). The
-/// backends reject policies without that form before they plan; parameters
-/// filled for one anyway carry the neutral margin (no offsets, angle
-/// factor 1).
+/// The config's margin as the kernels take it: the affine form
+/// ([`MarginPolicy::affine_in_z`]) where the policy has one; CurricularFace
+/// as ArcFace with its margin (its negatives come from the stats kernel's
+/// thresholds); MagFace's angle factor 1 with no fixed offsets (the stats
+/// kernel writes its per-row margin).
 pub(crate) fn kernel_margin(cfg: &AdaFaceConfig) -> AffineMargin {
-    cfg.margin().affine_in_z().unwrap_or(AffineMargin {
+    let neutral = AffineMargin {
         a0: 0.0,
         a1: 0.0,
         b0: 0.0,
         b1: 0.0,
         m1: 1.0,
-    })
+    };
+    match cfg.margin() {
+        MarginPolicy::CurricularFace { m } => AffineMargin { a0: m, ..neutral },
+        policy => policy.affine_in_z().unwrap_or(neutral),
+    }
 }

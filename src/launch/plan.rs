@@ -184,6 +184,13 @@ pub struct WorkspaceLayout {
     pub lse: usize,
     /// Per-row loss, `B`.
     pub sample_loss: usize,
+    /// CurricularFace's hard-negative thresholds (`+inf` for the other
+    /// policies), `B`.
+    pub row_thr: usize,
+    /// MagFace's `[dm/d||x|| | lambda_g g | lambda_g dg/d||x||]`, `3 B`.
+    pub row_mag: usize,
+    /// MagFace's `dL/d||x_i||` from the combine for dx_finish, `B`.
+    pub row_radial: usize,
     /// `||w_j||`, `C`.
     pub class_norm: usize,
     /// Forward running max per split and row, `S_f B`.
@@ -244,6 +251,10 @@ pub struct StepBuffers {
     pub labels: u64,
     /// EMA state, `f64[2]`.
     pub state: u64,
+    /// CurricularFace's `t`, one `f64` (read by the stats kernel, stored by
+    /// the combine's commit), or 0 where the caller keeps none (then the
+    /// policy must not be CurricularFace).
+    pub curricular_t: u64,
     /// The step record ([`AdafaceStepRecord`](crate::kernel_params::AdafaceStepRecord)).
     pub record: u64,
     /// The `f32` workspace of [`StepPlan::workspace`].
@@ -332,6 +343,9 @@ impl StepPlan {
             target_dlogit: take(b)?,
             lse: take(b)?,
             sample_loss: take(b)?,
+            row_thr: take(b)?,
+            row_mag: take(3 * b)?,
+            row_radial: take(b)?,
             class_norm: take(c)?,
             partial_max: take(forward_splits * b)?,
             partial_sum: take(forward_splits * b)?,
@@ -416,13 +430,13 @@ mod tests {
             .unwrap();
             assert_eq!(plan.variant, Variant::Tiled);
             let (sf, sb) = (plan.forward_splits, plan.backward_splits);
-            assert_eq!(plan.workspace.len, 9 * b + c + 2 * sf * b + sb * b * d);
+            assert_eq!(plan.workspace.len, 14 * b + c + 2 * sf * b + sb * b * d);
             assert!(sf >= 1 && sf <= plan.class_tiles && sb >= 1 && sb <= plan.class_tiles);
             assert!(sb * b * d * 4 <= (48 << 20) || sb == 1);
             assert_eq!(plan.forward.grid, (sf as u32, b.div_ceil(32) as u32, 1));
             let fwd =
                 StepPlan::new(shape, Pass::Forward, Dtype::F32, PlanLimits::default()).unwrap();
-            assert_eq!(fwd.workspace.len, 9 * b + c + 2 * sf * b);
+            assert_eq!(fwd.workspace.len, 14 * b + c + 2 * sf * b);
 
             // bf16 at depths that are multiples of 32 (<= 512) takes the
             // flash family.
@@ -439,7 +453,7 @@ mod tests {
             assert_eq!(flash.variant, Variant::Flash);
             let sf = flash.forward_splits;
             assert_eq!(flash.dx_splits, sf);
-            assert_eq!(flash.workspace.len, 9 * b + c + 2 * sf * b + sf * b * d);
+            assert_eq!(flash.workspace.len, 14 * b + c + 2 * sf * b + sf * b * d);
             assert!(sf * b.div_ceil(64) <= 132 || sf == 1);
             assert_eq!(flash.forward.grid, (b.div_ceil(64) as u32, sf as u32, 1));
             assert_eq!(flash.backward.grid, (c.div_ceil(64) as u32, 1, 1));

@@ -78,9 +78,12 @@ impl StepSummary {
             loss: rec.loss,
             norm_mean: rec.norm_mean,
             norm_std: (rec.norm_std >= 0.0).then_some(rec.norm_std),
-            // The kernels compute the affine policies only, which never
-            // move CurricularFace's t: the loss objects fill in theirs.
-            state_after: EmaState::new(rec.state_mean, rec.state_std),
+            // t: CurricularFace's update, else carried (0 where the
+            // caller keeps none).
+            state_after: EmaState {
+                curricular_t: rec.state_t,
+                ..EmaState::new(rec.state_mean, rec.state_std)
+            },
         })
     }
 }

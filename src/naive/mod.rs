@@ -217,6 +217,8 @@ pub(crate) fn stats_params(
             row_a: p.row_a,
             row_b: p.row_b,
             row_z,
+            // The affine policies only (the naive paths reject the others).
+            ..Default::default()
         },
     )
 }

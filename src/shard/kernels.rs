@@ -124,13 +124,18 @@ impl ShardPlan {
     }
 
     /// The tiled `dx_finish`.
-    pub fn dx_params(&self, buf: &StepBuffers) -> AdafaceDxParams {
-        self.plan.dx_params(buf)
+    pub fn dx_params(&self, cfg: &AdaFaceConfig, buf: &StepBuffers) -> AdafaceDxParams {
+        self.plan.dx_params(cfg, buf)
     }
 
     /// Phase 2's combine over the reduced row statistics at `rows`: one
     /// split, the global log-sum-exp and loss, and the EMA commit.
-    pub fn global_combine_params(&self, buf: &StepBuffers, rows: u64) -> AdafaceCombineParams {
+    pub fn global_combine_params(
+        &self,
+        cfg: &AdaFaceConfig,
+        buf: &StepBuffers,
+        rows: u64,
+    ) -> AdafaceCombineParams {
         let b = self.batch() as u64;
         let l = &self.plan.workspace;
         AdafaceCombineParams {
@@ -141,7 +146,7 @@ impl ShardPlan {
             commit_state: 1,
             lse: self.ws(buf, l.lse),
             sample_loss: self.ws(buf, l.sample_loss),
-            ..self.plan.combine_params(buf, true)
+            ..self.plan.combine_params(cfg, buf, true)
         }
     }
 
@@ -222,11 +227,11 @@ impl ShardPlan {
         let mut out = vec![KernelLaunch {
             kernel: k.combine,
             dims: self.plan.combine,
-            params: LaunchParams::Combine(self.global_combine_params(buf, rows)),
+            params: LaunchParams::Combine(self.global_combine_params(cfg, buf, rows)),
         }];
         out.extend(
             self.plan
-                .backward_launches(&k, self.backward_params(cfg, buf), buf),
+                .backward_launches(&k, self.backward_params(cfg, buf), cfg, buf),
         );
         Ok(out)
     }

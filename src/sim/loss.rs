@@ -17,9 +17,8 @@ use crate::state::EmaState;
 pub struct SimAdaFace {
     cfg: AdaFaceConfig,
     limits: PlanLimits,
-    state: [f64; 2],
-    /// CurricularFace's t, carried for checkpoints (the kernels never move it).
-    curricular_t: f64,
+    /// `[batch_mean, batch_std, curricular_t]`, as the CUDA loss keeps it.
+    state: [f64; 3],
     workspace: Vec<f32>,
     last_plan: Option<StepPlan>,
     /// The latest step's record: a rejected step has no diagnostics.
@@ -83,8 +82,7 @@ impl SimAdaFace {
         SimAdaFace {
             cfg,
             limits: PlanLimits::default(),
-            state: [init.batch_mean, init.batch_std],
-            curricular_t: init.curricular_t,
+            state: [init.batch_mean, init.batch_std, init.curricular_t],
             workspace: Vec::new(),
             last_plan: None,
             last_record: None,
@@ -107,21 +105,14 @@ impl SimAdaFace {
         Ok(EmaState {
             batch_mean: self.state[0],
             batch_std: self.state[1],
-            curricular_t: self.curricular_t,
+            curricular_t: self.state[2],
         })
-    }
-
-    /// CurricularFace's t as held (the kernels compute the affine policies
-    /// only, so it never moves here).
-    pub(crate) fn curricular_t(&self) -> f64 {
-        self.curricular_t
     }
 
     /// Restores the EMA state (validated first).
     pub fn set_state(&mut self, state: EmaState) -> Result<()> {
         state.validate()?;
-        self.state = [state.batch_mean, state.batch_std];
-        self.curricular_t = state.curricular_t;
+        self.state = [state.batch_mean, state.batch_std, state.curricular_t];
         Ok(())
     }
 
@@ -200,17 +191,18 @@ impl SimAdaFace {
             flash: self.limits.flash && flash_aligned(x.as_ptr() as u64, w.as_ptr() as u64),
             ..self.limits
         };
-        self.cfg.margin().require_affine_in_z("sim")?;
         let plan = StepPlan::new(shape, pass, E::DTYPE, limits)?;
         if self.workspace.len() < plan.workspace.len {
             self.workspace.resize(plan.workspace.len, 0.0);
         }
         let mut record = AdafaceStepRecord::default();
+        let state = self.state.as_mut_ptr();
         let mut bufs = StepBuffers {
             x: x.as_ptr() as u64,
             w: w.as_ptr() as u64,
             labels: labels.as_ptr() as u64,
-            state: self.state.as_mut_ptr() as u64,
+            state: state as u64,
+            curricular_t: state.wrapping_add(2) as u64,
             record: &mut record as *mut AdafaceStepRecord as u64,
             workspace: self.workspace.as_mut_ptr() as u64,
             dx: 0,

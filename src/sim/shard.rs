@@ -277,6 +277,8 @@ impl ShardedSimAdaFace {
             w: w.as_ptr() as u64,
             labels: labels.as_ptr() as u64,
             state: self.state.as_mut_ptr() as u64,
+            // The sharded step takes the affine policies only.
+            curricular_t: 0,
             record: &mut self.record as *mut AdafaceStepRecord as u64,
             workspace: self.workspace.as_mut_ptr() as u64,
             dx: 0,

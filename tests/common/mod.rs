@@ -374,7 +374,11 @@ impl StepErrors {
             loss: rel(loss, r.loss),
             dx: rel_norm(&widen32(dx), &r.grad_features),
             dw: rel_norm(&widen32(dw), &r.grad_weight),
-            state: rel(state.batch_mean, sa.batch_mean).max(rel(state.batch_std, sa.batch_std)),
+            // CurricularFace's t is a mean of cosines (near 0 at first): its
+            // absolute error.
+            state: rel(state.batch_mean, sa.batch_mean)
+                .max(rel(state.batch_std, sa.batch_std))
+                .max((state.curricular_t - sa.curricular_t).abs()),
         }
     }
 
