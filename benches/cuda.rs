@@ -129,7 +129,7 @@ fn bench_dtype<E: KernelElement + DeviceRepr>(
                 .throughput(Throughput::Elements(
                     flops_per_bdc * (batch * DIM * classes) as u64,
                 ));
-            // fused_single differs from fused in the training step of the
+            // fused_exact differs from fused in the training step of the
             // flash family (bf16 here) only; fused_wgmma in every bf16 pass
             // (D = 512), on compute capability 9.0 (elsewhere `prepare`
             // prints why it skips it).
@@ -137,7 +137,7 @@ fn bench_dtype<E: KernelElement + DeviceRepr>(
             let paths: &[BenchPath] = match (dtype == Dtype::BF16, single) {
                 (true, true) => &[
                     BenchPath::Fused,
-                    BenchPath::FusedSingle,
+                    BenchPath::FusedExact,
                     BenchPath::FusedWgmma,
                     BenchPath::Naive,
                     BenchPath::Chunked,

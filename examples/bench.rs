@@ -294,9 +294,9 @@ fn bench_cuda(args: &Args) -> Result<(Vec<Measurement>, Option<f64>), String> {
     let stream = adaface::cuda::default_stream(0).map_err(|e| e.to_string())?;
     let mut paths = vec![BenchPath::Fused];
     if matches!(args.dtype, adaface::Dtype::BF16 | adaface::Dtype::F16) {
-        // The flash family's single-rounded gradient products (see
+        // The flash family's exact (hi + lo) gradient products (see
         // PlanLimits::split_gradients): the speed / accuracy trade-off.
-        paths.push(BenchPath::FusedSingle);
+        paths.push(BenchPath::FusedExact);
     }
     // Hopper's wgmma kernels (PlanLimits::wgmma, bf16), where the device has them.
     if args.dtype == adaface::Dtype::BF16
@@ -340,7 +340,7 @@ fn bench_cuda(args: &Args) -> Result<(Vec<Measurement>, Option<f64>), String> {
         for r in &forward {
             let path = match r.path {
                 BenchPath::Fused => "fused_forward",
-                BenchPath::FusedSingle => continue, // the same forward as fused
+                BenchPath::FusedExact => continue, // the same forward as fused
                 BenchPath::FusedWgmma => "fused_wgmma_forward",
                 BenchPath::Naive => "naive_forward",
                 BenchPath::Chunked => "chunked_forward",

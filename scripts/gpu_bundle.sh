@@ -114,6 +114,19 @@ for f in "$GOLDEN"/*_float32.json "$GOLDEN"/*_float32.json.zz; do
     esac
 done
 cp "$GOLDEN/a_small_default_float64.json" "$BUNDLE/cases/small.json"
+# The same small case under CurricularFace and MagFace: the sanitizer runs
+# their extra kernel paths (the stats kernel's reads of W, the combine's
+# radial terms).
+python3 - "$BUNDLE/cases" <<'PY'
+import json, sys
+base = json.load(open(f"{sys.argv[1]}/small.json"))
+for name, extra in {
+    "curricular": {"margin": "curricularface", "m": 0.5},
+    "magface": {"margin": "magface", "l_a": 1.0, "u_a": 40.0},
+}.items():
+    case = dict(base, config=dict(base["config"], **extra))
+    json.dump(case, open(f"{sys.argv[1]}/small_{name}.json", "w"))
+PY
 cp scripts/gpu_check.sh "$BUNDLE/gpu_check.sh"
 chmod +x "$BUNDLE/gpu_check.sh"
 {

@@ -232,7 +232,8 @@ if want torch; then
     fi
 fi
 
-# 6. compute-sanitizer on a small case (every kernel of a training step runs).
+# 6. compute-sanitizer on small cases: every kernel family (tiled, flash on
+# mma.sync and wgmma, f16, the margin family, the cuBLAS paths' kernels).
 if want sanitizer; then
     if command -v compute-sanitizer >/dev/null; then
         for tool in memcheck racecheck; do
@@ -249,13 +250,25 @@ if want sanitizer; then
                 --device cuda --dtype bf16
         done
         # Every flash tile kernel at an awkward shape through the bench tool:
-        # mma.sync (fused, fused_single) and, on compute capability 9.0,
+        # mma.sync (fused, fused_exact) and, on compute capability 9.0,
         # wgmma (fused_wgmma: async proxy, swizzled tiles, 1 KiB alignment).
         for tool in memcheck racecheck synccheck; do
             step "sanitizer_${tool}_bench" 150 compute-sanitizer --tool "$tool" --error-exitcode 99 \
                 ./examples/bench --device cuda --batch 65 --dim 256 --classes 3000 --dtype bf16 --iters 1 \
                 --skip-naive --forward
         done
+        # CurricularFace and MagFace (tiled f32 and flash bf16): the stats
+        # kernel's reads of W, the thresholds, the combine's radial terms.
+        for margin in curricular magface; do
+            for dtype in f32 bf16; do
+                step "sanitizer_memcheck_${margin}_$dtype" 90 compute-sanitizer --tool memcheck --error-exitcode 99 \
+                    ./examples/adaface_eval --input "cases/small_$margin.json" --output "out/small_${margin}_$dtype.json" \
+                    --device cuda --dtype "$dtype"
+            done
+        done
+        # The cuBLAS paths' own kernels (naive, chunked) beside the fused ones.
+        step sanitizer_memcheck_cublas_paths 150 compute-sanitizer --tool memcheck --error-exitcode 99 \
+            ./examples/bench --device cuda --batch 65 --dim 96 --classes 3000 --dtype bf16 --iters 1
         # f16 flash: the extra barrier and shared peaks of its per-tile scales.
         step sanitizer_racecheck_bench_f16 150 compute-sanitizer --tool racecheck --error-exitcode 99 \
             ./examples/bench --device cuda --batch 65 --dim 96 --classes 3000 --dtype f16 --iters 1 --skip-naive
@@ -322,7 +335,7 @@ for bj in glob.glob(os.path.join(crit, "**", "new", "benchmark.json"), recursive
 
 print()
 print("== side by side: B=512 D=512 bf16 forward+backward (median ms, TFLOP/s at 8BDC, extra device MB)")
-cols = ["fused", "fused_single", "fused_wgmma", "naive", "chunked", "torch_official_head", "torch_official_head_autocast_bf16", "torch_official_head_upcast_bf16"]
+cols = ["fused", "fused_exact", "fused_wgmma", "naive", "chunked", "torch_official_head", "torch_official_head_autocast_bf16", "torch_official_head_upcast_bf16"]
 for c in (100000, 1000000):
     at = {r["path"]: r for r in rows if r.get("batch") == 512 and r.get("dim") == 512 and r.get("classes") == c
           and r.get("device") == "cuda"

@@ -57,12 +57,31 @@ fn gpu_step<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr + TryFrom
     })
 }
 
+/// One step in the exact mode (hi + lo flash gradient products), its errors
+/// against the f64 reference: within the f32 bounds.
 fn compare<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr + TryFrom<i64>>(
     stream: &Arc<CudaStream>,
     cfg: &AdaFaceConfig,
     inp: &Inputs,
 ) -> StepErrors {
-    let mut loss = CudaAdaFace::new(stream.clone(), *cfg).expect("loss object");
+    compare_in::<E, L>(stream, cfg, inp, true)
+}
+
+/// One step with the default plan (`exact`: false, single-rounded flash
+/// gradient products) or in the exact mode, its errors against the f64
+/// reference.
+fn compare_in<E: KernelElement + DeviceRepr, L: KernelLabel + DeviceRepr + TryFrom<i64>>(
+    stream: &Arc<CudaStream>,
+    cfg: &AdaFaceConfig,
+    inp: &Inputs,
+    exact: bool,
+) -> StepErrors {
+    let loss = CudaAdaFace::new(stream.clone(), *cfg).expect("loss object");
+    let limits = PlanLimits {
+        split_gradients: exact,
+        ..loss.limits()
+    };
+    let mut loss = loss.with_limits(limits);
     let s = gpu_step::<E, L>(stream, &mut loss, inp).expect("gpu step");
     assert_eq!(loss.state().unwrap(), s.state);
     s.errors(&reference_step::<E>(cfg, &cfg.initial_state(), inp))
@@ -112,6 +131,23 @@ fn gpu_awkward_shapes_every_dtype_and_label_type() {
                 let what = format!("B={b} D={d} C={c} variant {}", n % 6);
                 println!("{what}: {e:?}");
                 e.assert_f32_accuracy(&what);
+                // The default plan: single-rounded flash gradient products.
+                let (e, dtype) = match n % 3 {
+                    0 => (
+                        compare_in::<f32, i64>(&stream, &cfg, &inp, false),
+                        Dtype::F32,
+                    ),
+                    1 => (
+                        compare_in::<bf16, i32>(&stream, &cfg, &inp, false),
+                        Dtype::BF16,
+                    ),
+                    _ => (
+                        compare_in::<f16, i64>(&stream, &cfg, &inp, false),
+                        Dtype::F16,
+                    ),
+                };
+                println!("{what} default plan: {e:?}");
+                e.assert_within(Bounds::flash_single(dtype), &what);
                 n += 1;
             }
         }
@@ -516,6 +552,7 @@ fn gpu_wgmma_kernels_match_the_reference_and_mma_sync() {
         let loss = CudaAdaFace::new(stream.clone(), cfg).expect("loss object");
         let limits = PlanLimits {
             wgmma,
+            split_gradients: true,
             ..loss.limits()
         };
         loss.with_limits(limits)

@@ -58,10 +58,12 @@ fn expected_wgmma(b: usize, d: usize, c: usize, training: bool, split: bool) -> 
     pairs * if training { 2 * (d / 8 + grad) } else { d / 8 }
 }
 
+/// The exact mode (hi + lo gradient products) with `splits` forward
+/// splits; the single-rounded runs clear `split_gradients`.
 fn limits(splits: usize, b: usize) -> PlanLimits {
     PlanLimits {
         flash_blocks: splits * b.div_ceil(64),
-        ..PlanLimits::default()
+        ..exact_limits()
     }
 }
 

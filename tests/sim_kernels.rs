@@ -97,7 +97,15 @@ fn golden_files_in_bf16_and_f16_match_the_reference_on_the_same_inputs() {
             r16(&mut rounded.weight);
             rounded.steps.iter_mut().for_each(|s| r16(&mut s.features));
             let reference = run_case(&rounded, Device::Reference, Dtype::F64).unwrap();
-            assert_eval_steps_close(&format!("{} {dtype}", path.display()), &sim, &reference);
+            // The eval tool runs the default plan: the flash family's
+            // single-rounded gradient products.
+            let tol = Bounds::flash_single(dtype).dx;
+            assert_eval_steps_within(
+                &format!("{} {dtype}", path.display()),
+                &sim,
+                &reference,
+                tol,
+            );
         }
     }
 }
@@ -114,9 +122,14 @@ fn awkward_shapes_every_dtype_and_label_type() {
             let dtype = dtypes[n % dtypes.len()];
             let i32_labels = (n / 2) % 2 == 1;
             let inp = random_inputs(1000 + n as u64, b, d, c);
+            // The default plan (single-rounded flash gradients) and its
+            // exact mode.
             let e = run_dtype(dtype, i32_labels, &cfg, PlanLimits::default(), &inp);
             let what = format!("B={b} D={d} C={c} {dtype} i32={i32_labels}");
             println!("{what}: {e:?}");
+            e.assert_within(Bounds::flash_single(dtype), &what);
+            let e = run_dtype(dtype, i32_labels, &cfg, exact_limits(), &inp);
+            println!("{what} exact: {e:?}");
             e.assert_f32_accuracy(&what);
             n += 1;
         }
@@ -130,7 +143,12 @@ fn every_dtype_with_both_label_types_on_one_shape() {
     for dtype in [Dtype::F32, Dtype::BF16, Dtype::F16] {
         for i32_labels in [false, true] {
             let e = run_dtype(dtype, i32_labels, &cfg, PlanLimits::default(), &inp);
-            e.assert_f32_accuracy(&format!("{dtype} i32={i32_labels}"));
+            e.assert_within(
+                Bounds::flash_single(dtype),
+                &format!("{dtype} i32={i32_labels}"),
+            );
+            let e = run_dtype(dtype, i32_labels, &cfg, exact_limits(), &inp);
+            e.assert_f32_accuracy(&format!("{dtype} i32={i32_labels} exact"));
         }
     }
 }

@@ -77,7 +77,7 @@ fn sphereface_matches_the_reference_for_every_dtype_on_awkward_shapes() {
             let inp = random_inputs(900 + 10 * k as u64 + n as u64, b, d, c);
             for dtype in [Dtype::F32, Dtype::BF16, Dtype::F16] {
                 for i32_labels in [false, true] {
-                    let e = step_any(dtype, i32_labels, &cfg, PlanLimits::default(), &inp);
+                    let e = step_any(dtype, i32_labels, &cfg, exact_limits(), &inp);
                     e.assert_f32_accuracy(&format!(
                         "{policy:?} {b}x{d}x{c} {dtype} i32={i32_labels}"
                     ));
@@ -144,6 +144,19 @@ const NON_AFFINE_BOUNDS: Bounds = Bounds {
     ..Bounds::F32
 };
 
+/// [`NON_AFFINE_BOUNDS`] in the exact mode, the single-rounded bounds of
+/// dX and dW otherwise.
+fn bounds_for(limits: &PlanLimits, dtype: Dtype) -> Bounds {
+    if limits.split_gradients {
+        NON_AFFINE_BOUNDS
+    } else {
+        Bounds {
+            loss: NON_AFFINE_BOUNDS.loss,
+            ..Bounds::flash_single(dtype)
+        }
+    }
+}
+
 fn non_affine() -> Vec<MarginPolicy> {
     vec![
         MarginPolicy::curricular_face(),
@@ -169,10 +182,12 @@ fn cfg_for(policy: MarginPolicy) -> AdaFaceConfig {
 }
 
 /// The family's plan limits: the default plan (flash for bf16 / f16 where
-/// it applies), tiled only, and the flash family on wgmma.
-fn families() -> [(&'static str, PlanLimits); 3] {
+/// it applies, single-rounded gradient products), its exact mode, tiled
+/// only, and the flash family on wgmma.
+fn families() -> [(&'static str, PlanLimits); 4] {
     [
         ("default", PlanLimits::default()),
+        ("exact", exact_limits()),
         (
             "tiled",
             PlanLimits {
@@ -205,7 +220,7 @@ fn curricularface_and_magface_match_the_reference_for_every_dtype_and_family() {
                     let wg_before = wgmma_count();
                     let e = step_any(dtype, n % 2 == 1, &cfg, limits, &inp);
                     let what = format!("{policy:?} {b}x{d}x{c} {dtype} {family}");
-                    e.assert_within(NON_AFFINE_BOUNDS, &what);
+                    e.assert_within(bounds_for(&limits, dtype), &what);
                     // The wgmma kernels ran where they apply (bf16, D % 128 == 0).
                     let wg = wgmma_count() > wg_before;
                     assert_eq!(
@@ -230,7 +245,7 @@ fn curricularface_and_magface_with_several_class_tiles_per_split() {
                 dx_budget_bytes: splits * 33 * 64 * 4,
                 max_backward_splits: splits,
                 flash_blocks: splits,
-                ..PlanLimits::default()
+                ..exact_limits()
             };
             for dtype in [Dtype::F32, Dtype::BF16] {
                 step_any(dtype, false, &cfg, limits, &inp).assert_within(
@@ -247,7 +262,7 @@ fn the_state_and_curricular_t_carry_over_steps_as_in_the_reference() {
     for policy in non_affine() {
         let cfg = cfg_for(policy);
         for dtype in [Dtype::F32, Dtype::BF16] {
-            let mut sim = SimAdaFace::new(cfg);
+            let mut sim = SimAdaFace::new(cfg).with_limits(exact_limits());
             let mut state = cfg.initial_state();
             for k in 0..4u64 {
                 let inp = leaning(40 + k, 9 + 2 * k as usize, 64, 70);

@@ -15,8 +15,8 @@ use adaface::shard::reference::ShardedReference;
 use adaface::shard::{reduce_partials, PartialFc, ShardSpec};
 use adaface::{EmaState, Error, Shape};
 use common::{
-    f64s, fast_ema_cfg as cfg, on_shards, rel, rel_norm, round, shard_layouts as layouts,
-    shard_problem, Rng,
+    exact_limits, f64s, fast_ema_cfg as cfg, on_shards, rel, rel_norm, round,
+    shard_layouts as layouts, shard_problem, Rng,
 };
 use common::{ShardedSimAdaFace, SimAdaFace, SimShardStep};
 use half::{bf16, f16};
@@ -39,7 +39,7 @@ fn small_limits() -> PlanLimits {
     PlanLimits {
         target_blocks: 2,
         max_backward_splits: 2,
-        ..PlanLimits::default()
+        ..exact_limits()
     }
 }
 
@@ -423,7 +423,7 @@ fn shards_spanning_several_splits() {
         target_blocks: 2,
         max_backward_splits: 2,
         flash_blocks: 2,
-        ..PlanLimits::default()
+        ..exact_limits()
     };
     for d in [9, 32] {
         let mut rng = Rng::new(90 + d as u64);

@@ -31,10 +31,11 @@ use crate::shape::Shape;
 pub enum BenchPath {
     /// The fused kernels ([`CudaAdaFace`]).
     Fused,
-    /// The fused kernels with single-rounded bf16 gradient products
-    /// ([`PlanLimits::split_gradients`] off; differs from `Fused` only
-    /// where the flash family runs: bf16 or f16, `D % 32 == 0`, `D <= 512`).
-    FusedSingle,
+    /// The fused kernels with exact (hi + lo) gradient products
+    /// ([`PlanLimits::split_gradients`] on; differs from `Fused`, whose
+    /// products are single-rounded, only where the flash family runs: bf16
+    /// or f16, `D % 32 == 0`, `D <= 512`).
+    FusedExact,
     /// The fused kernels with the flash family on Hopper's `wgmma`
     /// ([`PlanLimits::wgmma`]; differs from `Fused` only for flash steps
     /// with `D % 128 == 0`). Compute capability 9.0 only.
@@ -51,7 +52,7 @@ impl BenchPath {
     pub fn name(self) -> &'static str {
         match self {
             BenchPath::Fused => "fused",
-            BenchPath::FusedSingle => "fused_single",
+            BenchPath::FusedExact => "fused_exact",
             BenchPath::FusedWgmma => "fused_wgmma",
             BenchPath::Naive => "naive",
             BenchPath::Chunked => "chunked",
@@ -218,10 +219,10 @@ impl BenchRunner {
         let cfg = AdaFaceConfig::default();
         let loss = match path {
             BenchPath::Fused => Loss::Fused(Box::new(CudaAdaFace::new(stream.clone(), cfg)?)),
-            BenchPath::FusedSingle => {
+            BenchPath::FusedExact => {
                 let fused = CudaAdaFace::new(stream.clone(), cfg)?;
                 let limits = PlanLimits {
-                    split_gradients: false,
+                    split_gradients: true,
                     ..fused.limits()
                 };
                 Loss::Fused(Box::new(fused.with_limits(limits)))

@@ -183,8 +183,8 @@ mod tests {
             .kernels::<half::bf16, i64>()
             .unwrap();
         assert_eq!(k.forward.name(), "adaface_flash_forward_bf16_i64");
+        // Single-rounded gradient products are the default.
         let single_wg = PlanLimits {
-            split_gradients: false,
             wgmma: true,
             ..PlanLimits::default()
         };
@@ -197,7 +197,11 @@ mod tests {
         );
         assert_eq!(k.backward.name(), "adaface_flash_wg_dw_single_bf16_i32");
         assert_eq!(k.dx_finish.name(), "adaface_flash_dx_finish_bf16_i32");
-        let k = plan(Dtype::F16, 64, train, PlanLimits::default())
+        let exact = PlanLimits {
+            split_gradients: true,
+            ..PlanLimits::default()
+        };
+        let k = plan(Dtype::F16, 64, train, exact)
             .kernels::<half::f16, i32>()
             .unwrap();
         assert_eq!(k.forward.name(), "adaface_flash_forward_dx_f16_i32");
