@@ -6,28 +6,12 @@ mod common;
 
 use adaface::eval::{run_case, Device};
 use adaface::golden::parse_case;
-use adaface::launch::{KernelElement, KernelLabel, PlanLimits};
+use adaface::launch::{KernelLabel, PlanLimits};
 use adaface::shape::validate_inputs;
 use adaface::{AdaFaceConfig, Dtype, EmaState, Error, MarginPolicy, Shape, Tensor};
 use common::SimAdaFace;
 use common::*;
 use half::{bf16, f16};
-
-fn compare<E: KernelElement, L: KernelLabel + TryFrom<i64>>(
-    cfg: &AdaFaceConfig,
-    limits: PlanLimits,
-    inp: &Inputs,
-) -> StepErrors {
-    let mut sim = SimAdaFace::new(*cfg).with_limits(limits);
-    let state = cfg.initial_state();
-    let step = sim_step::<E, L>(&mut sim, inp).expect("sim step");
-    assert_eq!(
-        sim.state().unwrap(),
-        step.state,
-        "training step commits the state"
-    );
-    step.errors(&reference_step::<E>(cfg, &state, inp))
-}
 
 fn run_dtype(
     dtype: Dtype,
@@ -36,15 +20,7 @@ fn run_dtype(
     limits: PlanLimits,
     inp: &Inputs,
 ) -> StepErrors {
-    match (dtype, i32_labels) {
-        (Dtype::F32, false) => compare::<f32, i64>(cfg, limits, inp),
-        (Dtype::F32, true) => compare::<f32, i32>(cfg, limits, inp),
-        (Dtype::BF16, false) => compare::<bf16, i64>(cfg, limits, inp),
-        (Dtype::BF16, true) => compare::<bf16, i32>(cfg, limits, inp),
-        (Dtype::F16, false) => compare::<f16, i64>(cfg, limits, inp),
-        (Dtype::F16, true) => compare::<f16, i32>(cfg, limits, inp),
-        (other, _) => panic!("no kernels for {other}"),
-    }
+    sim_errors_for(dtype, i32_labels, cfg, limits, cfg.initial_state(), inp)
 }
 
 #[test]

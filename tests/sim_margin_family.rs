@@ -12,26 +12,23 @@ use adaface::launch::{KernelElement, KernelLabel, PlanLimits};
 use adaface::{AdaFaceConfig, Dtype, EmaState, Error, MarginPolicy, Shape};
 use common::SimAdaFace;
 use common::*;
-use half::{bf16, f16};
+use half::bf16;
+
+/// A state whose CurricularFace t is not the initial 0, so that carrying
+/// and moving it are both visible.
+fn start_state(cfg: &AdaFaceConfig) -> EmaState {
+    EmaState {
+        curricular_t: 0.125,
+        ..cfg.initial_state()
+    }
+}
 
 fn step<E: KernelElement, L: KernelLabel + TryFrom<i64>>(
     cfg: &AdaFaceConfig,
     limits: PlanLimits,
     inp: &Inputs,
 ) -> StepErrors {
-    let mut sim = SimAdaFace::new(*cfg).with_limits(limits);
-    let state = EmaState {
-        curricular_t: 0.125,
-        ..cfg.initial_state()
-    };
-    sim.set_state(state).unwrap();
-    let step = sim_step::<E, L>(&mut sim, inp).expect("sim step");
-    assert_eq!(
-        sim.state().unwrap(),
-        step.state,
-        "the step commits its state"
-    );
-    step.errors(&reference_step::<E>(cfg, &state, inp))
+    sim_errors::<E, L>(cfg, limits, start_state(cfg), inp)
 }
 
 /// One step on the simulator for any dtype and label type.
@@ -42,14 +39,7 @@ fn step_any(
     limits: PlanLimits,
     inp: &Inputs,
 ) -> StepErrors {
-    match (dtype, i32_labels) {
-        (Dtype::F32, false) => step::<f32, i64>(cfg, limits, inp),
-        (Dtype::F32, true) => step::<f32, i32>(cfg, limits, inp),
-        (Dtype::BF16, false) => step::<bf16, i64>(cfg, limits, inp),
-        (Dtype::BF16, true) => step::<bf16, i32>(cfg, limits, inp),
-        (Dtype::F16, false) => step::<f16, i64>(cfg, limits, inp),
-        (_, _) => step::<f16, i32>(cfg, limits, inp),
-    }
+    sim_errors_for(dtype, i32_labels, cfg, limits, start_state(cfg), inp)
 }
 
 fn sphere_policies() -> Vec<MarginPolicy> {

@@ -315,6 +315,47 @@ pub fn sim_step<E: KernelElement, L: KernelLabel + TryFrom<i64>>(
     })
 }
 
+/// One simulated training step from `state` with `limits`, which must
+/// commit its state, and its errors against the f64 reference on the same
+/// rounded inputs.
+pub fn sim_errors<E: KernelElement, L: KernelLabel + TryFrom<i64>>(
+    cfg: &AdaFaceConfig,
+    limits: PlanLimits,
+    state: EmaState,
+    inp: &Inputs,
+) -> StepErrors {
+    let mut sim = SimAdaFace::new(*cfg).with_limits(limits);
+    sim.set_state(state).unwrap();
+    let step = sim_step::<E, L>(&mut sim, inp).expect("sim step");
+    assert_eq!(
+        sim.state().unwrap(),
+        step.state,
+        "the step commits its state"
+    );
+    step.errors(&reference_step::<E>(cfg, &state, inp))
+}
+
+/// [`sim_errors`] for a dtype and label type chosen at run time.
+pub fn sim_errors_for(
+    dtype: Dtype,
+    i32_labels: bool,
+    cfg: &AdaFaceConfig,
+    limits: PlanLimits,
+    state: EmaState,
+    inp: &Inputs,
+) -> StepErrors {
+    use half::{bf16, f16};
+    match (dtype, i32_labels) {
+        (Dtype::F32, false) => sim_errors::<f32, i64>(cfg, limits, state, inp),
+        (Dtype::F32, true) => sim_errors::<f32, i32>(cfg, limits, state, inp),
+        (Dtype::BF16, false) => sim_errors::<bf16, i64>(cfg, limits, state, inp),
+        (Dtype::BF16, true) => sim_errors::<bf16, i32>(cfg, limits, state, inp),
+        (Dtype::F16, false) => sim_errors::<f16, i64>(cfg, limits, state, inp),
+        (Dtype::F16, true) => sim_errors::<f16, i32>(cfg, limits, state, inp),
+        (other, _) => panic!("no kernels for {other}"),
+    }
+}
+
 /// Relative-error bounds of one step against the f64 reference.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bounds {
