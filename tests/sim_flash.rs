@@ -374,6 +374,39 @@ fn misaligned_inputs_take_the_tiled_family() {
     StepErrors::new(s.loss, &dx, &dw, s.state_after, &r).assert_f32_accuracy("misaligned x");
 }
 
+/// The flash kernels store dW in 8-byte pairs where the caller's buffer
+/// allows it: a dW slice at an odd f32 offset takes the 4-byte stores and
+/// gets the same bits.
+#[test]
+fn a_dw_buffer_at_an_odd_offset_gets_the_same_bits() {
+    let _counting = counter_lock();
+    let cfg = AdaFaceConfig::default();
+    let inp = random_inputs(7400, 33, 64, 150);
+    let (x, w) = (round::<bf16>(&inp.x), round::<bf16>(&inp.w));
+    let step = |dw: &mut [f32]| {
+        let mut sim = SimAdaFace::new(cfg);
+        let mut dx = vec![0.0f32; x.len()];
+        let before = mma_count();
+        sim.forward_backward(inp.shape, &x, &w, &inp.labels, &mut dx, dw)
+            .expect("step")
+            .summary()
+            .expect("summary");
+        assert!(mma_count() > before, "the flash family ran");
+        dx
+    };
+    let mut aligned = vec![0.0f32; w.len()];
+    let dx_a = step(&mut aligned);
+    let mut buf = vec![0.0f32; w.len() + 1];
+    let odd = &mut buf[1..];
+    assert_eq!(odd.as_ptr() as usize % 8, 4, "an odd f32 offset");
+    let dx_o = step(odd);
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&aligned), bits(&buf[1..]));
+    assert_eq!(bits(&dx_a), bits(&dx_o));
+    let r = reference_step::<bf16>(&cfg, &cfg.initial_state(), &inp);
+    assert!(rel_norm(&widen32(&buf[1..]), &r.grad_weight) < 4e-3);
+}
+
 /// A NaN and a zero row in W (depth `d`): the typed error, and neither the
 /// gradients nor the EMA state written.
 fn errors_write_nothing(lim: PlanLimits, d: usize) {

@@ -172,14 +172,15 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
         const float inv = sm.inv_cls[lc];
         const float scale = (sm.red[lc] + sm.red[64 + lc]) * inv * inv;
         float* out = (float*)p.dw + j * p.dim + half * (p.dim / 2) + 2 * t;
+        const bool paired = (p.dw & 7) == 0; /* dW is the caller's buffer */
 #pragma unroll
         for (int f = 0; f < ADAFACE_FLASH_NF; ++f) {
             if (f < nf) {
                 const int k = half * (int)(p.dim / 2) + 8 * f + 2 * t;
                 const uint16_t* wr = sm.stationary + adaface_flash_off<Wg>(lc, k, sm.ld);
                 const float* c = ADAFACE_FLASH_FRAG(acc, f);
-                out[8 * f] = c[2 * h] - adaface_flash_decode<T>(wr[0]) * scale;
-                out[8 * f + 1] = c[2 * h + 1] - adaface_flash_decode<T>(wr[1]) * scale;
+                adaface_flash_store_pair(out + 8 * f, c[2 * h] - adaface_flash_decode<T>(wr[0]) * scale,
+                                         c[2 * h + 1] - adaface_flash_decode<T>(wr[1]) * scale, paired);
             }
         }
     }

@@ -187,13 +187,15 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
         }
         if (WithDx) {
             float* out = (float*)p.dx_partial + (split * p.batch + i) * p.dim + half * (p.dim / 2) + 2 * t;
+            /* The pair's offset is even (D % 32 == 0): 8-byte stores where the
+             * workspace region starts on 8 bytes. */
+            const bool paired = (p.dx_partial & 7) == 0;
             const float unscale = 1.0f / sigma[h];
 #pragma unroll
             for (int f = 0; f < ADAFACE_FLASH_NF; ++f) {
                 if (f < nf) {
                     const float* c = ADAFACE_FLASH_FRAG(o, f);
-                    out[8 * f] = c[2 * h] * unscale;
-                    out[8 * f + 1] = c[2 * h + 1] * unscale;
+                    adaface_flash_store_pair(out + 8 * f, c[2 * h] * unscale, c[2 * h + 1] * unscale, paired);
                 }
             }
         }

@@ -119,6 +119,19 @@ __device__ __forceinline__ void adaface_flash_stage(uint16_t* dst, int ld, const
 #define ADAFACE_FLASH_CHUNKS (ADAFACE_FLASH_NF / 8)
 #define ADAFACE_FLASH_FRAG(acc, f) (&(acc)[(f) >> 3][4 * ((f) & 7)])
 
+/* Stores the pair (a, b) of an accumulator fragment at out[0], out[1]: one
+ * 8-byte store where `paired` (the caller's buffer is 8-byte aligned; the
+ * pair's offset is even in every flash layout), else two 4-byte stores
+ * (a caller's dW at an odd f32 offset). */
+__device__ __forceinline__ void adaface_flash_store_pair(float* out, float a, float b, bool paired) {
+    if (paired) {
+        *reinterpret_cast<float2*>(out) = make_float2(a, b);
+    } else {
+        out[0] = a;
+        out[1] = b;
+    }
+}
+
 /* Per-row constants of the two rows (g, g + 8 of its warp's 16) a thread
  * holds in the S and output layouts. */
 template <typename L>
