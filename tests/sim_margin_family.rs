@@ -210,6 +210,7 @@ fn curricularface_and_magface_match_the_reference_for_every_dtype_and_family() {
                     let wg_before = wgmma_count();
                     let e = step_any(dtype, n % 2 == 1, &cfg, limits, &inp);
                     let what = format!("{policy:?} {b}x{d}x{c} {dtype} {family}");
+                    println!("{what}: {e:?}");
                     e.assert_within(bounds_for(&limits, dtype), &what);
                     // The wgmma kernels ran where they apply (bf16, D % 128 == 0).
                     let wg = wgmma_count() > wg_before;
