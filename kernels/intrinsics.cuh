@@ -29,6 +29,10 @@
 #include "sim/intrinsics_sim.cuh"
 #else  // CUDA mode
 
+// A vector access of `bytes` at p: the hardware faults when p is not aligned
+// to the access size; the simulator checks it here (nothing on the GPU).
+__device__ __forceinline__ void adaface_check_aligned(const void*, uint32_t) {}
+
 // One 16-byte load from (16-byte aligned) shared memory into four words
 // (one LDS.128).
 __device__ __forceinline__ void adaface_ld_shared_16(uint32_t out[4], const void* p) {

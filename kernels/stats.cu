@@ -33,6 +33,7 @@ __device__ __forceinline__ float adaface_row_sum_squares(const T* row, int64_t d
         const int64_t vectors = dim / VEC;
         for (int64_t v = lane; v < vectors; v += 32) {
             alignas(16) T vals[VEC];
+            adaface_check_aligned(row + v * VEC, 16);
             *reinterpret_cast<uint4*>(vals) = *reinterpret_cast<const uint4*>(row + v * VEC);
 #pragma unroll
             for (int j = 0; j < VEC; ++j) {

@@ -687,6 +687,7 @@ fn broken_kernels_are_launch_errors() {
         (5, "not a 128-byte-swizzle descriptor"),
         (6, "never waited"),
         (7, "not made of whole warpgroups"),
+        (8, "not 8-byte aligned"),
     ];
     for (mode, needle) in cases {
         let threads = if mode == 5 || mode == 6 { 128 } else { 64 };

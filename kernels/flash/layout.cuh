@@ -125,6 +125,7 @@ __device__ __forceinline__ void adaface_flash_stage(uint16_t* dst, int ld, const
  * (a caller's dW at an odd f32 offset). */
 __device__ __forceinline__ void adaface_flash_store_pair(float* out, float a, float b, bool paired) {
     if (paired) {
+        adaface_check_aligned(out, 8);
         *reinterpret_cast<float2*>(out) = make_float2(a, b);
     } else {
         out[0] = a;

@@ -149,6 +149,8 @@ uint32_t smem_offset(const void* p);
 
 // Deferred copies behind cp_async_16 and friends.
 void cp_async(void* dst, const void* src, uint32_t bytes, uint32_t src_bytes);
+// Fails the launch unless p is aligned to `bytes` (a vector load or store).
+void check_aligned(const void* p, uint32_t bytes);
 void cp_async_commit();
 // pending_groups_allowed < 0: complete every copy, committed or not (cp.async.wait_all).
 void cp_async_wait(int pending_groups_allowed);

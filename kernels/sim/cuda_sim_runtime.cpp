@@ -649,6 +649,13 @@ void cp_async(void* dst, const void* src, uint32_t bytes, uint32_t src_bytes) {
     f->copies.push_back(PendingCopy{dst, src, bytes, src_bytes, f->committed_groups});
 }
 
+void check_aligned(const void* p, uint32_t bytes) {
+    if ((uintptr_t)p % bytes != 0) {
+        abort_block(current_block(), tl_fiber,
+                    format("a %u-byte vector access at %p is not %u-byte aligned", bytes, p, bytes));
+    }
+}
+
 void cp_async_commit() {
     (void)current_block();
     ++tl_fiber->committed_groups;

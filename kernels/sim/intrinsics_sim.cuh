@@ -156,6 +156,13 @@ __device__ __forceinline__ void cp_async_wait_group() {
     adaface_sim::cp_async_wait(N);
 }
 
+// A vector access of `bytes` at p: fails the launch where the hardware would
+// fault (p not aligned to the access size), which host loads and stores
+// would otherwise forgive.
+__device__ __forceinline__ void adaface_check_aligned(const void* p, uint32_t bytes) {
+    adaface_sim::check_aligned(p, bytes);
+}
+
 // One 16-byte load from (16-byte aligned) shared memory into four words.
 __device__ __forceinline__ void adaface_ld_shared_16(uint32_t out[4], const void* p) {
     __builtin_memcpy(out, p, 16);

@@ -470,7 +470,8 @@ ADAFACE_KERNEL(selftest_wgmma_bf16, SelftestWgmmaParams, (selftest_wgmma(p)))
 // 2: two halves of a warp in different collectives with the full mask;
 // 3: __trap(); 4: a lane exits before a full-warp shuffle; 5: a wgmma
 // descriptor without the 128-byte swizzle; 6: a thread exits with a wgmma
-// it never waited for; 7: wgmma in a block that is not whole warpgroups.
+// it never waited for; 7: wgmma in a block that is not whole warpgroups;
+// 8: an 8-byte vector store at an address that is only 4-byte aligned.
 // ---------------------------------------------------------------------------
 struct SelftestBrokenParams {
     uint64_t out;  // int32[blockDim.x]
@@ -503,6 +504,12 @@ __device__ __forceinline__ void selftest_broken(const SelftestBrokenParams& p) {
             return;
         }
         v = __shfl_down_sync(0xffffffffu, v, 1);
+    } else if (p.mode == 8) {
+        if (tid == 0) {
+            int32_t* at = ((uintptr_t)out % 8 == 0) ? out + 1 : out;
+            adaface_check_aligned(at, 8);
+            *reinterpret_cast<float2*>(at) = make_float2(1.0f, 2.0f);
+        }
     } else {
         float acc[16];
         const uint64_t desc = adaface_wgmma_desc(0, 16, 1024);
