@@ -107,7 +107,7 @@ typedef struct AdafaceStatsParams {
     uint64_t row_thr;      /* float[B]: CurricularFace's threshold cos(theta_y
                             * + a0), +inf for the other kinds */
     uint64_t row_mag;      /* float[3 * B]: MagFace's [dm/d||x|| | lambda_g g
-                            * | lambda_g dg/d||x||], 0 for the other kinds */
+                            * | lambda_g dg/d||x||], written for MagFace only */
     int64_t batch;
     int64_t dim;
     int64_t classes;

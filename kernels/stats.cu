@@ -50,24 +50,32 @@ __device__ __forceinline__ float adaface_row_sum_squares(const T* row, int64_t d
     return adaface_warp_sum(ss);
 }
 
-/* CurricularFace's clamped target cosine of row i by one warp (every lane
- * gets it): x_i . w_y / (||x_i|| ||w_y||) in f32. 0 for a label out of range
+/* CurricularFace: the sum of squares of row i and its clamped target
+ * cosine x_i . w_y / (||x_i|| ||w_y||), in one pass over x_i and w_y by one
+ * warp (every lane gets both). The cosine is 0 for a label out of range
  * (phase 2 reports it; nothing uses the value). */
 template <typename T>
-__device__ __forceinline__ float adaface_row_target_cosine(const T* x_row, const T* w, int64_t label, int64_t dim,
-                                                           int64_t classes, float x_norm, float eps, int lane) {
-    if (label < 0 || label >= classes) return 0.0f;
-    const T* w_row = w + label * dim;
-    float ww = 0.0f, xw = 0.0f;
+__device__ __forceinline__ float adaface_row_norm_and_target_cosine(const T* x_row, const T* w, int64_t label,
+                                                                    int64_t dim, int64_t classes, float eps,
+                                                                    int lane, float* cosine) {
+    const bool has_target = label >= 0 && label < classes;
+    const T* w_row = w + (has_target ? label : 0) * dim;
+    float xx = 0.0f, ww = 0.0f, xw = 0.0f;
     for (int64_t k = lane; k < dim; k += 32) {
-        const float wv = to_float(w_row[k]);
-        ww = fmaf(wv, wv, ww);
-        xw = fmaf(to_float(x_row[k]), wv, xw);
+        const float xv = to_float(x_row[k]);
+        xx = fmaf(xv, xv, xx);
+        if (has_target) {
+            const float wv = to_float(w_row[k]);
+            ww = fmaf(wv, wv, ww);
+            xw = fmaf(xv, wv, xw);
+        }
     }
+    xx = adaface_warp_sum(xx);
     ww = adaface_warp_sum(ww);
     xw = adaface_warp_sum(xw);
     bool passes;
-    return adaface_clamp_cosine(xw / (x_norm * sqrtf(ww)), eps, &passes);
+    *cosine = has_target ? adaface_clamp_cosine(xw / (sqrtf(xx) * sqrtf(ww)), eps, &passes) : 0.0f;
+    return xx;
 }
 
 /* The first error of row i, as the host checks order them (the smallest
@@ -109,14 +117,17 @@ __device__ void adaface_stats_impl(const AdafaceStatsParams& p) {
     const bool vector_loads = (p.x % 16 == 0) && ((dim * (int64_t)sizeof(T)) % 16 == 0);
     const int64_t warps = (int64_t)gridDim.x * ADAFACE_WARPS;
     for (int64_t i = (int64_t)blockIdx.x * ADAFACE_WARPS + warp; i < batch; i += warps) {
-        const float ss = adaface_row_sum_squares(x + i * dim, dim, vector_loads, lane);
-        if (lane == 0) row_norm[i] = sqrtf(ss);
+        float ss;
         if (p.kind == ADAFACE_MARGIN_CURRICULAR) {
             /* Phase 2 reads the cosine from row_thr and replaces it. */
-            const float c = adaface_row_target_cosine(x + i * dim, (const T*)p.w, adaface_label_at(labels, i),
-                                                      dim, p.classes, sqrtf(ss), (float)p.eps, lane);
+            float c;
+            ss = adaface_row_norm_and_target_cosine(x + i * dim, (const T*)p.w, adaface_label_at(labels, i), dim,
+                                                    p.classes, (float)p.eps, lane, &c);
             if (lane == 0) ((float*)p.row_thr)[i] = c;
+        } else {
+            ss = adaface_row_sum_squares(x + i * dim, dim, vector_loads, lane);
         }
+        if (lane == 0) row_norm[i] = sqrtf(ss);
     }
 
     /* Publish this block's norms, then count it in; the last one goes on. */
@@ -212,8 +223,6 @@ __device__ void adaface_stats_impl(const AdafaceStatsParams& p) {
         const double sn = adaface_clip_f64((double)norms[i], p.clip_min, p.clip_max);
         const double z = adaface_margin_scaler(sn, state_mean, state_std, p.h, p.eps);
         row_z[i] = (float)z;
-        row_a[i] = (float)(p.a0 + p.a1 * z);
-        row_b[i] = (float)(p.b0 + p.b1 * z);
         if (magface) {
             const AdafaceMagTerms mt = adaface_magface_terms((double)norms[i], p.mag_l_a, p.mag_u_a, p.mag_l_m,
                                                              p.mag_u_m, p.mag_lambda_g);
@@ -222,10 +231,9 @@ __device__ void adaface_stats_impl(const AdafaceStatsParams& p) {
             row_mag[i] = (float)mt.dmargin;
             row_mag[batch + i] = (float)mt.reg;
             row_mag[2 * batch + i] = (float)mt.dreg;
-        } else if (row_mag) {
-            row_mag[i] = 0.0f;
-            row_mag[batch + i] = 0.0f;
-            row_mag[2 * batch + i] = 0.0f;
+        } else {
+            row_a[i] = (float)(p.a0 + p.a1 * z);
+            row_b[i] = (float)(p.b0 + p.b1 * z);
         }
         if (curricular) {
             float unused;

@@ -17,14 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def golden_dir() -> Path:
-    """Where the golden files are: $ADAFACE_GOLDEN_DIR, <repo>/tests/golden,
-    or ../shared/golden beside the repository. Fails (never skips) when none
-    has them: the golden tests must run."""
+    """Where the golden files are: $ADAFACE_GOLDEN_DIR or <repo>/tests/golden
+    (the repository carries them). Fails (never skips) when neither has
+    them: the golden tests must run."""
     candidates = []
     env = os.environ.get("ADAFACE_GOLDEN_DIR")
     if env:
         candidates.append(Path(env))
-    candidates += [REPO / "tests" / "golden", REPO.parent / "shared" / "golden"]
+    candidates.append(REPO / "tests" / "golden")
     for c in candidates:
         if c.is_dir() and any(c.glob("*_float32.json")):
             return c
