@@ -9,6 +9,8 @@
 #include "portable.cuh"
 
 #define ADAFACE_PI_F 3.14159265358979f
+/* log2(e): the flash epilogues take exp(v - m) as 2^(v log2(e) - m log2(e)). */
+#define ADAFACE_LOG2E_F 1.44269504088896341f
 
 /* `min(max(v, lo), hi)` exactly as `Real::clip` writes it. */
 __device__ __forceinline__ double adaface_clip_f64(double v, double lo, double hi) {

@@ -49,12 +49,12 @@ fn expected_mma(b: usize, d: usize, c: usize, training: bool, split: bool) -> u6
 /// `wgmma` instructions per (row tile, class tile) pair of 64 x 64: the
 /// logit product is D/16 `m64n32k16` per warpgroup, two warpgroups: D/8
 /// (forward, and again in flash_dw). Each gradient product is 4 k-steps x
-/// D/128 `m64n64k16` per warpgroup x 2 (hi, lo): D/8 per pair, or D/16
-/// single-rounded.
+/// one `m64n(D/2)k16` per warpgroup x 2 (hi, lo): 16 per pair, or 8
+/// single-rounded, whatever the depth.
 fn expected_wgmma(b: usize, d: usize, c: usize, training: bool, split: bool) -> u64 {
     let pairs = (b.div_ceil(64) * c.div_ceil(64)) as u64;
     let d = d as u64;
-    let grad = if split { d / 8 } else { d / 16 };
+    let grad = if split { 16 } else { 8 };
     pairs * if training { 2 * (d / 8 + grad) } else { d / 8 }
 }
 

@@ -57,11 +57,15 @@ fn selftest_kernels_compile_with_nvrtc() {
         assert!(ptx.contains("ldmatrix.sync.aligned"), "{arch}");
         assert!(ptx.contains("cp.async"), "{arch}");
         // wgmma only where the architecture-specific features are on.
-        assert_eq!(
-            ptx.contains("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16"),
-            arch == "sm_90a",
-            "{arch}"
-        );
+        for shape in ["m64n64k16", "m64n256k16"] {
+            assert_eq!(
+                ptx.contains(&format!(
+                    "wgmma.mma_async.sync.aligned.{shape}.f32.bf16.bf16"
+                )),
+                arch == "sm_90a",
+                "{arch} {shape}"
+            );
+        }
     }
 }
 
@@ -431,8 +435,9 @@ fn mma_sums_are_close() {
     }
 }
 
-// wgmma from 128-byte-swizzled shared memory, B K-major and MN-major:
-// the simulator's model of the descriptors, the swizzle and the
+// wgmma from 128-byte-swizzled shared memory, B K-major and MN-major in
+// m64n64 chunks and MN-major in one m64n256: the simulator's model of the
+// descriptors (the leading byte offset included), the swizzle and the
 // accumulator layout against the hardware.
 #[test]
 #[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
@@ -446,11 +451,11 @@ fn wgmma_sums_are_close() {
     let a: Vec<u16> = (0..64 * 64)
         .map(|_| bf16::from_f32(rng.uniform_f32(-2.0, 2.0)).to_bits())
         .collect();
-    let b: Vec<u16> = (0..64 * 64)
+    let b: Vec<u16> = (0..256 * 64)
         .map(|_| bf16::from_f32(rng.uniform_f32(-2.0, 2.0)).to_bits())
         .collect();
-    for mode in 0..2u32 {
-        let bufs = vec![words(&a), words(&b), vec![0; 64 * 64 / 2]];
+    for mode in 0..3u32 {
+        let bufs = vec![words(&a), words(&b), vec![0; 64 * 256 / 2]];
         let make = |p: &[u64]| WgmmaParams {
             a: p[0],
             b_nk: p[1],
@@ -458,14 +463,14 @@ fn wgmma_sums_are_close() {
             mode,
             pad: 0,
         };
-        let launch = SimLaunch::linear(1, 128, 1024 + 2 * 64 * 64 * 2);
+        let launch = SimLaunch::linear(1, 128, WGMMA_SELFTEST_SHARED);
         let s = typed::<f32>(
             &run_sim(selftest_wgmma_bf16_sim, launch, &bufs, make)[2],
-            64 * 64,
+            64 * 256,
         );
         let g = typed::<f32>(
             &run_gpu(&gpu, "selftest_wgmma_bf16", launch, &bufs, make)[2],
-            64 * 64,
+            64 * 256,
         );
         let want: Vec<f64> = g.iter().map(|&x| x as f64).collect();
         let err = rel_err(&s, &want);

@@ -421,27 +421,28 @@ fn mma_m16n8k16_matches_plain_matmul() {
 }
 
 // ---------------------------------------------------------------------------
-// wgmma from 128-byte-swizzled shared memory, B K-major and MN-major.
+// wgmma from 128-byte-swizzled shared memory: B K-major and MN-major in
+// m64n64 chunks, and MN-major in one m64n256 (the leading byte offset).
 // ---------------------------------------------------------------------------
 #[test]
-fn wgmma_m64n64k16_matches_plain_matmul() {
+fn wgmma_products_match_plain_matmul() {
     let mut rng = Rng::from_state(41);
     let mut a: Vec<u16> = (0..64 * 64)
         .map(|_| bf16::from_f32(rng.uniform_f32(-2.0, 2.0)).to_bits())
         .collect();
-    let mut b: Vec<u16> = (0..64 * 64)
+    let mut b: Vec<u16> = (0..256 * 64)
         .map(|_| bf16::from_f32(rng.uniform_f32(-2.0, 2.0)).to_bits())
         .collect();
     let v = |h: u16| bf16::from_bits(h).to_f64();
-    let want: Vec<f64> = (0..64 * 64)
+    let want: Vec<f64> = (0..64 * 256)
         .map(|idx| {
-            let (i, j) = (idx / 64, idx % 64);
+            let (i, j) = (idx / 256, idx % 256);
             (0..64).map(|k| v(a[i * 64 + k]) * v(b[j * 64 + k])).sum()
         })
         .collect();
     let mut results = Vec::new();
-    for mode in 0..2 {
-        let mut d = vec![f32::NAN; 64 * 64];
+    for mode in 0..3 {
+        let mut d = vec![f32::NAN; 64 * 256];
         let p = WgmmaParams {
             a: addr(&mut a),
             b_nk: addr(&mut b),
@@ -449,14 +450,16 @@ fn wgmma_m64n64k16_matches_plain_matmul() {
             mode,
             pad: 0,
         };
-        let launch = SimLaunch::linear(1, 128, 1024 + 2 * 64 * 64 * 2);
+        let launch = SimLaunch::linear(1, 128, WGMMA_SELFTEST_SHARED);
         unsafe { sim::launch(selftest_wgmma_bf16_sim as SimEntry<_>, &launch, &p) }.unwrap();
         let err = rel_err(&d, &want);
         assert!(err < 1e-6, "mode {mode}: relative error {err}");
         results.push(d);
     }
-    // K-major and MN-major B feed identical operands.
+    // K-major and MN-major B, in chunks or in one product, feed identical
+    // operands.
     assert_eq!(results[0], results[1]);
+    assert_eq!(results[1], results[2]);
 }
 
 // ---------------------------------------------------------------------------

@@ -44,11 +44,16 @@ __device__ __forceinline__ void adaface_flash_publish_row(float* red, const Adaf
 
 /* Online softmax: from this thread's partial row maxima of a logit tile,
  * the tile's row maxima (over the quad, then the two class halves through
- * red), the new running maxima, and alpha = exp(old - new), the factor by
- * which the running sum and O shrink (0 while the old maximum is -inf). */
-__device__ __forceinline__ void adaface_flash_online_max(float (&local_max)[2], const float (&run_max)[2], float* red,
+ * red), the new running maxima, their log2(e) multiples max2 (the shift of
+ * adaface_flash_softmax_exp), and alpha = 2^(run_max2 - max2) = exp(old -
+ * new), the factor by which the running sum and O shrink (0 while the old
+ * maximum is -inf). alpha moves them from the old shift to the new one
+ * exactly as rounded, so every term of the running sum is 2^(v log2(e) -
+ * max2) whatever tile it came from. */
+__device__ __forceinline__ void adaface_flash_online_max(float (&local_max)[2], const float (&run_max)[2],
+                                                         const float (&run_max2)[2], float* red,
                                                          const AdafaceFlashLayout& lay, float (&new_max)[2],
-                                                         float (&alpha)[2]) {
+                                                         float (&max2)[2], float (&alpha)[2]) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         local_max[h] = adaface_flash_quad_max(local_max[h]);
@@ -60,8 +65,20 @@ __device__ __forceinline__ void adaface_flash_online_max(float (&local_max)[2], 
         const int lr = lay.rw + lay.g + 8 * h;
         const float tile_max = fmaxf(red[lr], red[64 + lr]);
         new_max[h] = fmaxf(run_max[h], tile_max);
-        alpha[h] = run_max[h] == -INFINITY ? 0.0f : expf(run_max[h] - new_max[h]);
+        max2[h] = new_max[h] * ADAFACE_LOG2E_F;
+        alpha[h] = run_max[h] == -INFINITY ? 0.0f : adaface_exp2(run_max2[h] - max2[h]);
     }
+}
+
+/* exp(v - m) of a logit v against its row's running maximum m, given as
+ * max2 = m log2(e): one fma and one ex2 instead of expf's range reduction.
+ * max2 is m log2(e) rounded; the running sum and O share it, so the softmax
+ * they form does not see the rounding, and what it leaves in a split's
+ * log-sum-exp (at most half an ulp of m log2(e), a few 1e-6 at |m| ~ 64)
+ * is of the size of storing the log-sum-exp in f32. -inf (a masked logit)
+ * gives 0. */
+__device__ __forceinline__ float adaface_flash_softmax_exp(float v, float max2) {
+    return v == -INFINITY ? 0.0f : adaface_exp2(fmaf(v, ADAFACE_LOG2E_F, -max2));
 }
 
 /* f16 scaling: moves a row's scale sigma to `next` and returns next / sigma

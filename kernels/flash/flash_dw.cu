@@ -74,7 +74,7 @@ __device__ void adaface_flash_dw_impl(const AdafaceTileParams& p) {
                     bool is_target;
                     const float logit =
                         adaface_flash_margin(rows, h, s[4 * f + i], sm.inv_cls[lc], j, p, &dot, &is_target, &dlogit);
-                    const float prob = expf(logit - rows.lse[h]);
+                    const float prob = adaface_exp2(fmaf(logit, ADAFACE_LOG2E_F, -rows.lse2[h]));
                     a = (prob - (is_target ? 1.0f : 0.0f)) * p.inv_batch * dlogit * rows.inv_norm[h] *
                         sm.inv_cls[lc];
                 }

@@ -27,6 +27,7 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
     AdafaceFlashRows<L> rows;
     rows.load(p, row0, false);
     float run_max[2] = {-INFINITY, -INFINITY};
+    float run_max2[2] = {-INFINITY, -INFINITY}; /* run_max log2(e), the shift of the running sum and O */
     float run_sum[2] = {0.0f, 0.0f};
     /* f16: P is scaled per row and tile by a power of two before the split,
      * O kept as sigma O (epilogue.cuh). */
@@ -57,22 +58,20 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
         };
         cp_async_wait_group<0>();
         if (Wg) fence_proxy_async_shared(); /* the copies are read by wgmma (async proxy) */
-        __syncthreads(); /* tile landed; the previous iteration is over everywhere (Wg: issued) */
+        __syncthreads(); /* tile landed; the previous iteration is over everywhere (Wg: its O product retired) */
+        /* The other buffer held the previous tile, whose reads (O product
+         * included) are over: refill it now, a whole iteration ahead. */
+        stage_next();
         if (Wg) {
-            /* The wait also retires the previous tile's O product, after
-             * which its W buffer may be refilled. The class norms come after
-             * it: divergent code while accumulators are in flight makes
-             * ptxas serialise every wgmma of the kernel (C7520). */
-            adaface_flash_logit_wgmma(s, sm.stationary, w_tile, p.dim, cw);
-            adaface_flash_wgmma_drain(s, o);
-            adaface_flash_class_norms<T, Wg>(w_tile, sm.ld, c0, p, sm.inv_cls, validates);
+            /* The class norms' sums of squares run under the logit product;
+             * what branches (the store, the validation) waits for it. */
+            const float sq = adaface_flash_logit_norms_wgmma<T>(s, sm.stationary, w_tile, p.dim, cw);
+            adaface_flash_class_norms_finish<T, Wg>(sq, w_tile, sm.ld, c0, p, sm.inv_cls, validates);
         } else {
-            stage_next();
             adaface_flash_class_norms<T, Wg>(w_tile, sm.ld, c0, p, sm.inv_cls, validates);
             adaface_flash_logit_product<T>(s, sm.stationary, w_tile, sm.ld, p.dim, rw, cw);
         }
-        __syncthreads(); /* inv_cls (Wg: and every warpgroup's previous O product has retired) */
-        if (Wg) stage_next();
+        __syncthreads(); /* inv_cls */
 
         /* Logits in place of the dot products; dlogit / ||w_c|| kept for P. */
         float dl[16];
@@ -103,8 +102,8 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
                 s[4 * f + i] = logit;
                 local_max[h] = fmaxf(local_max[h], logit);
             }
-        float new_max[2], alpha[2];
-        adaface_flash_online_max(local_max, run_max, sm.red, lay, new_max, alpha);
+        float new_max[2], max2[2], alpha[2];
+        adaface_flash_online_max(local_max, run_max, run_max2, sm.red, lay, new_max, max2, alpha);
 
         float local_sum[2] = {0.0f, 0.0f};
         float pv[16], peak[2] = {0.0f, 0.0f};
@@ -113,7 +112,7 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const int h = i >> 1;
-                const float e = s[4 * f + i] == -INFINITY ? 0.0f : expf(s[4 * f + i] - new_max[h]);
+                const float e = adaface_flash_softmax_exp(s[4 * f + i], max2[h]);
                 local_sum[h] += e;
                 const float v = e * dl[4 * f + i];
                 if (kScale) {
@@ -158,6 +157,7 @@ __device__ void adaface_flash_forward_impl(const AdafaceTileParams& p) {
             const int lr = rw + g + 8 * h;
             run_sum[h] = run_sum[h] * alpha[h] + (sm.red2[lr] + sm.red2[64 + lr]);
             run_max[h] = new_max[h];
+            run_max2[h] = max2[h];
         }
         if (WithDx) {
             adaface_flash_scale_rows(o, o_scale);

@@ -138,7 +138,8 @@ __device__ __forceinline__ void adaface_flash_store_pair(float* out, float a, fl
 template <typename L>
 struct AdafaceFlashRows {
     int64_t label[2];
-    float a[2], b[2], thr[2], inv_norm[2], lse[2];
+    float a[2], b[2], thr[2], inv_norm[2];
+    float lse2[2]; /* the row's log-sum-exp times log2(e) (dw: p = 2^(logit log2(e) - lse2)) */
     float t; /* CurricularFace's t (detached; unused while thr is +inf) */
     bool ok[2];
     __device__ __forceinline__ void load(const AdafaceTileParams& p, int64_t row0, bool with_lse) {
@@ -154,34 +155,60 @@ struct AdafaceFlashRows {
             b[h] = ok[h] ? ((const float*)p.row_b)[i] : 0.0f;
             thr[h] = ok[h] ? ((const float*)p.row_thr)[i] : INFINITY;
             inv_norm[h] = ok[h] ? 1.0f / ((const float*)p.row_norm)[i] : 0.0f;
-            lse[h] = (ok[h] && with_lse) ? ((const float*)p.lse)[i] : 0.0f;
+            lse2[h] = (ok[h] && with_lse) ? ((const float*)p.lse)[i] * ADAFACE_LOG2E_F : 0.0f;
         }
     }
 };
 
-/* The class norms of a staged 64 x D tile of W (4 threads per class, fixed
- * order): inv_cls[c] = 1 / ||w_c||. When `validate`, also stores ||w_c|| and
- * records non-finite elements, zero and overflowing norms (the checks the
- * tiled forward makes on the elements it stages). */
+/* The class norms of a staged 64 x D tile of W, 4 threads per class in a
+ * fixed order, in two halves so the wgmma forward can run the first while
+ * its logit product is in flight.
+ *
+ * adaface_flash_sq8: the sum of squares of the eight 16-bit elements at p
+ * (one 16-byte load). */
+template <typename T>
+__device__ __forceinline__ float adaface_flash_sq8(const uint16_t* p) {
+    uint32_t v8[4];
+    adaface_ld_shared_16(v8, p);
+    float sq = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        const float lo = adaface_flash_decode<T>((uint16_t)(v8[e] & 0xffffu));
+        const float hi = adaface_flash_decode<T>((uint16_t)(v8[e] >> 16));
+        sq = fmaf(lo, lo, sq);
+        sq = fmaf(hi, hi, sq);
+    }
+    return sq;
+}
+
+/* adaface_flash_class_sq: this thread's quarter of ||w_c||^2 (class c =
+ * thread / 4), 16-byte loads 32 elements apart: Steps of them (unrolled),
+ * or as many as the depth D % 32 == 0 takes (Steps = 0, a loop). */
+template <typename T, bool Wg, int Steps = 0>
+__device__ __forceinline__ float adaface_flash_class_sq(const uint16_t* w_tile, int ld, int64_t dim) {
+    const int c = (int)threadIdx.x >> 2;
+    const int q = (int)threadIdx.x & 3;
+    float sq = 0.0f;
+    if (Steps > 0) {
+#pragma unroll
+        for (int i = 0; i < Steps; ++i) sq += adaface_flash_sq8<T>(w_tile + adaface_flash_off<Wg>(c, 8 * q + 32 * i, ld));
+    } else {
+        for (int k = 8 * q; k < (int)dim; k += 32) sq += adaface_flash_sq8<T>(w_tile + adaface_flash_off<Wg>(c, k, ld));
+    }
+    return sq;
+}
+
+/* adaface_flash_class_norms_finish: from the quarters, inv_cls[c] =
+ * 1 / ||w_c||; when `validate`, also stores ||w_c|| and records non-finite
+ * elements, zero and overflowing norms (the checks the tiled forward makes
+ * on the elements it stages). */
 template <typename T, bool Wg>
-__device__ __forceinline__ void adaface_flash_class_norms(const uint16_t* w_tile, int ld, int64_t c0,
-                                                          const AdafaceTileParams& p, float* inv_cls,
-                                                          bool validate) {
+__device__ __forceinline__ void adaface_flash_class_norms_finish(float sq, const uint16_t* w_tile, int ld, int64_t c0,
+                                                                 const AdafaceTileParams& p, float* inv_cls,
+                                                                 bool validate) {
     const int c = (int)threadIdx.x >> 2;
     const int q = (int)threadIdx.x & 3;
     const int64_t j = c0 + c;
-    float sq = 0.0f;
-    for (int k = 8 * q; k < (int)p.dim; k += 32) {
-        uint32_t v8[4]; /* eight 16-bit elements in one 16-byte load */
-        adaface_ld_shared_16(v8, w_tile + adaface_flash_off<Wg>(c, k, ld));
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const float lo = adaface_flash_decode<T>((uint16_t)(v8[e] & 0xffffu));
-            const float hi = adaface_flash_decode<T>((uint16_t)(v8[e] >> 16));
-            sq = fmaf(lo, lo, sq);
-            sq = fmaf(hi, hi, sq);
-        }
-    }
     sq += __shfl_xor_sync(0xffffffffu, sq, 1);
     sq += __shfl_xor_sync(0xffffffffu, sq, 2);
     const bool valid = j < p.classes;
@@ -200,6 +227,15 @@ __device__ __forceinline__ void adaface_flash_class_norms(const uint16_t* w_tile
                 if (!adaface_is_finite(adaface_flash_decode<T>(w_tile[adaface_flash_off<Wg>(c, k + e, ld)])))
                     adaface_record_error(rec, ADAFACE_ERR_NONFINITE_W, (unsigned long long)(j * p.dim + k + e));
     }
+}
+
+/* Both halves in a row (the mma.sync forward). */
+template <typename T, bool Wg>
+__device__ __forceinline__ void adaface_flash_class_norms(const uint16_t* w_tile, int ld, int64_t c0,
+                                                          const AdafaceTileParams& p, float* inv_cls,
+                                                          bool validate) {
+    adaface_flash_class_norms_finish<T, Wg>(adaface_flash_class_sq<T, Wg>(w_tile, ld, p.dim), w_tile, ld, c0, p,
+                                            inv_cls, validate);
 }
 
 /* Byte offsets of the flash kernels' dynamic shared memory (the host mirror

@@ -54,22 +54,50 @@ __device__ __forceinline__ void adaface_flash_logit_wgmma(float (&s)[16], const 
     wgmma_commit();
 }
 
+/* The forward's logit product with the class norms under it: issues S as
+ * adaface_flash_logit_wgmma does, computes this thread's quarter of the
+ * sums of squares of the W tile's class norms (adaface_flash_class_sq)
+ * while it runs, waits for it, and returns the quarter. Each depth is one
+ * straight-line sequence that ends in its own wait: had the sequences
+ * joined with the product in flight, ptxas would move the accumulators at
+ * the join and wait there first (C7517), before the norms. */
+template <typename T, int Cols>
+__device__ __forceinline__ float adaface_flash_logit_norms_wgmma_n(float (&s)[16], uint32_t a0, uint32_t b0,
+                                                                   const uint16_t* w_tile) {
+    wgmma_fence();
+    adaface_flash_logit_wgmma_n<Cols>(s, a0, b0);
+    wgmma_commit();
+    const float sq = adaface_flash_class_sq<T, true, 2 * Cols>(w_tile, 64 * Cols, 64 * Cols);
+    wgmma_wait<0>();
+    wgmma_fence_operands(s);
+    return sq;
+}
+
+template <typename T>
+__device__ __forceinline__ float adaface_flash_logit_norms_wgmma(float (&s)[16], const uint16_t* a_tile,
+                                                                 const uint16_t* w_tile, int64_t dim, int class0) {
+    const uint32_t a0 = adaface_smem_addr(a_tile);
+    const uint32_t b0 = adaface_smem_addr(w_tile) + (uint32_t)(class0 / 8) * 1024u;
+    if (dim == 512) return adaface_flash_logit_norms_wgmma_n<T, 8>(s, a0, b0, w_tile);
+    if (dim == 384) return adaface_flash_logit_norms_wgmma_n<T, 6>(s, a0, b0, w_tile);
+    if (dim == 256) return adaface_flash_logit_norms_wgmma_n<T, 4>(s, a0, b0, w_tile);
+    return adaface_flash_logit_norms_wgmma_n<T, 2>(s, a0, b0, w_tile);
+}
+
 /* wgmma twin of adaface_flash_grad_product: issues acc (64 x the depth
  * half from n0, Chunks chunks of 64) += (A_hi + A_lo) . B over K = 64,
- * with A 64 x 64 K-major and B (64 x D) MN-major, both swizzled. */
+ * with A 64 x 64 K-major and B (64 x D) MN-major, both swizzled: per
+ * 16-deep step one m64n(64 Chunks)k16 over the whole depth half, its
+ * 64-element groups one atom column (8192 bytes, the leading byte offset)
+ * apart, so each A tile is read once per step. */
 template <bool Split, int Chunks>
 __device__ __forceinline__ void adaface_flash_grad_wgmma_n(float (&acc)[ADAFACE_FLASH_CHUNKS][32], uint32_t hi0,
                                                            uint32_t lo0, uint32_t b0) {
 #pragma unroll
     for (int k = 0; k < 64; k += 16) {
-        const uint64_t d_hi = adaface_wgmma_desc(hi0 + 2u * (uint32_t)k, 16, 1024);
-        const uint64_t d_lo = adaface_wgmma_desc(lo0 + 2u * (uint32_t)k, 16, 1024);
-#pragma unroll
-        for (int j = 0; j < Chunks; ++j) {
-            const uint64_t d_b = adaface_wgmma_desc(b0 + (uint32_t)j * 8192u + (uint32_t)(k / 8) * 1024u, 8192, 1024);
-            wgmma_m64n64k16_bf16<true>(acc[j], d_hi, d_b);
-            if (Split) wgmma_m64n64k16_bf16<true>(acc[j], d_lo, d_b);
-        }
+        const uint64_t d_b = adaface_wgmma_desc(b0 + (uint32_t)(k / 8) * 1024u, 8192, 1024);
+        wgmma_m64nNk16_bf16<Chunks, true>(acc, adaface_wgmma_desc(hi0 + 2u * (uint32_t)k, 16, 1024), d_b);
+        if (Split) wgmma_m64nNk16_bf16<Chunks, true>(acc, adaface_wgmma_desc(lo0 + 2u * (uint32_t)k, 16, 1024), d_b);
     }
 }
 

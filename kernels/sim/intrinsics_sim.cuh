@@ -163,6 +163,13 @@ __device__ __forceinline__ void adaface_check_aligned(const void* p, uint32_t by
     adaface_sim::check_aligned(p, bytes);
 }
 
+// 2^x as ex2.approx.ftz.f32 gives it: a result below the normal range is
+// flushed to +0 (the host's exp2f is within the instruction's 2 ulp).
+__device__ __forceinline__ float adaface_exp2(float x) {
+    const float y = exp2f(x);
+    return y < 1.17549435e-38f ? 0.0f : y;
+}
+
 // One 16-byte load from (16-byte aligned) shared memory into four words.
 __device__ __forceinline__ void adaface_ld_shared_16(uint32_t out[4], const void* p) {
     __builtin_memcpy(out, p, 16);
@@ -189,6 +196,13 @@ template <bool BMnMajor>
 __device__ __forceinline__ void wgmma_m64n64k16_bf16(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
                                                      bool accumulate = true) {
     adaface_sim::wgmma_issue(desc_a, desc_b, d, 64, BMnMajor, accumulate);
+}
+
+template <int Chunks, bool BMnMajor, int Rows>
+__device__ __forceinline__ void wgmma_m64nNk16_bf16(float (&d)[Rows][32], uint64_t desc_a, uint64_t desc_b,
+                                                    bool accumulate = true) {
+    static_assert(Chunks >= 1 && Chunks <= 4 && Chunks <= Rows, "N = 64 .. 256");
+    adaface_sim::wgmma_issue(desc_a, desc_b, &d[0][0], 64 * Chunks, BMnMajor, accumulate);
 }
 
 #endif  // ADAFACE_INTRINSICS_SIM_CUH

@@ -406,22 +406,27 @@ __device__ __forceinline__ void selftest_barrier_loop(const SelftestBarrierLoopP
 ADAFACE_KERNEL(selftest_barrier_loop_u32, SelftestBarrierLoopParams, (selftest_barrier_loop(p)))
 
 // ---------------------------------------------------------------------------
-// wgmma m64n64k16 (one warpgroup, K = 64): A (64 x 64) and B (64 x 64, given
-// N x K) are stored by plain stores in the 128-byte-swizzle layout (8-row x
-// 64-element atoms of 1024 bytes, 16-byte chunk c of row r at chunk
-// c ^ (r % 8)), B K-major (mode 0) or MN-major (mode 1); D = A . B^T comes
-// back in the documented accumulator layout.
+// wgmma (one warpgroup, K = 64, N = 256): A (64 x 64) and B (256 x 64,
+// given N x K) are stored by plain stores in the 128-byte-swizzle layout
+// (8-row x 64-element atoms of 1024 bytes, 16-byte chunk c of row r at chunk
+// c ^ (r % 8), atoms column after column, 8 per column), B K-major (mode 0)
+// or MN-major (modes 1, 2); D = A . B^T (64 x 256) comes back in the
+// documented accumulator layout. Modes 0 and 1 issue four m64n64k16 per
+// 16-deep step, mode 2 one m64n256k16, whose 64-column groups the
+// descriptor's leading byte offset (one atom column, 8192 bytes) separates.
 // ---------------------------------------------------------------------------
 struct SelftestWgmmaParams {
     uint64_t a;     // uint16[64 * 64], row-major M x K
-    uint64_t b_nk;  // uint16[64 * 64], row-major N x K
-    uint64_t d;     // float[64 * 64], M x N
+    uint64_t b_nk;  // uint16[256 * 64], row-major N x K
+    uint64_t d;     // float[64 * 256], M x N
     uint32_t mode;
     uint32_t pad;
 };
 
+// Element (r, c) of a swizzled tile of at most 64 rows where c >= 64 (and
+// of any number of rows where c < 64).
 __device__ __forceinline__ int selftest_swizzled(int r, int c) {
-    return (r >> 3) * 512 + (r & 7) * 64 + ((((c >> 3) & 7) ^ (r & 7)) << 3) + (c & 7);
+    return (((c >> 6) * 8 + (r >> 3)) << 9) + ((r & 7) << 6) + ((((c >> 3) & 7) ^ (r & 7)) << 3) + (c & 7);
 }
 
 __device__ __forceinline__ void selftest_wgmma(const SelftestWgmmaParams& p) {
@@ -431,35 +436,43 @@ __device__ __forceinline__ void selftest_wgmma(const SelftestWgmmaParams& p) {
     uint16_t* Bs = As + 64 * 64;
     const uint16_t* A = SELFTEST_PTR(const uint16_t, a);
     const uint16_t* B = SELFTEST_PTR(const uint16_t, b_nk);
-    for (unsigned e = threadIdx.x; e < 64 * 64; e += blockDim.x) {
-        const int r = (int)(e / 64), c = (int)(e % 64);
-        As[selftest_swizzled(r, c)] = A[e];
-        // B element (n = r, k = c): K-major keeps rows = n, MN-major rows = k.
-        Bs[p.mode == 0 ? selftest_swizzled(r, c) : selftest_swizzled(c, r)] = B[e];
+    for (unsigned e = threadIdx.x; e < 64 * 64; e += blockDim.x) As[selftest_swizzled((int)(e / 64), (int)(e % 64))] = A[e];
+    for (unsigned e = threadIdx.x; e < 256 * 64; e += blockDim.x) {
+        const int n = (int)(e / 64), k = (int)(e % 64);
+        // K-major keeps rows = n, MN-major rows = k.
+        Bs[p.mode == 0 ? selftest_swizzled(n, k) : selftest_swizzled(k, n)] = B[e];
     }
     fence_proxy_async_shared();
     __syncthreads();
-    float acc[32];
+    float acc[4][32];
     wgmma_fence();
     const uint32_t a0 = adaface_smem_addr(As), b0 = adaface_smem_addr(Bs);
     for (uint32_t ks = 0; ks < 4; ++ks) {
         const uint64_t da = adaface_wgmma_desc(a0 + 32 * ks, 16, 1024);
-        if (p.mode == 0) {
-            wgmma_m64n64k16_bf16<false>(acc, da, adaface_wgmma_desc(b0 + 32 * ks, 16, 1024), ks > 0);
-        } else {
-            wgmma_m64n64k16_bf16<true>(acc, da, adaface_wgmma_desc(b0 + 2048 * ks, 8192, 1024), ks > 0);
+        if (p.mode == 2) {
+            wgmma_m64nNk16_bf16<4, true>(acc, da, adaface_wgmma_desc(b0 + 2048 * ks, 8192, 1024), ks > 0);
+            continue;
+        }
+        for (uint32_t j = 0; j < 4; ++j) {
+            if (p.mode == 0) {
+                wgmma_m64n64k16_bf16<false>(acc[j], da, adaface_wgmma_desc(b0 + 8192 * j + 32 * ks, 16, 1024), ks > 0);
+            } else {
+                wgmma_m64n64k16_bf16<true>(acc[j], da, adaface_wgmma_desc(b0 + 8192 * j + 2048 * ks, 8192, 1024),
+                                           ks > 0);
+            }
         }
     }
     wgmma_commit();
     wgmma_wait<0>();
-    wgmma_fence_operands(acc);
+    for (int j = 0; j < 4; ++j) wgmma_fence_operands(acc[j]);
     const unsigned q = (threadIdx.x >> 5) & 3u, lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
     float* D = SELFTEST_PTR(float, d);
-    for (int i = 0; i < 32; ++i) {
-        const unsigned row = 16 * q + g + 8 * ((i >> 1) & 1);
-        const unsigned col = 8 * (i >> 2) + 2 * t + (i & 1);
-        D[row * 64 + col] = acc[i];
-    }
+    for (int j = 0; j < 4; ++j)
+        for (int i = 0; i < 32; ++i) {
+            const unsigned row = 16 * q + g + 8 * ((i >> 1) & 1);
+            const unsigned col = 64 * j + 8 * (i >> 2) + 2 * t + (i & 1);
+            D[row * 256 + col] = acc[j][i];
+        }
 }
 ADAFACE_KERNEL(selftest_wgmma_bf16, SelftestWgmmaParams, (selftest_wgmma(p)))
 

@@ -91,6 +91,13 @@ pub struct BarrierLoopParams {
     pub pad: u32,
 }
 
+/// Dynamic shared memory of `selftest_wgmma_bf16`: 1 KiB for the alignment
+/// of its atoms, the 64 x 64 A tile and the 256 x 64 B tile (bf16).
+pub const WGMMA_SELFTEST_SHARED: u32 = 1024 + (64 * 64 + 256 * 64) * 2;
+
+/// `selftest_wgmma_bf16`'s parameters: A (64 x 64), B (256 x 64, N x K),
+/// D (64 x 256, f32) and the mode (0: B K-major, 1: MN-major, both in
+/// m64n64 chunks; 2: MN-major in one m64n256).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct WgmmaParams {
