@@ -24,11 +24,13 @@
  *   O_kr + (p_ry - 1) dlogit_ry / ||w_y|| w_y) / B, then the Jacobian of
  *   x -> x / ||x||. The target term is added in f32 here rather than in the
  *   16-bit product, so p - 1 does not cancel in low precision.
- * adaface_flash_dw_{bf16,f16}_*: grid (ceil(C / 64)). Block j keeps its 64 rows of
- *   W in shared memory and streams all row tiles of x: S again, then
- *   A = (p - [c = y]) dlogit / (B ||x_r|| ||w_c||), dW_tile += A^T . x with
- *   the 64 x D accumulator in registers; the Jacobian of w -> w / ||w|| at
- *   the end; dW written once, without atomics (the block owns its classes).
+ * adaface_flash_dw_{bf16,f16}_*: grid (min(ceil(C / 64), one block per SM)),
+ *   persistent. Per class tile j (blockIdx.x, + gridDim.x, ...) the block
+ *   keeps its 64 rows of W in shared memory and streams all row tiles of x:
+ *   S again, then A = (p - [c = y]) dlogit / (B ||x_r|| ||w_c||),
+ *   dW_tile += A^T . x with the 64 x D accumulator in registers; the
+ *   Jacobian of w -> w / ||w|| at the end; dW written once, without atomics
+ *   (the block owns its classes), while the next class tile's W loads.
  *
  * Gradient products multiply A (or P) split into 16-bit hi + lo by the raw
  * 16-bit operand, keeping about 16 significant bits (dX and dW to ~3e-6 of
@@ -191,9 +193,11 @@ __device__ __forceinline__ float adaface_flash_class_sq(const uint16_t* w_tile, 
     float sq = 0.0f;
     if (Steps > 0) {
 #pragma unroll
-        for (int i = 0; i < Steps; ++i) sq += adaface_flash_sq8<T>(w_tile + adaface_flash_off<Wg>(c, 8 * q + 32 * i, ld));
+        for (int i = 0; i < Steps; ++i)
+            sq += adaface_flash_sq8<T>(w_tile + adaface_flash_off<Wg>(c, 8 * q + 32 * i, ld));
     } else {
-        for (int k = 8 * q; k < (int)dim; k += 32) sq += adaface_flash_sq8<T>(w_tile + adaface_flash_off<Wg>(c, k, ld));
+        for (int k = 8 * q; k < (int)dim; k += 32)
+            sq += adaface_flash_sq8<T>(w_tile + adaface_flash_off<Wg>(c, k, ld));
     }
     return sq;
 }

@@ -25,7 +25,7 @@
 //! | `stats` | `ceil(B/8)` | 256 | as above |
 //! | `flash_forward[_dx]` | `(ceil(B/64), S_f)` | 256 | 64 x 64 tiles, x resident, W streamed; max/sum-exp and (training) the unnormalised `gx` per split |
 //! | `combine` | 1 | 256 | as above |
-//! | `flash_dw` | `ceil(C/64)` | 256 | W tile resident, x streamed; `dW` of its classes, Jacobian |
+//! | `flash_dw` | `min(ceil(C/64), flash_blocks)`, persistent | 256 | per class tile: W resident, x streamed; `dW` of its classes, Jacobian; next W staged under the stores |
 //! | `flash_dx_finish` | `B` | 256 | `gx` from the splits, target term, Jacobian |
 //!
 //! The flash tile kernels exist twice: on `mma.sync` (sm_80 and newer) and,

@@ -121,8 +121,9 @@ pub struct PlanLimits {
     /// Whether eligible steps (see [`Variant::choose`]) take the flash
     /// kernels. The CUDA backend clears it on devices older than sm_80.
     pub flash: bool,
-    /// Flash forward blocks to aim for: one per SM (each takes up to
-    /// 215 KiB of shared memory, so one block fits an SM).
+    /// Flash forward blocks to aim for, and the most flash dW blocks (a
+    /// persistent grid): one per SM (each takes up to 215 KiB of shared
+    /// memory and over 200 registers a thread, so one block fits an SM).
     pub flash_blocks: usize,
     /// Dynamic shared memory a block may opt into: a depth whose flash
     /// tiles ([`flash_shared_bytes`]) do not fit takes the tiled family.
@@ -382,7 +383,10 @@ impl StepPlan {
                             what: "grid y (splits)",
                         }
                     })?),
-                    with_smem(LaunchDims::new(tiles, 1)?),
+                    // flash_dw is persistent: at most one block per SM
+                    // (its registers allow no more), each looping over
+                    // class tiles.
+                    with_smem(LaunchDims::new(tiles.min(limits.flash_blocks.max(1)), 1)?),
                 )
             }
         };
@@ -459,7 +463,8 @@ mod tests {
             assert_eq!(flash.workspace.len, 14 * b + c + 2 * sf * b + sf * b * d);
             assert!(sf * b.div_ceil(64) <= 132 || sf == 1);
             assert_eq!(flash.forward.grid, (b.div_ceil(64) as u32, sf as u32, 1));
-            assert_eq!(flash.backward.grid, (c.div_ceil(64) as u32, 1, 1));
+            // flash_dw is persistent: one block per SM at most.
+            assert_eq!(flash.backward.grid, (c.div_ceil(64).min(132) as u32, 1, 1));
             assert_eq!(
                 flash.forward.shared_bytes as usize,
                 flash_shared_bytes(d, false)
