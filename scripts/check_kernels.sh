@@ -6,7 +6,8 @@
 # when the wgmma kernels are missing from the sm_90a PTX (or present in
 # another), or when ptxas says it serialises them; then the async-proxy
 # ordering guards (scripts/ptx_guards.py, with its self-test) on the sm_90a
-# PTX: fences the simulator cannot check.
+# PTX: fences the simulator cannot check; last, the NVRTC compile of the
+# simulator self-test kernels the GPU cross-check runs.
 #
 # Installs NVRTC and nvcc/ptxas 13.0 from PyPI (scripts/cuda13-requirements.txt)
 # into a venv (default
@@ -106,3 +107,10 @@ for arch in $ARCHES; do
     *a) python3 scripts/ptx_guards.py "$OUT/adaface_$arch.ptx" --self-test ;;
     esac
 done
+
+# The self-test kernels the GPU cross-check (tests/sim_gpu_crosscheck.rs)
+# compiles on the device machine: compiled here with the same NVRTC for
+# sm_80 and sm_90a, so that a source only the host compiler accepts fails
+# now rather than in a GPU session. (The candle feature set is the one the
+# README's test command has just built.)
+cargo test --quiet --features candle --test sim_gpu_crosscheck selftest_kernels_compile_with_nvrtc -- --ignored

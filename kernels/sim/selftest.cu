@@ -519,7 +519,7 @@ __device__ __forceinline__ void selftest_broken(const SelftestBrokenParams& p) {
         v = __shfl_down_sync(0xffffffffu, v, 1);
     } else if (p.mode == 8) {
         if (tid == 0) {
-            int32_t* at = ((uintptr_t)out % 8 == 0) ? out + 1 : out;
+            int32_t* at = ((uint64_t)out % 8 == 0) ? out + 1 : out;
             adaface_check_aligned(at, 8);
             *reinterpret_cast<float2*>(at) = make_float2(1.0f, 2.0f);
         }
