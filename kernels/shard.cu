@@ -8,9 +8,18 @@
 template <typename L>
 __device__ void adaface_shard_rows_impl(const AdafaceShardParams& p) {
     AdafaceStepRecord* rec = (AdafaceStepRecord*)p.record;
-    if (adaface_block_should_abort(rec)) return;
     const int64_t b = p.batch;
     float* rows = (float*)p.rows;
+    if (adaface_block_should_abort(rec)) {
+        /* This shard found an error (its weights, say) and will not commit:
+         * its statistics become NaN, which the all-reduce SUM carries to
+         * every shard, whose ownership check then fails too, so no shard
+         * commits its state. Without it the others would reduce whatever
+         * the buffer held (zeros, or the last step's rows) and commit. */
+        if (p.mode == 0)
+            for (int64_t i = threadIdx.x; i < 5 * b; i += ADAFACE_THREADS) rows[i] = NAN;
+        return;
+    }
     const float* pmax = (const float*)p.partial_max;
     const float* psum = (const float*)p.partial_sum;
     for (int64_t i = threadIdx.x; i < b; i += ADAFACE_THREADS) {

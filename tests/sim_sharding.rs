@@ -346,6 +346,72 @@ fn bad_inputs_change_nothing() {
     assert!(dx.iter().chain(&dw).all(|&v| v == 7.0));
 }
 
+/// A shard whose own weights are bad fails the step on every rank, even
+/// when no label of the batch is in that shard (so no ownership count
+/// misses it): its NaN row statistics reach the others through the
+/// reduction. Checked on the first step (fresh row buffers) and after a
+/// good step (the previous step's rows still in them); no state moves.
+/// Were a rank to go on alone, it would wait forever in the `dX`
+/// all-reduce: the ranks run on a thread of their own, and a group that
+/// has not finished after two minutes fails the test.
+#[test]
+fn a_shard_error_stops_every_shard() {
+    let d = 9;
+    let specs = ShardSpec::split(&[10, 13]).unwrap();
+    let (x, w, labels) = problem(9, d, &specs, Some(1));
+    assert!(labels.iter().all(|&l| l < 10), "no label in shard 1");
+    let (x, w): (Vec<f32>, Vec<f32>) = (round(&x), round(&w));
+    let mut w_bad = w.clone();
+    w_bad[(10 + 4) * d + 2] = f32::NAN; // shard 1, its class 4
+    for good_first in [false, true] {
+        let (x, w, w_bad, labels, specs) = (
+            x.clone(),
+            w.clone(),
+            w_bad.clone(),
+            labels.clone(),
+            specs.clone(),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runs = on_shards(specs.len(), |r, comm| {
+                let spec = specs[r];
+                let shape = Shape::new(B, d, spec.classes);
+                let mut shard = ShardedSimAdaFace::new(cfg(), spec).with_limits(small_limits());
+                let mut dx = vec![0.0f32; B * d];
+                let mut dw = vec![0.0f32; spec.classes * d];
+                if good_first {
+                    let wk = spec.slice(&w, d);
+                    shard
+                        .step(comm, shape, &x, wk, &labels, None, &mut dx, &mut dw)
+                        .unwrap();
+                }
+                let before = (shard.state(), dx.clone(), dw.clone());
+                let wk = spec.slice(&w_bad, d);
+                let got = shard.step(comm, shape, &x, wk, &labels, None, &mut dx, &mut dw);
+                (got.map(|_| ()), before == (shard.state(), dx, dw))
+            });
+            tx.send(runs).ok();
+        });
+        let runs = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|_| {
+                panic!("good first: {good_first}: the ranks diverged (one went on alone)")
+            });
+        for (r, (got, unchanged)) in runs.into_iter().enumerate() {
+            let e = got.expect_err("the step must fail on every rank");
+            if r == 1 {
+                assert!(matches!(e, Error::NonFinite { .. }), "rank 1: {e}");
+            } else {
+                assert!(matches!(e, Error::InvalidShard { .. }), "rank {r}: {e}");
+            }
+            assert!(
+                unchanged,
+                "rank {r} (good first: {good_first}) changed its state or gradients"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------- Partial FC
 
 #[test]

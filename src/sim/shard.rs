@@ -123,7 +123,7 @@ impl ShardedSimAdaFace {
         sampling: Option<(&PartialFc, u64)>,
     ) -> Result<(RowPartials<f32>, SimShardPending<E>)> {
         self.cfg.margin().require_affine("sharded sim")?;
-        let pending = self.phase1_kernels(shape, features, weight, labels, sampling)?;
+        let pending = self.phase1_kernels(shape, features, weight, labels, sampling, true)?;
         let b = shape.batch;
         Ok((partials_from_rows(&self.rows[..5 * b], b), pending))
     }
@@ -177,15 +177,21 @@ impl ShardedSimAdaFace {
         grad_features: &mut [f32],
         grad_weight: &mut [f32],
     ) -> Result<SimShardStep> {
-        let pending = self.phase1_kernels(shape, features, weight, labels, sampling)?;
+        // As on GPUs, nothing is read back before the reductions: a shard
+        // whose kernels found an error reduces NaN statistics, so every
+        // rank fails the ownership check below (kernels/shard.cu).
+        let pending = self.phase1_kernels(shape, features, weight, labels, sampling, false)?;
         self.check_grads(&pending, grad_features, grad_weight)?;
         let b = shape.batch;
         comm.all_reduce_f32(&mut self.rows[..b], ReduceOp::Max)?;
         self.rows_kernel(&pending, features, weight, labels, RowsMode::Rescale)?;
         comm.all_reduce_f32(&mut self.rows[b..5 * b], ReduceOp::Sum)?;
         self.rows_kernel(&pending, features, weight, labels, RowsMode::Check)?;
-        // The same sums on every rank: all fail here alike.
-        check_record(&self.record, &pending.plan.plan.shape)?;
+        // The same sums on every rank: all fail here alike (a shard's own
+        // error first, with the global class count a label is checked
+        // against).
+        let global = Shape::new(shape.batch, shape.dim, self.spec.total_classes);
+        check_record(&self.record, &global)?;
         let out = self.phase2_kernels(
             &pending,
             features,
@@ -205,6 +211,7 @@ impl ShardedSimAdaFace {
         weight: &[E],
         labels: &[L],
         sampling: Option<(&PartialFc, u64)>,
+        check: bool,
     ) -> Result<SimShardPending<E>> {
         self.epoch += 1;
         if shape.classes != self.spec.classes {
@@ -234,7 +241,7 @@ impl ShardedSimAdaFace {
         let (plan, pending_sampled) = match sampled {
             None => {
                 let plan = self.plan::<E>(self.spec, shape, features, weight)?;
-                self.run_phase1(&plan, features, weight, labels)?;
+                self.run_phase1(&plan, features, weight, labels, check)?;
                 (plan, None)
             }
             Some(s) => {
@@ -244,7 +251,7 @@ impl ShardedSimAdaFace {
                 let spec = ShardSpec::new(0, s.classes.len(), self.spec.total_classes)?;
                 let compact = Shape::new(shape.batch, shape.dim, s.classes.len());
                 let plan = self.plan::<E>(spec, compact, features, &s.weight)?;
-                self.run_phase1(&plan, features, &s.weight, &s.labels)?;
+                self.run_phase1(&plan, features, &s.weight, &s.labels, check)?;
                 (plan, Some(s))
             }
         };
@@ -292,6 +299,7 @@ impl ShardedSimAdaFace {
         x: &[E],
         w: &[E],
         labels: &[L],
+        check: bool,
     ) -> Result<()> {
         let p = &plan.plan;
         if self.workspace.len() < p.workspace.len {
@@ -308,6 +316,9 @@ impl ShardedSimAdaFace {
         // 5 B, the state and the record); the kernels bound every index by
         // the shape.
         unsafe { run_launches(&launches)? };
+        if !check {
+            return Ok(());
+        }
         let global = Shape::new(p.shape.batch, p.shape.dim, self.spec.total_classes);
         check_record(&self.record, &global)
     }
