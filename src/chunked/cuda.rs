@@ -21,9 +21,9 @@ use cudarc::driver::{
 
 use super::{base_params, chunk_params, chunks, ChunkGemms, ChunkedLayout, ChunkedParams};
 use crate::config::AdaFaceConfig;
-use crate::cuda::backend;
+use crate::cuda::{backend, checked_function};
 use crate::error::{Error, Result};
-use crate::kernel_params::AdafaceStepRecord;
+use crate::kernel_params::{AdafaceStepRecord, ADAFACE_THREADS};
 use crate::launch::{check_call, KernelElement, KernelId, KernelLabel, StepSummary};
 use crate::naive::{stats_params, GemmSpec};
 use crate::shape::Shape;
@@ -125,10 +125,10 @@ impl ChunkedCuda {
         self.peak_extra
     }
 
+    /// The kernel `name`, refused when the device's JIT compiled it with
+    /// spills or too many registers for [`ADAFACE_THREADS`] threads.
     fn function(&self, name: &str) -> Result<CudaFunction> {
-        self.module
-            .load_function(name)
-            .map_err(backend("load kernel"))
+        checked_function(&self.module, name, ADAFACE_THREADS)
     }
 
     /// One step: loss, `dX` (`B x D`), `dW` (`C x D`), EMA update.
@@ -235,7 +235,7 @@ impl ChunkedCuda {
         let sp = stats_params(&self.cfg, shape, &p, ws32_ptr + 4 * layout.row_z as u64);
         let cfg = |grid: usize| LaunchConfig {
             grid_dim: (grid as u32, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (ADAFACE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         let b = shape.batch;

@@ -21,11 +21,10 @@ use super::{naive_params, stats_params, GemmSpec, NaiveGemms, NaiveLayout, Naive
 use crate::config::AdaFaceConfig;
 use crate::cuda::{backend, checked_function, probe};
 use crate::error::{Error, Result};
-use crate::kernel_params::AdafaceStepRecord;
+use crate::kernel_params::{AdafaceStepRecord, ADAFACE_THREADS};
 use crate::launch::{check_call, KernelElement, KernelId, KernelLabel, StepSummary};
 
 /// Threads per block of every naive row kernel.
-const NAIVE_BLOCK: u32 = 256;
 use crate::shape::Shape;
 
 // SAFETY: #[repr(C)] integers and floats, the layout the kernels declare.
@@ -132,9 +131,9 @@ impl NaiveCuda {
     }
 
     /// The kernel `name`, refused when the device's JIT compiled it with
-    /// spills or too many registers for [`NAIVE_BLOCK`] threads.
+    /// spills or too many registers for [`ADAFACE_THREADS`] threads.
     fn function(&self, name: &str) -> Result<CudaFunction> {
-        checked_function(&self.module, name, NAIVE_BLOCK)
+        checked_function(&self.module, name, ADAFACE_THREADS)
     }
 
     /// One step through cuBLAS: loss, `dX` (`B x D`), `dW` (`C x D`), EMA
@@ -237,7 +236,7 @@ impl NaiveCuda {
         let rows = (shape.batch + shape.classes) as u32;
         let cfg = |grid: u32| LaunchConfig {
             grid_dim: (grid, 1, 1),
-            block_dim: (NAIVE_BLOCK, 1, 1),
+            block_dim: (ADAFACE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         let grad = p.grad16;
