@@ -111,6 +111,6 @@ done
 # The self-test kernels the GPU cross-check (tests/sim_gpu_crosscheck.rs)
 # compiles on the device machine: compiled here with the same NVRTC for
 # sm_80 and sm_90a, so that a source only the host compiler accepts fails
-# now rather than in a GPU session. (The candle feature set is the one the
+# now rather than on the GPU machine. (The candle feature set is the one the
 # README's test command has just built.)
 cargo test --quiet --features candle --test sim_gpu_crosscheck selftest_kernels_compile_with_nvrtc -- --ignored
