@@ -123,7 +123,8 @@ impl ShardedSimAdaFace {
         sampling: Option<(&PartialFc, u64)>,
     ) -> Result<(RowPartials<f32>, SimShardPending<E>)> {
         self.cfg.margin().require_affine("sharded sim")?;
-        let pending = self.phase1_kernels(shape, features, weight, labels, sampling, true)?;
+        let pending = self.phase1_kernels(shape, features, weight, labels, sampling)?;
+        check_record(&self.record, &self.global_shape(shape))?;
         let b = shape.batch;
         Ok((partials_from_rows(&self.rows[..5 * b], b), pending))
     }
@@ -180,7 +181,7 @@ impl ShardedSimAdaFace {
         // As on GPUs, nothing is read back before the reductions: a shard
         // whose kernels found an error reduces NaN statistics, so every
         // rank fails the ownership check below (kernels/shard.cu).
-        let pending = self.phase1_kernels(shape, features, weight, labels, sampling, false)?;
+        let pending = self.phase1_kernels(shape, features, weight, labels, sampling)?;
         self.check_grads(&pending, grad_features, grad_weight)?;
         let b = shape.batch;
         comm.all_reduce_f32(&mut self.rows[..b], ReduceOp::Max)?;
@@ -190,8 +191,7 @@ impl ShardedSimAdaFace {
         // The same sums on every rank: all fail here alike (a shard's own
         // error first, with the global class count a label is checked
         // against).
-        let global = Shape::new(shape.batch, shape.dim, self.spec.total_classes);
-        check_record(&self.record, &global)?;
+        check_record(&self.record, &self.global_shape(shape))?;
         let out = self.phase2_kernels(
             &pending,
             features,
@@ -211,7 +211,6 @@ impl ShardedSimAdaFace {
         weight: &[E],
         labels: &[L],
         sampling: Option<(&PartialFc, u64)>,
-        check: bool,
     ) -> Result<SimShardPending<E>> {
         self.epoch += 1;
         if shape.classes != self.spec.classes {
@@ -241,7 +240,7 @@ impl ShardedSimAdaFace {
         let (plan, pending_sampled) = match sampled {
             None => {
                 let plan = self.plan::<E>(self.spec, shape, features, weight)?;
-                self.run_phase1(&plan, features, weight, labels, check)?;
+                self.run_phase1(&plan, features, weight, labels)?;
                 (plan, None)
             }
             Some(s) => {
@@ -251,7 +250,7 @@ impl ShardedSimAdaFace {
                 let spec = ShardSpec::new(0, s.classes.len(), self.spec.total_classes)?;
                 let compact = Shape::new(shape.batch, shape.dim, s.classes.len());
                 let plan = self.plan::<E>(spec, compact, features, &s.weight)?;
-                self.run_phase1(&plan, features, &s.weight, &s.labels, check)?;
+                self.run_phase1(&plan, features, &s.weight, &s.labels)?;
                 (plan, Some(s))
             }
         };
@@ -299,7 +298,6 @@ impl ShardedSimAdaFace {
         x: &[E],
         w: &[E],
         labels: &[L],
-        check: bool,
     ) -> Result<()> {
         let p = &plan.plan;
         if self.workspace.len() < p.workspace.len {
@@ -315,12 +313,13 @@ impl ShardedSimAdaFace {
         // shard (the workspace of the plan's length, the rows buffer of
         // 5 B, the state and the record); the kernels bound every index by
         // the shape.
-        unsafe { run_launches(&launches)? };
-        if !check {
-            return Ok(());
-        }
-        let global = Shape::new(p.shape.batch, p.shape.dim, self.spec.total_classes);
-        check_record(&self.record, &global)
+        unsafe { run_launches(&launches) }
+    }
+
+    /// `shape` with the global class count, which a recorded label error
+    /// names.
+    fn global_shape(&self, shape: Shape) -> Shape {
+        Shape::new(shape.batch, shape.dim, self.spec.total_classes)
     }
 
     fn rows_kernel<E: KernelElement, L: KernelLabel>(
